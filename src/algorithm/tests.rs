@@ -1,0 +1,277 @@
+use proptest::prelude::*;
+
+use super::*;
+
+const SEC: u64 = NANOS_PER_SEC;
+const START: u64 = 1_700_000_000 * SEC;
+
+fn bucket(per_minute: u64, burst: u64) -> Rule {
+    Rule::new(
+        Algorithm::TokenBucket,
+        Quota::per_minute(per_minute, burst).unwrap(),
+    )
+}
+
+fn window(per_minute: u64, burst: u64) -> Rule {
+    Rule::new(
+        Algorithm::SlidingWindow,
+        Quota::per_minute(per_minute, burst).unwrap(),
+    )
+}
+
+#[test]
+fn full_bucket_admits_burst_then_denies() {
+    let rule = bucket(30, 5);
+    let mut state = 0;
+    for left in (0..5).rev() {
+        let check = rule.check(state, START, 1);
+        state = check.new_state().expect("admitted");
+        assert_eq!(check.remaining, left);
+    }
+    let denied = rule.check(state, START, 1);
+    assert_eq!(denied.new_state(), None);
+    assert_eq!(denied.remaining, 0);
+    assert_eq!(denied.retry_after, 2 * SEC, "one token every 2 s");
+    assert_eq!(denied.reset_after, 10 * SEC, "5 tokens at 2 s each");
+}
+
+#[test]
+fn token_bucket_retry_after_is_exact() {
+    let rule = bucket(60, 3);
+    let mut state = 0;
+    for _ in 0..3 {
+        state = rule.check(state, START, 1).new_state().unwrap();
+    }
+    let wait = rule.check(state, START, 2).retry_after;
+    assert_eq!(wait, 2 * SEC);
+    assert!(rule.check(state, START + wait - 1, 2).new_state().is_none());
+    assert!(rule.check(state, START + wait, 2).new_state().is_some());
+}
+
+#[test]
+fn cost_above_burst_is_never_admitted() {
+    for rule in [bucket(60, 10), window(60, 10)] {
+        let check = rule.check(0, START, 11);
+        assert!(check.exceeds(), "{rule:?}");
+        assert_eq!(check.new_state(), None);
+        assert_eq!(check.remaining, 10);
+        assert!(!rule.check(0, START, 10).exceeds());
+    }
+}
+
+#[test]
+fn zero_cost_changes_nothing_and_reports_standing() {
+    let rule = bucket(60, 10);
+    let state = rule.check(0, START, 4).new_state().unwrap();
+    let check = rule.check(state, START, 0);
+    assert_eq!(check.new_state(), Some(state));
+    assert_eq!(check.remaining, 6);
+}
+
+#[test]
+fn fraction_reports_the_share_of_burst_left() {
+    let rule = bucket(60, 10);
+    assert_eq!(rule.fraction(0, START), 1.0);
+    let state = rule.check(0, START, 4).new_state().unwrap();
+    assert!((rule.fraction(state, START) - 0.6).abs() < 1e-9);
+    assert_eq!(rule.fraction(state, START + 4 * SEC), 1.0);
+}
+
+#[test]
+fn refund_gives_back_exactly_the_charge() {
+    for rule in [bucket(60, 10), window(60, 10)] {
+        let a = rule.check(0, START, 3).new_state().unwrap();
+        let b = rule.check(a, START, 4).new_state().unwrap();
+        let back = rule.refund(b, START, 4);
+        assert_eq!(rule.check(back, START, 0).remaining, 7, "{rule:?}");
+    }
+}
+
+#[test]
+fn idle_states_can_be_forgotten() {
+    let rule = bucket(60, 10);
+    let state = rule.check(0, START, 2).new_state().unwrap();
+    assert!(!rule.is_idle(state, START));
+    assert!(!rule.is_idle(state, START + 2 * SEC - 1));
+    assert!(rule.is_idle(state, START + 2 * SEC));
+    let rule = window(60, 10); // 10 s windows
+    let state = rule.check(0, START, 2).new_state().unwrap();
+    assert!(!rule.is_idle(state, START + 10 * SEC));
+    assert!(rule.is_idle(state, START + 20 * SEC));
+    assert!(rule.is_idle(0, START));
+}
+
+#[test]
+fn sliding_window_weights_the_previous_window() {
+    let rule = window(60, 10); // windows of 10 s
+    let aligned = START - START % (10 * SEC);
+    let mut state = 0;
+    for _ in 0..10 {
+        state = rule.check(state, aligned, 1).new_state().unwrap();
+    }
+    assert!(rule
+        .check(state, aligned + 9 * SEC, 1)
+        .new_state()
+        .is_none());
+    // Halfway through the next window, half of the previous one still counts.
+    let half = rule.check(state, aligned + 15 * SEC, 0);
+    assert_eq!(half.remaining, 5);
+    let denied = rule.check(state, aligned + 15 * SEC, 6);
+    assert_eq!(denied.new_state(), None);
+    assert_eq!(
+        denied.retry_after, SEC,
+        "one more tenth of the window must slide out"
+    );
+    assert!(rule
+        .check(state, aligned + 16 * SEC, 6)
+        .new_state()
+        .is_some());
+}
+
+#[test]
+fn sliding_window_retry_after_in_the_next_window() {
+    let rule = window(60, 10);
+    let aligned = START - START % (10 * SEC);
+    let mut state = 0;
+    for _ in 0..10 {
+        state = rule.check(state, aligned + 2 * SEC, 1).new_state().unwrap();
+    }
+    let denied = rule.check(state, aligned + 2 * SEC, 4);
+    // Next window starts in 8 s; there 10·(W−e)/W ≤ 6 needs e ≥ 4 s.
+    assert_eq!(denied.retry_after, 12 * SEC);
+    assert!(rule
+        .check(state, aligned + 14 * SEC - 1, 4)
+        .new_state()
+        .is_none());
+    assert!(rule
+        .check(state, aligned + 14 * SEC, 4)
+        .new_state()
+        .is_some());
+}
+
+#[test]
+fn quota_rejects_nonsense() {
+    assert!(Quota::per_second(0, 1).is_none());
+    assert!(Quota::per_second(1, 0).is_none());
+    assert!(Quota::new(1, Duration::ZERO, 1).is_none());
+    assert!(Quota::new(1, Duration::from_secs(u64::MAX / 4), u64::MAX).is_none());
+    assert_eq!(
+        Quota::per_second(3, 1).unwrap().emission_interval(),
+        Duration::from_nanos(333_333_334)
+    );
+    assert_eq!(Quota::per_day(10_000).unwrap().window_secs(), 86_400);
+    assert_eq!(Quota::per_minute(60, 10).unwrap().window_secs(), 10);
+}
+
+/// A request stream: gaps between requests and their costs.
+fn requests() -> impl Strategy<Value = Vec<(u64, u64)>> {
+    prop::collection::vec((0..3 * SEC, 0u64..4), 1..150)
+}
+
+/// Runs a stream through a rule; returns (time, cost) of every admitted request.
+fn admitted(rule: &Rule, stream: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut state = 0;
+    let mut now = START;
+    let mut out = Vec::new();
+    for &(gap, cost) in stream {
+        now += gap;
+        let check = rule.check(state, now, cost);
+        if let Some(next) = check.new_state() {
+            state = next;
+            out.push((now, cost));
+        } else {
+            assert!(
+                check.exceeds() || check.retry_after > 0,
+                "a denial says when to retry"
+            );
+        }
+    }
+    out
+}
+
+proptest! {
+    /// In any interval of length `t`, a token bucket admits at most `burst + rate · t` tokens.
+    #[test]
+    fn token_bucket_never_admits_more_than_burst_plus_rate(
+        per_minute in 1u64..600, burst in 1u64..20, stream in requests()
+    ) {
+        let rule = bucket(per_minute, burst);
+        let emission = rule.quota().emission_nanos();
+        let admitted = admitted(&rule, &stream);
+        for (i, &(start, _)) in admitted.iter().enumerate() {
+            let mut total = 0;
+            for &(at, cost) in &admitted[i..] {
+                total += cost;
+                let allowed = burst + (at - start) / emission;
+                prop_assert!(total <= allowed, "{total} tokens in {} ns, allowed {allowed}", at - start);
+            }
+        }
+    }
+
+    /// A denied request is admitted exactly `retry_after` later (absent other traffic), not before.
+    #[test]
+    fn retry_after_is_honest(
+        per_minute in 1u64..600, burst in 1u64..20, stream in requests(),
+        cost in 1u64..20, sliding in any::<bool>()
+    ) {
+        let algorithm = if sliding { Algorithm::SlidingWindow } else { Algorithm::TokenBucket };
+        let rule = Rule::new(algorithm, Quota::per_minute(per_minute, burst).unwrap());
+        let mut state = 0;
+        let mut now = START;
+        for &(gap, c) in &stream {
+            now += gap;
+            if let Some(next) = rule.check(state, now, c).new_state() {
+                state = next;
+            }
+        }
+        let check = rule.check(state, now, cost);
+        if check.new_state().is_none() && !check.exceeds() {
+            let wait = check.retry_after;
+            prop_assert!(rule.check(state, now + wait, cost).new_state().is_some());
+            prop_assert!(rule.check(state, now + wait - 1, cost).new_state().is_none());
+        }
+    }
+
+    /// A sliding window never counts more than `burst` in one of its own windows, so any
+    /// interval of length `t` admits at most `burst · (⌈t / W⌉ + 1)`.
+    #[test]
+    fn sliding_window_bounds_every_interval(
+        per_minute in 1u64..600, burst in 1u64..20, stream in requests()
+    ) {
+        let rule = window(per_minute, burst);
+        let w = rule.quota().refill_nanos();
+        let admitted = admitted(&rule, &stream);
+        for (i, &(start, _)) in admitted.iter().enumerate() {
+            let mut total = 0;
+            for &(at, cost) in &admitted[i..] {
+                total += cost;
+                let windows = (at - start).div_ceil(w) + 1;
+                prop_assert!(total <= burst * windows);
+            }
+        }
+        let mut per_window = std::collections::HashMap::new();
+        for &(at, cost) in &admitted {
+            *per_window.entry(at / w).or_insert(0) += cost;
+        }
+        prop_assert!(per_window.values().all(|&n| n <= burst));
+    }
+
+    /// Remaining never exceeds the burst and the fraction stays in [0, 1].
+    #[test]
+    fn standing_stays_in_range(per_minute in 1u64..600, burst in 1u64..20, stream in requests(), sliding in any::<bool>()) {
+        let algorithm = if sliding { Algorithm::SlidingWindow } else { Algorithm::TokenBucket };
+        let rule = Rule::new(algorithm, Quota::per_minute(per_minute, burst).unwrap());
+        let mut state = 0;
+        let mut now = START;
+        for &(gap, cost) in &stream {
+            now += gap;
+            let fraction = rule.fraction(state, now);
+            prop_assert!((0.0..=1.0).contains(&fraction));
+            let check = rule.check(state, now, cost);
+            prop_assert!(check.remaining <= burst);
+            if let Some(next) = check.new_state() {
+                state = next;
+            }
+        }
+    }
+}

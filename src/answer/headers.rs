@@ -1,0 +1,300 @@
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+use http::header::{HeaderName, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+use sfv::{integer, KeyRef, ListSerializer, StringRef};
+
+use crate::clock::NANOS_PER_SEC;
+use crate::policy::{Policy, Tier};
+use crate::store::Decision;
+
+/// Which rate-limit headers to send.
+///
+/// ```
+/// use tollgate::answer::HeaderMode;
+/// assert_eq!(HeaderMode::default(), HeaderMode::Both);
+/// assert!(HeaderMode::Both.legacy() && HeaderMode::Both.ietf());
+/// assert!(!HeaderMode::None.legacy() && !HeaderMode::None.ietf());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderMode {
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    Legacy,
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10).
+    Ietf,
+    /// Both sets.
+    #[default]
+    Both,
+    /// No rate-limit headers (`Retry-After` is still sent on a 429).
+    None,
+}
+
+impl HeaderMode {
+    /// True when the `X-RateLimit-*` headers are sent.
+    pub fn legacy(self) -> bool {
+        matches!(self, Self::Legacy | Self::Both)
+    }
+
+    /// True when the IETF draft headers are sent.
+    pub fn ietf(self) -> bool {
+        matches!(self, Self::Ietf | Self::Both)
+    }
+}
+
+pub(crate) static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub(crate) static X_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining");
+pub(crate) static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// Size of each chunk of the per-thread header buffer.
+const CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<(BytesMut, String)> = RefCell::new((BytesMut::new(), String::with_capacity(256)));
+}
+
+/// A header value holding `text`, sliced out of the per-thread buffer (no allocation but one
+/// per chunk).
+fn shared_value(text: &[u8]) -> HeaderValue {
+    SCRATCH.with_borrow_mut(|(buf, _)| shared_in(buf, text))
+}
+
+fn shared_in(buf: &mut BytesMut, text: &[u8]) -> HeaderValue {
+    if buf.capacity() < text.len() {
+        *buf = BytesMut::with_capacity(CHUNK.max(text.len()));
+    }
+    buf.extend_from_slice(text);
+    HeaderValue::from_maybe_shared(buf.split().freeze()).expect("header text is visible ASCII")
+}
+
+fn number(n: u64) -> HeaderValue {
+    shared_value(itoa::Buffer::new().format(n).as_bytes())
+}
+
+/// An sfv string for a policy name; names are validated by the configuration, and anything
+/// outside printable ASCII is replaced here for names made in code.
+pub(crate) fn sf_name(name: &str) -> sfv::String {
+    let clean: String = name
+        .chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '_' })
+        .collect();
+    sfv::String::from_string(clean).expect("printable ASCII is a valid sf-string")
+}
+
+fn key(name: &'static str) -> &'static KeyRef {
+    KeyRef::constant(name)
+}
+
+/// `RateLimit-Policy` for a tier: built once.
+pub(crate) fn policy_header(policies: &[Policy]) -> Option<HeaderValue> {
+    let mut list = ListSerializer::new();
+    for policy in policies {
+        let quota = policy.quota();
+        let name = sf_name(policy.name());
+        list.bare_item(&*name as &StringRef)
+            .parameter(key("q"), integer(clamp(quota.burst())))
+            .parameter(key("w"), integer(clamp(quota.window_secs())));
+    }
+    list.finish()
+        .and_then(|text| HeaderValue::from_str(&text).ok())
+}
+
+fn clamp(n: u64) -> i64 {
+    n.min(999_999_999_999_999) as i64
+}
+
+fn secs_ceil(nanos: u64) -> u64 {
+    nanos.div_ceil(NANOS_PER_SEC)
+}
+
+/// The rate-limit headers of one answer, ready to merge into a response.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RateLimitHeaders {
+    limit: Option<HeaderValue>,
+    remaining: Option<HeaderValue>,
+    reset: Option<HeaderValue>,
+    policy: Option<HeaderValue>,
+    ratelimit: Option<HeaderValue>,
+    retry_after: Option<HeaderValue>,
+    degraded: Option<HeaderValue>,
+}
+
+pub(crate) static X_RATELIMIT_DEGRADED: HeaderName =
+    HeaderName::from_static("x-ratelimit-degraded");
+
+impl RateLimitHeaders {
+    /// Marks the answer as degraded (`X-RateLimit-Degraded: cached` or `minimal`).
+    pub(crate) fn degraded(&mut self, band: &'static str) {
+        self.degraded = Some(HeaderValue::from_static(band));
+    }
+
+    pub(crate) fn new(mode: HeaderMode, tier: &Tier, decision: &Decision) -> Self {
+        let mut out = Self::default();
+        if mode.legacy() {
+            let headline = decision.headline();
+            if let Some(policy) = tier.policies().get(usize::from(headline.index)) {
+                out.limit = Some(policy.limit_value.clone());
+            }
+            out.remaining = Some(number(headline.remaining));
+            out.reset = Some(number(decision.reset_epoch_secs(&headline)));
+        }
+        if mode.ietf() {
+            out.policy = tier.policy_header.clone();
+            out.ratelimit = ratelimit_value(tier, decision);
+        }
+        if let Some(wait) = decision.retry_after() {
+            out.retry_after = Some(number(retry_after_secs(wait.as_nanos() as u64)));
+        }
+        out
+    }
+
+    /// Merges the headers into `headers`; a header the handler set itself is left alone.
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        let pairs = [
+            (&X_RATELIMIT_LIMIT, self.limit),
+            (&X_RATELIMIT_REMAINING, self.remaining),
+            (&X_RATELIMIT_RESET, self.reset),
+            (&RATELIMIT_POLICY, self.policy),
+            (&RATELIMIT, self.ratelimit),
+            (&RETRY_AFTER, self.retry_after),
+            (&X_RATELIMIT_DEGRADED, self.degraded),
+        ];
+        for (name, value) in pairs {
+            if let Some(value) = value {
+                if !headers.contains_key(name) {
+                    headers.insert(name.clone(), value);
+                }
+            }
+        }
+    }
+}
+
+/// Whole seconds to announce in `Retry-After`: the exact wait rounded up, at least 1. Waiting
+/// that long always suffices and never costs a full second more than needed.
+pub(crate) fn retry_after_secs(wait_nanos: u64) -> u64 {
+    secs_ceil(wait_nanos).max(1)
+}
+
+fn ratelimit_value(tier: &Tier, decision: &Decision) -> Option<HeaderValue> {
+    SCRATCH.with_borrow_mut(|(buf, text)| {
+        text.clear();
+        let mut list = ListSerializer::with_buffer(text);
+        for state in decision.policies() {
+            let policy = tier.policies().get(usize::from(state.index))?;
+            list.bare_item(&*policy.sf_name as &StringRef)
+                .parameter(key("r"), integer(clamp(state.remaining)))
+                .parameter(key("t"), integer(clamp(secs_ceil(state.reset_after))));
+        }
+        list.finish()?;
+        Some(shared_in(buf, text.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::Quota;
+    use crate::policy::{Limits, TierSpec};
+    use crate::store::{Outcome, PolicyState};
+
+    fn free() -> Limits {
+        Limits::builder()
+            .tier(
+                "anonymous",
+                TierSpec::new(Quota::per_minute(30, 5).unwrap()),
+            )
+            .tier(
+                "free",
+                TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(10_000),
+            )
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn policy_header_matches_the_contract_example() {
+        let limits = free();
+        let tier = limits.tier("free").unwrap();
+        assert_eq!(
+            tier.policy_header.as_ref().unwrap(),
+            "\"free\";q=10;w=10, \"free-daily\";q=10000;w=86400"
+        );
+    }
+
+    #[test]
+    fn headers_describe_the_tightest_policy() {
+        let limits = free();
+        let tier = limits.tier("free").unwrap();
+        let now = 1_700_000_000 * NANOS_PER_SEC;
+        let decision = Decision::new(Outcome::Admitted, now, 1.0, 1)
+            .with(PolicyState {
+                index: 0,
+                limit: 10,
+                remaining: 3,
+                reset_after: 7 * NANOS_PER_SEC,
+                retry_after: 0,
+            })
+            .with(PolicyState {
+                index: 1,
+                limit: 10_000,
+                remaining: 9_950,
+                reset_after: 41_000 * NANOS_PER_SEC,
+                retry_after: 0,
+            });
+        let mut map = HeaderMap::new();
+        RateLimitHeaders::new(HeaderMode::Both, tier, &decision).apply(&mut map);
+        assert_eq!(map["x-ratelimit-limit"], "10");
+        assert_eq!(map["x-ratelimit-remaining"], "3");
+        assert_eq!(map["x-ratelimit-reset"], "1700000007");
+        assert_eq!(
+            map["ratelimit"],
+            "\"free\";r=3;t=7, \"free-daily\";r=9950;t=41000"
+        );
+        assert!(!map.contains_key("retry-after"));
+
+        let mut map = HeaderMap::new();
+        RateLimitHeaders::new(HeaderMode::Legacy, tier, &decision).apply(&mut map);
+        assert!(!map.contains_key("ratelimit") && map.contains_key("x-ratelimit-limit"));
+        let mut map = HeaderMap::new();
+        RateLimitHeaders::new(HeaderMode::None, tier, &decision).apply(&mut map);
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn handler_headers_win() {
+        let limits = free();
+        let tier = limits.tier("free").unwrap();
+        let decision = Decision::new(Outcome::Admitted, 0, 1.0, 1).with(PolicyState {
+            index: 0,
+            limit: 10,
+            remaining: 3,
+            reset_after: 0,
+            retry_after: 0,
+        });
+        let mut map = HeaderMap::new();
+        map.insert("x-ratelimit-remaining", HeaderValue::from_static("mine"));
+        RateLimitHeaders::new(HeaderMode::Both, tier, &decision).apply(&mut map);
+        assert_eq!(map["x-ratelimit-remaining"], "mine");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(1), 1);
+        assert_eq!(retry_after_secs(NANOS_PER_SEC), 1);
+        assert_eq!(retry_after_secs(NANOS_PER_SEC + 1), 2);
+        assert_eq!(retry_after_secs(0), 1);
+    }
+
+    #[test]
+    fn buffer_slices_survive_new_chunks() {
+        let values: Vec<HeaderValue> = (0..20_000u64).map(number).collect();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(v.to_str().unwrap(), i.to_string());
+        }
+    }
+}

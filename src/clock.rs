@@ -1,0 +1,158 @@
+//! Time, injected.
+//!
+//! Every limiter decision is pure arithmetic on a state, a cost and *now*. *Now* comes from a
+//! [`Clock`]: [`SystemClock`] in production, [`ManualClock`] in tests, which clones share and a
+//! test advances by hand, so no test ever sleeps.
+//!
+//! Time is a plain `u64` of nanoseconds since the Unix epoch. It is monotonic (the system clock
+//! reads [`Instant`] and only anchors it to wall time once), and it maps directly to the Unix
+//! epoch seconds that `X-RateLimit-Reset` promises.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds in one second.
+pub(crate) const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// A source of the current time, in nanoseconds since the Unix epoch.
+///
+/// Implementations must be monotonic: `now` never goes backwards.
+///
+/// ```
+/// use tollgate::clock::{Clock, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new(Duration::from_secs(1_000));
+/// assert_eq!(clock.now(), 1_000_000_000_000);
+/// ```
+pub trait Clock: Send + Sync + 'static {
+    /// The current time in nanoseconds since the Unix epoch.
+    fn now(&self) -> u64;
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> u64 {
+        (**self).now()
+    }
+}
+
+/// The real clock: a monotonic [`Instant`] anchored once to the system's wall clock.
+///
+/// Anchoring once means a wall-clock step (NTP, an operator) never makes buckets jump.
+///
+/// ```
+/// use tollgate::clock::{Clock, SystemClock};
+///
+/// let clock = SystemClock::new();
+/// let a = clock.now();
+/// let b = clock.now();
+/// assert!(b >= a);
+/// assert!(a > 1_600_000_000 * 1_000_000_000); // after September 2020
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    start: Instant,
+    start_unix: u64,
+}
+
+impl SystemClock {
+    /// A clock anchored to the wall clock now.
+    pub fn new() -> Self {
+        let start = Instant::now();
+        let start_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Self { start, start_unix }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    #[inline]
+    fn now(&self) -> u64 {
+        let elapsed = self.start.elapsed();
+        self.start_unix
+            .saturating_add(elapsed.as_secs().saturating_mul(NANOS_PER_SEC))
+            .saturating_add(u64::from(elapsed.subsec_nanos()))
+    }
+}
+
+/// A clock that only moves when told to. Clones share the same time.
+///
+/// ```
+/// use tollgate::clock::{Clock, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new(Duration::from_secs(10));
+/// let shared = clock.clone();
+/// clock.advance(Duration::from_millis(1_500));
+/// assert_eq!(shared.now(), 11_500_000_000);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock frozen at `since_epoch` after the Unix epoch.
+    pub fn new(since_epoch: Duration) -> Self {
+        let clock = Self::default();
+        clock.set(since_epoch);
+        clock
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(by, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `since_epoch` after the Unix epoch. Setting it backwards breaks the
+    /// monotonic promise of [`Clock`]; tests that do so test exactly that.
+    pub fn set(&self, since_epoch: Duration) {
+        let nanos = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.store(nanos, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    #[inline]
+    fn now(&self) -> u64 {
+        self.nanos.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_clock_tracks_wall_time() {
+        let clock = SystemClock::new();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let diff = clock.now().abs_diff(wall);
+        assert!(
+            diff < NANOS_PER_SEC,
+            "clock is {diff} ns away from wall time"
+        );
+    }
+
+    #[test]
+    fn manual_clock_clones_share_time() {
+        let a = ManualClock::new(Duration::from_secs(5));
+        let b = a.clone();
+        b.advance(Duration::from_secs(2));
+        assert_eq!(a.now(), 7 * NANOS_PER_SEC);
+        a.set(Duration::from_secs(1));
+        assert_eq!(b.now(), NANOS_PER_SEC);
+    }
+}

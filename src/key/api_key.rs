@@ -1,0 +1,139 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::HeaderName;
+use http::request::Parts;
+
+use super::{Client, Key, KeyExtractor};
+
+/// The longest API key looked up; anything longer is not a key of ours.
+const DEFAULT_MAX_LEN: usize = 256;
+
+/// Recognises clients by an API key header, looked up in a table of known keys.
+///
+/// Only keys in the table are recognised; an unknown key, a key that is not visible ASCII, an
+/// empty key or one longer than [`max_len`](ApiKeys::max_len) (256 bytes by default) is
+/// *not*, so the next extractor of a chain (usually [`ClientIp`](super::ClientIp)) decides.
+/// Inventing keys therefore never buys a fresh bucket.
+///
+/// ```
+/// use tollgate::key::{ApiKeys, KeyExtractor};
+///
+/// let keys = ApiKeys::new("x-api-key").key("free-demo-key", "free");
+/// let (parts, _) = http::Request::builder()
+///     .header("x-api-key", "free-demo-key").body(()).unwrap().into_parts();
+/// assert_eq!(keys.extract(&parts).unwrap().tier(), Some("free"));
+///
+/// let (parts, _) = http::Request::builder()
+///     .header("x-api-key", "guess").body(()).unwrap().into_parts();
+/// assert!(keys.extract(&parts).is_none());
+/// ```
+#[derive(Clone)]
+pub struct ApiKeys {
+    header: HeaderName,
+    max_len: usize,
+    keys: Arc<HashMap<Box<str>, Client, foldhash::fast::RandomState>>,
+}
+
+impl ApiKeys {
+    /// An empty table read from the header `header`.
+    ///
+    /// # Panics
+    /// When `header` is not a valid header name.
+    pub fn new(header: &str) -> Self {
+        Self {
+            header: HeaderName::try_from(header).expect("a valid header name"),
+            max_len: DEFAULT_MAX_LEN,
+            keys: Arc::default(),
+        }
+    }
+
+    /// Adds the key `key`, in the tier named `tier`.
+    pub fn key(mut self, key: &str, tier: &str) -> Self {
+        let client = Client::new(Key::new(key)).with_tier(tier);
+        Arc::make_mut(&mut self.keys).insert(key.into(), client);
+        self
+    }
+
+    /// Ignores keys longer than `max_len` bytes.
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// How many keys the table holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when the table holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeys")
+            .field("header", &self.header)
+            .field("max_len", &self.max_len)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl KeyExtractor for ApiKeys {
+    #[inline]
+    fn extract(&self, parts: &Parts) -> Option<Client> {
+        let value = parts.headers.get(&self.header)?;
+        let bytes = value.as_bytes();
+        if bytes.is_empty() || bytes.len() > self.max_len {
+            return None;
+        }
+        let key = value.to_str().ok()?;
+        self.keys.get(key).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn with_key(value: HeaderValue) -> Parts {
+        let mut req = http::Request::new(());
+        req.headers_mut().insert("x-api-key", value);
+        req.into_parts().0
+    }
+
+    #[test]
+    fn hostile_keys_are_not_recognised() {
+        let long = "k".repeat(300);
+        let keys = ApiKeys::new("x-api-key")
+            .key("good", "pro")
+            .key(&long, "pro");
+        assert!(keys
+            .extract(&with_key(HeaderValue::from_static("good")))
+            .is_some());
+        assert!(keys
+            .extract(&with_key(HeaderValue::from_bytes(b"go\xffod").unwrap()))
+            .is_none());
+        assert!(keys
+            .extract(&with_key(HeaderValue::from_static("")))
+            .is_none());
+        assert!(
+            keys.extract(&with_key(HeaderValue::from_str(&long).unwrap()))
+                .is_none(),
+            "too long"
+        );
+        let keys = keys.max_len(400);
+        assert!(keys
+            .extract(&with_key(HeaderValue::from_str(&long).unwrap()))
+            .is_some());
+        assert!(keys
+            .extract(&http::Request::new(()).into_parts().0)
+            .is_none());
+    }
+}

@@ -1,0 +1,249 @@
+//! The part of the limiter every clone shares: limits, store, answers. Not generic, so the
+//! response future does not carry the extractor's type.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode};
+
+use super::future::{Next, OwnResponse};
+use crate::answer::{
+    retry_after_secs, HeaderMode, Problem, RateLimitHeaders, PROBLEM_OVER_CAPACITY,
+    PROBLEM_RATE_LIMITED, PROBLEM_UNAVAILABLE,
+};
+use crate::degrade::Band;
+use crate::key::{Key, KeyExtractor};
+use crate::policy::{Limits, RouteRule, Tier};
+use crate::store::{Charge, Decision, OnError, Outcome, Store, StoreError};
+
+static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+pub(crate) struct Core {
+    pub(crate) limits: Limits,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) headers: HeaderMode,
+    pub(crate) on_error: OnError,
+    unidentified: Key,
+    warned_unidentified: AtomicBool,
+    last_fault_log: AtomicU64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("tiers", &self.limits.tiers().len())
+            .field("headers", &self.headers)
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the limiter settled on before asking the store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prepared {
+    pub(crate) tier: usize,
+    pub(crate) cost: u64,
+    pub(crate) degrade: bool,
+}
+
+impl Core {
+    pub(crate) fn new(
+        limits: Limits,
+        store: Arc<dyn Store>,
+        headers: HeaderMode,
+        on_error: OnError,
+    ) -> Self {
+        Self {
+            limits,
+            store,
+            headers,
+            on_error,
+            unidentified: Key::new("unidentified"),
+            warned_unidentified: AtomicBool::new(false),
+            last_fault_log: AtomicU64::new(0),
+        }
+    }
+
+    /// The route's rule, from axum's matched route template or else the URI path.
+    #[inline]
+    pub(crate) fn route(&self, parts: &Parts) -> RouteRule {
+        self.limits.routes.lookup(&parts.method, route_path(parts))
+    }
+
+    /// Who is asking, and in which tier.
+    #[inline]
+    pub(crate) fn identify<K: KeyExtractor + ?Sized>(
+        &self,
+        extractor: &K,
+        parts: &Parts,
+    ) -> (Key, &Tier) {
+        match extractor.extract(parts) {
+            Some(client) => {
+                let (key, tier) = client.into_parts();
+                let tier = tier
+                    .and_then(|name| self.limits.tier(&name))
+                    .unwrap_or(self.limits.default_tier());
+                (key, tier)
+            }
+            None => {
+                if !self.warned_unidentified.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "tollgate: a request matched no key extractor (no client address: serve with \
+                         into_make_service_with_connect_info?); such requests share one bucket"
+                    );
+                }
+                (self.unidentified.clone(), self.limits.default_tier())
+            }
+        }
+    }
+
+    /// The charge for a request of `rule` on `tier`.
+    #[inline]
+    pub(crate) fn charge(&self, rule: RouteRule) -> (Charge, bool) {
+        let cost = u64::from(rule.cost);
+        match self.limits.bands {
+            Some(bands) if rule.degrade && cost > 1 => {
+                (Charge::new(cost).reduced(bands.minimal_below, 1), true)
+            }
+            _ => (Charge::new(cost), false),
+        }
+    }
+
+    /// Turns the store's answer into what happens next.
+    pub(crate) fn decided<B>(
+        &self,
+        prepared: Prepared,
+        result: Result<Decision, StoreError>,
+        mut req: Request<B>,
+    ) -> Next<B> {
+        let decision = match result {
+            Ok(decision) => decision,
+            Err(error) => return self.fault(&error, req),
+        };
+        let tier = &self.limits.tiers[prepared.tier];
+        let mut headers = RateLimitHeaders::new(self.headers, tier, &decision);
+        match decision.outcome() {
+            Outcome::Admitted => {
+                if prepared.degrade && decision.charged() < prepared.cost {
+                    headers.degraded("minimal");
+                    req.extensions_mut().insert(Band::Minimal);
+                }
+                Next::Forward(req, Some(headers))
+            }
+            Outcome::Rejected => Next::Answer(too_many_requests(tier, &decision, headers)),
+            Outcome::Exceeds => {
+                Next::Answer(over_capacity(tier, &decision, prepared.cost, headers))
+            }
+        }
+    }
+
+    fn fault<B>(&self, error: &StoreError, req: Request<B>) -> Next<B> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.last_fault_log.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(%error, on_error = ?self.on_error, "tollgate: rate-limit store fault");
+        }
+        match self.on_error {
+            OnError::Deny => Next::Answer(unavailable()),
+            OnError::Allow | OnError::Local => Next::Forward(req, None),
+        }
+    }
+}
+
+/// The route template axum matched, else the request path.
+#[inline]
+pub(crate) fn route_path(parts: &Parts) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+        return matched.as_str();
+    }
+    parts.uri.path()
+}
+
+fn problem_response(status: StatusCode, body: Bytes, headers: RateLimitHeaders) -> OwnResponse {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, PROBLEM_JSON.clone());
+    headers.apply(response.headers_mut());
+    response
+}
+
+fn too_many_requests(tier: &Tier, decision: &Decision, headers: RateLimitHeaders) -> OwnResponse {
+    let violated = decision.headline();
+    let policy = tier.policies().get(usize::from(violated.index));
+    let wait = retry_after_secs(violated.retry_after);
+    let name = policy.map_or(tier.name(), |p| p.name());
+    let detail = format!(
+        "The {} tier allows {} requests in a burst (policy \"{name}\"); this request can be retried in {wait} s.",
+        tier.name(),
+        violated.limit
+    );
+    let mut problem =
+        Problem::new(PROBLEM_RATE_LIMITED, "Too Many Requests", 429, &detail).tier(tier.name());
+    problem.policy = Some(name);
+    problem.limit = Some(violated.limit);
+    problem.remaining = Some(violated.remaining);
+    problem.retry_after = Some(wait);
+    problem.upgrade_url = tier.upgrade_url();
+    problem_response(StatusCode::TOO_MANY_REQUESTS, problem.to_bytes(), headers)
+}
+
+fn over_capacity(
+    tier: &Tier,
+    decision: &Decision,
+    cost: u64,
+    headers: RateLimitHeaders,
+) -> OwnResponse {
+    let smallest = decision
+        .policies()
+        .iter()
+        .min_by_key(|p| p.limit)
+        .copied()
+        .unwrap_or_default();
+    let policy = tier.policies().get(usize::from(smallest.index));
+    let name = policy.map_or(tier.name(), |p| p.name());
+    let detail = format!(
+        "This request costs {cost} tokens but the {} tier holds at most {} (policy \"{name}\"): it can never \
+         be admitted at this tier. Waiting will not help; a higher tier will.",
+        tier.name(),
+        smallest.limit
+    );
+    let mut problem = Problem::new(
+        PROBLEM_OVER_CAPACITY,
+        "Request exceeds the tier's capacity",
+        403,
+        &detail,
+    )
+    .tier(tier.name());
+    problem.policy = Some(name);
+    problem.limit = Some(smallest.limit);
+    problem.cost = Some(cost);
+    problem.upgrade_url = tier.upgrade_url();
+    problem_response(StatusCode::FORBIDDEN, problem.to_bytes(), headers)
+}
+
+fn unavailable() -> OwnResponse {
+    let problem = Problem::new(
+        PROBLEM_UNAVAILABLE,
+        "Rate limiter unavailable",
+        503,
+        "The rate limiter's store cannot be reached and this service is configured to refuse requests \
+         until it can. Please retry shortly.",
+    )
+    .retry_after(1);
+    let mut response = problem_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        problem.to_bytes(),
+        RateLimitHeaders::default(),
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

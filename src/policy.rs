@@ -1,0 +1,479 @@
+//! What each client may do: tiers of policies, and what each route costs.
+//!
+//! A [`Tier`] has one or more [`Policy`]s (a burst policy, and optionally a daily quota). A
+//! request is admitted only if every policy of its tier admits it; then each is charged, and a
+//! rejection charges none. [`Routes`] gives each route its cost (by method and route template),
+//! marks routes exempt, and opts routes into degradation.
+//!
+//! These are the compiled, validated form of [`Config`](crate::config::Config); the
+//! [`Limits`] type holds all of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+
+use crate::algorithm::{Algorithm, Quota, Rule};
+
+/// The most policies one tier may have.
+pub const MAX_POLICIES: usize = 4;
+
+/// One limit of a tier: a name (used in `RateLimit` headers and store keys) and a rule.
+///
+/// ```
+/// use tollgate::algorithm::{Algorithm, Quota};
+/// use tollgate::policy::Policy;
+///
+/// let p = Policy::new("free", Algorithm::TokenBucket, Quota::per_minute(60, 10).unwrap());
+/// assert_eq!(p.name(), "free");
+/// assert_eq!(p.quota().burst(), 10);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Policy {
+    name: Arc<str>,
+    rule: Rule,
+    /// Index of this policy among all policies of a [`Limits`]: a store's slot number.
+    uid: usize,
+    pub(crate) limit_value: HeaderValue,
+    pub(crate) sf_name: sfv::String,
+}
+
+impl Policy {
+    /// A policy named `name`.
+    pub fn new(name: impl Into<Arc<str>>, algorithm: Algorithm, quota: Quota) -> Self {
+        let name = name.into();
+        Self {
+            sf_name: crate::answer::sf_name(&name),
+            name,
+            rule: Rule::new(algorithm, quota),
+            uid: 0,
+            limit_value: HeaderValue::from(quota.burst()),
+        }
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The algorithm and quota.
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    /// The quota.
+    pub fn quota(&self) -> Quota {
+        self.rule.quota()
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.rule.algorithm()
+    }
+
+    /// This policy's number among all policies of its [`Limits`], from 0: stores keep one slot
+    /// per policy.
+    pub fn uid(&self) -> usize {
+        self.uid
+    }
+}
+
+/// A class of clients and the policies they are held to.
+#[derive(Debug, Clone)]
+pub struct Tier {
+    name: Arc<str>,
+    index: usize,
+    policies: Box<[Policy]>,
+    upgrade_url: Option<Arc<str>>,
+    concurrency: Option<u32>,
+    pub(crate) policy_header: Option<HeaderValue>,
+}
+
+impl Tier {
+    /// The tier's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tier's position in its [`Limits`].
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The policies, the burst policy first.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// Where a client of this tier can get more.
+    pub fn upgrade_url(&self) -> Option<&str> {
+        self.upgrade_url.as_deref()
+    }
+
+    /// The most requests a client of this tier may have in flight at once.
+    pub fn concurrency(&self) -> Option<u32> {
+        self.concurrency
+    }
+
+    /// The smallest burst of the tier's policies: the largest cost it can ever admit.
+    pub fn max_cost(&self) -> u64 {
+        self.policies
+            .iter()
+            .map(|p| p.quota().burst())
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// A tier being defined in code; see [`Limits::builder`].
+///
+/// ```
+/// use tollgate::algorithm::Quota;
+/// use tollgate::policy::TierSpec;
+///
+/// let free = TierSpec::new(Quota::per_minute(60, 10).unwrap())
+///     .daily(10_000)
+///     .upgrade_url("https://example.com/pricing");
+/// # let _ = free;
+/// ```
+#[derive(Debug, Clone)]
+pub struct TierSpec {
+    pub(crate) quota: Quota,
+    pub(crate) daily: Option<u64>,
+    pub(crate) algorithm: Option<Algorithm>,
+    pub(crate) upgrade_url: Option<String>,
+    pub(crate) concurrency: Option<u32>,
+}
+
+impl TierSpec {
+    /// A tier held to `quota`.
+    pub fn new(quota: Quota) -> Self {
+        Self {
+            quota,
+            daily: None,
+            algorithm: None,
+            upgrade_url: None,
+            concurrency: None,
+        }
+    }
+
+    /// Adds a daily quota of `requests`, refilled continuously over 24 hours.
+    pub fn daily(mut self, requests: u64) -> Self {
+        self.daily = Some(requests);
+        self
+    }
+
+    /// Uses `algorithm` for this tier instead of the default.
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = Some(algorithm);
+        self
+    }
+
+    /// Shows `url` in 429 and 403 answers and on the dashboard.
+    pub fn upgrade_url(mut self, url: impl Into<String>) -> Self {
+        self.upgrade_url = Some(url.into());
+        self
+    }
+
+    /// Caps the requests a client of this tier may have in flight at once.
+    pub fn concurrency(mut self, in_flight: u32) -> Self {
+        self.concurrency = Some(in_flight);
+        self
+    }
+}
+
+/// What a route costs, or that it is not limited at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteRule {
+    /// Tokens charged per request; 0 charges nothing but still reports the standing.
+    pub cost: u32,
+    /// Not limited at all: no charge, no headers.
+    pub exempt: bool,
+    /// Opted into degradation bands.
+    pub degrade: bool,
+}
+
+impl RouteRule {
+    /// A limited route costing `cost`.
+    pub const fn cost(cost: u32) -> Self {
+        Self {
+            cost,
+            exempt: false,
+            degrade: false,
+        }
+    }
+
+    /// A route that is never limited.
+    pub const EXEMPT: Self = Self {
+        cost: 0,
+        exempt: true,
+        degrade: false,
+    };
+}
+
+#[derive(Debug, Clone, Default)]
+struct RouteEntry {
+    any: Option<RouteRule>,
+    by_method: Vec<(Method, RouteRule)>,
+}
+
+/// The route table: cost, exemption and degradation by method and route template.
+///
+/// Routes are written as axum route templates (`/users/{id}`), optionally preceded by a
+/// method: `"POST /api/generate"`. A method-specific entry wins over a path-only one; a route
+/// in no entry costs the default (1).
+///
+/// ```
+/// use tollgate::policy::{RouteRule, Routes};
+/// use http::Method;
+///
+/// let mut routes = Routes::default();
+/// routes.set("/api/search", RouteRule::cost(5)).unwrap();
+/// routes.set("POST /api/generate", RouteRule::cost(20)).unwrap();
+/// routes.set("/health", RouteRule::EXEMPT).unwrap();
+/// assert_eq!(routes.lookup(&Method::GET, "/api/search").cost, 5);
+/// assert_eq!(routes.lookup(&Method::GET, "/api/generate").cost, 1);
+/// assert_eq!(routes.lookup(&Method::POST, "/api/generate").cost, 20);
+/// assert!(routes.lookup(&Method::GET, "/health").exempt);
+/// assert!(routes.set("nonsense", RouteRule::cost(1)).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Routes {
+    table: HashMap<Box<str>, RouteEntry, foldhash::fast::RandomState>,
+    default: RouteRule,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            table: HashMap::default(),
+            default: RouteRule::cost(1),
+        }
+    }
+}
+
+/// A route written as neither `"/path"` nor `"METHOD /path"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRoute(pub String);
+
+impl std::fmt::Display for BadRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` is not a route: write \"/path\" or \"METHOD /path\"",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BadRoute {}
+
+impl Routes {
+    /// Splits `"METHOD /path"` or `"/path"`.
+    pub(crate) fn parse(route: &str) -> Result<(Option<Method>, &str), BadRoute> {
+        let bad = || BadRoute(route.to_owned());
+        let (method, path) = match route.trim().split_once(char::is_whitespace) {
+            Some((method, path)) => {
+                let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| bad())?;
+                (Some(method), path.trim())
+            }
+            None => (None, route.trim()),
+        };
+        if !path.starts_with('/') {
+            return Err(bad());
+        }
+        Ok((method, path))
+    }
+
+    /// Sets the rule of `route` (`"/path"` or `"METHOD /path"`), replacing any earlier one.
+    pub fn set(&mut self, route: &str, rule: RouteRule) -> Result<(), BadRoute> {
+        let (method, path) = Self::parse(route)?;
+        let entry = self.table.entry(path.into()).or_default();
+        match method {
+            None => entry.any = Some(rule),
+            Some(method) => {
+                entry.by_method.retain(|(m, _)| *m != method);
+                entry.by_method.push((method, rule));
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the rule of `route` in place (or of a new entry starting from the default).
+    pub(crate) fn update(
+        &mut self,
+        route: &str,
+        f: impl FnOnce(&mut RouteRule),
+    ) -> Result<(), BadRoute> {
+        let (method, path) = Self::parse(route)?;
+        let default = self.default;
+        let entry = self.table.entry(path.into()).or_default();
+        let rule = match method {
+            None => entry.any.get_or_insert(default),
+            Some(method) => {
+                if let Some(i) = entry.by_method.iter().position(|(m, _)| *m == method) {
+                    &mut entry.by_method[i].1
+                } else {
+                    let base = entry.any.unwrap_or(default);
+                    entry.by_method.push((method, base));
+                    &mut entry.by_method.last_mut().expect("just pushed").1
+                }
+            }
+        };
+        f(rule);
+        Ok(())
+    }
+
+    /// The rule for a request with `method` on the route template `path`.
+    #[inline]
+    pub fn lookup(&self, method: &Method, path: &str) -> RouteRule {
+        let Some(entry) = self.table.get(path) else {
+            return self.default;
+        };
+        entry
+            .by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, rule)| *rule)
+            .or(entry.any)
+            .unwrap_or(self.default)
+    }
+
+    /// Every entry as `(route, rule)`, routes written as in the configuration.
+    pub fn entries(&self) -> impl Iterator<Item = (String, RouteRule)> + '_ {
+        self.table.iter().flat_map(|(path, entry)| {
+            let any = entry.any.map(|rule| (path.to_string(), rule));
+            let methods = entry
+                .by_method
+                .iter()
+                .map(move |(m, rule)| (format!("{m} {path}"), *rule));
+            any.into_iter().chain(methods)
+        })
+    }
+}
+
+/// Degradation bands: fractions of the burst remaining below which answers get cheaper.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bands {
+    /// Below this fraction, a cacheable request is answered from the caller's cached copy.
+    pub cached_below: f64,
+    /// Below this fraction, the handler is asked for a minimal answer.
+    pub minimal_below: f64,
+}
+
+/// Every tier and route: the validated, compiled form of a configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub(crate) tiers: Vec<Tier>,
+    by_name: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
+    pub(crate) default_tier: usize,
+    pub(crate) routes: Routes,
+    pub(crate) bands: Option<Bands>,
+    pub(crate) near_quota: f64,
+    policy_count: usize,
+}
+
+impl Limits {
+    /// Starts defining limits in code.
+    ///
+    /// ```
+    /// use tollgate::algorithm::Quota;
+    /// use tollgate::policy::{Limits, TierSpec};
+    ///
+    /// let limits = Limits::builder()
+    ///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+    ///     .tier("pro", TierSpec::new(Quota::per_minute(600, 100).unwrap()).daily(100_000))
+    ///     .route("POST /api/generate", 20)
+    ///     .exempt("/health")
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(limits.tier("pro").unwrap().policies().len(), 2);
+    /// assert_eq!(limits.default_tier().name(), "anonymous");
+    /// ```
+    pub fn builder() -> crate::config::Builder {
+        crate::config::Builder::default()
+    }
+
+    pub(crate) fn new(
+        specs: Vec<(String, TierSpec)>,
+        default_algorithm: Algorithm,
+        default_tier: &str,
+        routes: Routes,
+        bands: Option<Bands>,
+        near_quota: f64,
+    ) -> Self {
+        let mut uid = 0;
+        let mut tiers = Vec::with_capacity(specs.len());
+        for (index, (name, spec)) in specs.into_iter().enumerate() {
+            let algorithm = spec.algorithm.unwrap_or(default_algorithm);
+            let mut policies = vec![Policy::new(name.as_str(), algorithm, spec.quota)];
+            if let Some(daily) = spec.daily.and_then(Quota::per_day) {
+                policies.push(Policy::new(format!("{name}-daily"), algorithm, daily));
+            }
+            for policy in &mut policies {
+                policy.uid = uid;
+                uid += 1;
+            }
+            let policy_header = crate::answer::policy_header(&policies);
+            tiers.push(Tier {
+                name: name.into(),
+                index,
+                policies: policies.into(),
+                upgrade_url: spec.upgrade_url.map(Into::into),
+                concurrency: spec.concurrency,
+                policy_header,
+            });
+        }
+        let by_name = tiers
+            .iter()
+            .map(|t| (t.name.clone(), t.index))
+            .collect::<HashMap<_, _, _>>();
+        let default_tier = by_name[default_tier];
+        Self {
+            tiers,
+            by_name,
+            default_tier,
+            routes,
+            bands,
+            near_quota,
+            policy_count: uid,
+        }
+    }
+
+    /// The tier named `name`.
+    #[inline]
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.by_name.get(name).map(|&i| &self.tiers[i])
+    }
+
+    /// The tier of clients without a known tier.
+    pub fn default_tier(&self) -> &Tier {
+        &self.tiers[self.default_tier]
+    }
+
+    /// Every tier, in the order they were defined.
+    pub fn tiers(&self) -> &[Tier] {
+        &self.tiers
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The degradation bands, when degradation is on.
+    pub fn bands(&self) -> Option<Bands> {
+        self.bands
+    }
+
+    /// The fraction of a policy used at which the near-quota event fires.
+    pub fn near_quota(&self) -> f64 {
+        self.near_quota
+    }
+
+    /// How many policies all tiers have together.
+    pub fn policy_count(&self) -> usize {
+        self.policy_count
+    }
+}

@@ -1,0 +1,387 @@
+//! The in-process store: a sharded map of atomic states.
+//!
+//! * Each (key, policy) state is one `AtomicU64`, charged with a compare-and-swap loop: no lock
+//!   is held across the decision, and concurrent requests on one key never lose an update.
+//! * The map is split into many shards (at least 16, sixteen per core), each behind its own
+//!   reader-writer lock taken for reading on the hot path; only a key's first request takes a
+//!   shard's write lock. There is no global lock.
+//! * Keys are hashed with a per-store random seed (foldhash), so a client cannot aim many keys
+//!   at one shard, and only the 64-bit digest is kept, never the key itself.
+//! * Idle states (a full bucket, an empty window) are indistinguishable from a new key, so they
+//!   are dropped by amortised sweeps that run when a shard has doubled since its last sweep.
+//!   No cleanup task is needed.
+//! * A hard [`capacity`](MemoryStore::capacity) bounds the number of states. When a shard is
+//!   full of busy keys even after a sweep, new keys of that shard share one overflow bucket per
+//!   policy until room frees up: nobody escapes a limit and memory stays bounded, at the price of
+//!   new clients sharing a bucket while the store is saturated (the `tracked` count shows it).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+
+use crate::algorithm::{Check, Rule};
+use crate::clock::{Clock, SystemClock, NANOS_PER_SEC};
+use crate::key::Key;
+use crate::policy::{Policy, Tier, MAX_POLICIES};
+
+use super::{Charge, Decision, Outcome, PolicyState, Store, StoreFuture};
+
+/// States a shard may reach before its first sweep.
+const MIN_SWEEP: usize = 1_024;
+/// Default capacity: states (one per key and policy) kept at most.
+const DEFAULT_CAPACITY: usize = 1 << 21;
+
+/// The digest is already a good hash: hand it to the map unchanged.
+#[derive(Default)]
+struct Passthrough(u64);
+
+impl Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 digests are hashed")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Map = HashMap<u64, AtomicU64, BuildHasherDefault<Passthrough>>;
+
+#[derive(Default)]
+struct ShardData {
+    /// One map per policy uid.
+    maps: Vec<Map>,
+    /// The rule of each policy uid seen, for sweeping.
+    rules: Vec<Option<Rule>>,
+    /// One overflow state per policy uid, used while the shard is at capacity.
+    overflow: Vec<AtomicU64>,
+    len: usize,
+    next_sweep: usize,
+    last_full_sweep: u64,
+}
+
+impl ShardData {
+    fn grow_to(&mut self, policies: &[Policy]) {
+        for policy in policies {
+            let uid = policy.uid();
+            if self.maps.len() <= uid {
+                self.maps.resize_with(uid + 1, Map::default);
+                self.rules.resize(uid + 1, None);
+                self.overflow.resize_with(uid + 1, AtomicU64::default);
+            }
+            self.rules[uid] = Some(*policy.rule());
+        }
+    }
+
+    fn sweep(&mut self, now: u64) {
+        let mut len = 0;
+        for (map, rule) in self.maps.iter_mut().zip(&self.rules) {
+            if let Some(rule) = rule {
+                map.retain(|_, state| !rule.is_idle(state.load(Ordering::Relaxed), now));
+                if map.capacity() > 4 * map.len().max(64) {
+                    map.shrink_to_fit();
+                }
+            }
+            len += map.len();
+        }
+        self.len = len;
+        self.next_sweep = (2 * len).max(MIN_SWEEP);
+    }
+}
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Shard {
+    data: RwLock<ShardData>,
+}
+
+/// The default store: lock-free per-key state in a sharded, self-cleaning, bounded map.
+///
+/// ```
+/// use tollgate::algorithm::Quota;
+/// use tollgate::clock::ManualClock;
+/// use tollgate::key::Key;
+/// use tollgate::policy::{Limits, TierSpec};
+/// use tollgate::store::{Charge, MemoryStore, Store};
+/// use std::time::Duration;
+///
+/// let limits = Limits::builder()
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 2).unwrap()))
+///     .build().unwrap();
+/// let tier = limits.default_tier();
+/// let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+/// let store = MemoryStore::with_clock(clock.clone());
+/// let key = Key::new("alice");
+///
+/// let check = |store: &MemoryStore<ManualClock>| {
+///     store.check(&key, tier, Charge::new(1)).try_take().unwrap().unwrap()
+/// };
+/// assert!(check(&store).is_admitted());
+/// assert!(check(&store).is_admitted());
+/// let third = check(&store);
+/// assert!(!third.is_admitted());
+/// assert_eq!(third.retry_after(), Some(Duration::from_secs(2)));
+/// clock.advance(Duration::from_secs(2));
+/// assert!(check(&store).is_admitted());
+/// ```
+pub struct MemoryStore<C = SystemClock> {
+    shards: Box<[Shard]>,
+    shard_mask: u64,
+    hasher: foldhash::quality::RandomState,
+    clock: C,
+    per_shard: usize,
+}
+
+impl<C: Clock + std::fmt::Debug> std::fmt::Debug for MemoryStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .field("capacity", &(self.per_shard * self.shards.len()))
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore<SystemClock> {
+    /// A store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(SystemClock::new())
+    }
+}
+
+impl Default for MemoryStore<SystemClock> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    /// A store reading time from `clock`.
+    pub fn with_clock(clock: C) -> Self {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        Self::build(
+            clock,
+            (cores * 16).next_power_of_two().clamp(16, 1024),
+            DEFAULT_CAPACITY,
+        )
+    }
+
+    fn build(clock: C, shards: usize, capacity: usize) -> Self {
+        let shards = shards.next_power_of_two().clamp(1, 1024);
+        Self {
+            shards: (0..shards).map(|_| Shard::default()).collect(),
+            shard_mask: shards as u64 - 1,
+            hasher: foldhash::quality::RandomState::default(),
+            clock,
+            per_shard: capacity.div_ceil(shards).max(1),
+        }
+    }
+
+    /// Keeps at most about `states` states (one per key and policy); 2 097 152 by default.
+    /// See the module documentation for what happens at the cap.
+    pub fn capacity(self, states: usize) -> Self {
+        let shards = self.shards.len();
+        Self::build(self.clock, shards, states)
+    }
+
+    /// Splits the map into `shards` shards (rounded up to a power of two, at most 1024).
+    pub fn shards(self, shards: usize) -> Self {
+        let capacity = self.per_shard * self.shards.len();
+        Self::build(self.clock, shards, capacity)
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The number of states kept now.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.data.read().unwrap_or_else(PoisonError::into_inner).len)
+            .sum()
+    }
+
+    /// True when no state is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Charges `charge` to `key` under `tier` now. The synchronous heart of [`Store::check`].
+    pub fn decide(&self, key: &Key, tier: &Tier, charge: Charge) -> Decision {
+        let now = self.clock.now();
+        let digest = self.hasher.hash_one(key);
+        // The map uses the low bits (bucket) and the top 7 (tag): shard by bits in between.
+        let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
+        let policies = tier.policies();
+        loop {
+            {
+                let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
+                // At capacity, new keys share the overflow states, except when a sweep (at
+                // most one a second) might make room: then the insert path tries.
+                let at_cap = data.len >= self.per_shard
+                    && now.saturating_sub(data.last_full_sweep) < NANOS_PER_SEC;
+                let mut slots: [Option<&AtomicU64>; MAX_POLICIES] = [None; MAX_POLICIES];
+                let mut missing = false;
+                for (slot, policy) in slots.iter_mut().zip(policies) {
+                    let uid = policy.uid();
+                    *slot = data.maps.get(uid).and_then(|map| map.get(&digest));
+                    if slot.is_none() && at_cap {
+                        *slot = data.overflow.get(uid);
+                    }
+                    missing |= slot.is_none();
+                }
+                let mut states = [0u64; MAX_POLICIES];
+                for (state, slot) in states.iter_mut().zip(&slots) {
+                    *state = slot.map_or(0, |s| s.load(Ordering::Acquire));
+                }
+                let fraction = policies
+                    .iter()
+                    .zip(&states)
+                    .map(|(p, &s)| p.rule().fraction(s, now))
+                    .fold(1.0_f64, f64::min);
+                let cost = charge.cost_for(fraction);
+                if cost == 0 || cost > tier.max_cost() {
+                    return standing(policies, &states, now, cost, fraction);
+                }
+                if !missing {
+                    return charge_all(policies, &slots, now, cost, fraction);
+                }
+            }
+            self.insert(shard, digest, policies, now);
+        }
+    }
+
+    #[cold]
+    fn insert(&self, shard: &Shard, digest: u64, policies: &[Policy], now: u64) {
+        let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
+        data.grow_to(policies);
+        if data.len >= data.next_sweep {
+            data.sweep(now);
+        }
+        if data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) >= NANOS_PER_SEC {
+            // At capacity: sweep at most once a second, so a flood of new keys cannot turn
+            // every request into a full scan.
+            data.last_full_sweep = now;
+            data.sweep(now);
+        }
+        if data.len >= self.per_shard {
+            return; // The overflow states (already grown) serve new keys.
+        }
+        let mut added = 0;
+        for policy in policies {
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                data.maps[policy.uid()].entry(digest)
+            {
+                e.insert(AtomicU64::new(0));
+                added += 1;
+            }
+        }
+        data.len += added;
+    }
+}
+
+/// A decision that charges nothing: cost 0, or a cost that can never fit.
+fn standing(policies: &[Policy], states: &[u64], now: u64, cost: u64, fraction: f64) -> Decision {
+    let outcome = if cost == 0 {
+        Outcome::Admitted
+    } else {
+        Outcome::Exceeds
+    };
+    let mut decision = Decision::new(outcome, now, fraction, 0);
+    for (index, (policy, &state)) in policies.iter().zip(states).enumerate() {
+        let check = policy.rule().check(state, now, cost);
+        decision = decision.with(policy_state(index, policy, &check, outcome));
+    }
+    decision
+}
+
+fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Outcome) -> PolicyState {
+    PolicyState {
+        index: index as u8,
+        limit: policy.quota().burst(),
+        remaining: check.remaining,
+        reset_after: check.reset_after,
+        retry_after: if outcome == Outcome::Rejected {
+            check.retry_after
+        } else {
+            0
+        },
+    }
+}
+
+/// Charges every policy; on the first refusal gives back what was taken and reports why.
+fn charge_all(
+    policies: &[Policy],
+    slots: &[Option<&AtomicU64>; MAX_POLICIES],
+    now: u64,
+    cost: u64,
+    fraction: f64,
+) -> Decision {
+    let mut checks = [None; MAX_POLICIES];
+    for (i, policy) in policies.iter().enumerate() {
+        let slot = slots[i].expect("every slot present");
+        let rule = policy.rule();
+        let mut current = slot.load(Ordering::Acquire);
+        loop {
+            let check = rule.check(current, now, cost);
+            let Some(next) = check.new_state() else {
+                // Refused: undo the policies already charged, then report the standing.
+                for (j, earlier) in policies[..i].iter().enumerate() {
+                    let slot = slots[j].expect("every slot present");
+                    let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                        Some(earlier.rule().refund(s, now, cost))
+                    });
+                }
+                return rejected(policies, slots, now, cost, fraction);
+            };
+            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    checks[i] = Some(check);
+                    break;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+    let mut decision = Decision::new(Outcome::Admitted, now, fraction, cost);
+    for (index, (policy, check)) in policies.iter().zip(&checks).enumerate() {
+        let check = check.expect("every policy charged");
+        decision = decision.with(policy_state(index, policy, &check, Outcome::Admitted));
+    }
+    decision
+}
+
+fn rejected(
+    policies: &[Policy],
+    slots: &[Option<&AtomicU64>; MAX_POLICIES],
+    now: u64,
+    cost: u64,
+    fraction: f64,
+) -> Decision {
+    let mut decision = Decision::new(Outcome::Rejected, now, fraction, 0);
+    for (index, policy) in policies.iter().enumerate() {
+        let state = slots[index].map_or(0, |s| s.load(Ordering::Acquire));
+        let check = policy.rule().check(state, now, cost);
+        decision = decision.with(policy_state(index, policy, &check, Outcome::Rejected));
+    }
+    decision
+}
+
+impl<C: Clock> Store for MemoryStore<C> {
+    #[inline]
+    fn check(&self, key: &Key, tier: &Tier, charge: Charge) -> StoreFuture {
+        StoreFuture::ready(Ok(self.decide(key, tier, charge)))
+    }
+
+    fn tracked(&self) -> Option<usize> {
+        Some(self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::algorithm::{Algorithm, Quota};
+use crate::clock::ManualClock;
+use crate::policy::{Limits, TierSpec};
+
+const START: Duration = Duration::from_secs(1_700_000_000);
+
+fn limits() -> Limits {
+    Limits::builder()
+        .tier(
+            "anonymous",
+            TierSpec::new(Quota::per_minute(60, 10).unwrap()),
+        )
+        .tier(
+            "daily",
+            TierSpec::new(Quota::per_minute(600, 10).unwrap()).daily(15),
+        )
+        .tier(
+            "window",
+            TierSpec::new(Quota::per_minute(60, 10).unwrap()).algorithm(Algorithm::SlidingWindow),
+        )
+        .build()
+        .unwrap()
+}
+
+fn store() -> (MemoryStore<ManualClock>, ManualClock) {
+    let clock = ManualClock::new(START);
+    (MemoryStore::with_clock(clock.clone()), clock)
+}
+
+#[test]
+fn many_threads_on_one_key_admit_exactly_the_burst() {
+    let limits = Arc::new(
+        Limits::builder()
+            .tier(
+                "anonymous",
+                TierSpec::new(Quota::per_minute(60, 1_000).unwrap()).daily(100_000),
+            )
+            .build()
+            .unwrap(),
+    );
+    let (store, _clock) = store();
+    let store = Arc::new(store);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, limits) = (store.clone(), limits.clone());
+            std::thread::spawn(move || {
+                let key = Key::new("hot");
+                let tier = limits.default_tier();
+                (0..5_000)
+                    .filter(|_| store.decide(&key, tier, Charge::new(1)).is_admitted())
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(admitted, 1_000, "the clock is frozen: exactly the burst");
+    // Both policies were charged exactly once per admission.
+    let d = store.decide(&Key::new("hot"), limits.default_tier(), Charge::new(0));
+    assert_eq!(d.policies()[0].remaining, 0);
+    assert_eq!(d.policies()[1].remaining, 100_000 - 1_000);
+}
+
+#[test]
+fn a_rejection_charges_no_policy() {
+    let limits = limits();
+    let tier = limits.tier("daily").unwrap();
+    let (store, clock) = store();
+    let key = Key::new("k");
+    for _ in 0..10 {
+        assert!(store.decide(&key, tier, Charge::new(1)).is_admitted());
+    }
+    // The burst policy refuses; the daily one must not be charged by the refusal.
+    for _ in 0..5 {
+        assert!(!store.decide(&key, tier, Charge::new(1)).is_admitted());
+    }
+    let d = store.decide(&key, tier, Charge::new(0));
+    assert_eq!(d.policies()[1].remaining, 5);
+    // Refill the burst; the daily quota (15) now refuses after 5 more, and the burst policy
+    // is given back what it was charged for the refused request.
+    clock.advance(Duration::from_secs(1));
+    for _ in 0..5 {
+        assert!(store.decide(&key, tier, Charge::new(1)).is_admitted());
+    }
+    let refused = store.decide(&key, tier, Charge::new(1));
+    assert_eq!(refused.outcome(), Outcome::Rejected);
+    assert_eq!(
+        refused.headline().index,
+        1,
+        "the daily policy is the violated one"
+    );
+    let d = store.decide(&key, tier, Charge::new(0));
+    assert_eq!(
+        d.policies()[0].remaining,
+        5,
+        "the refused request was refunded"
+    );
+}
+
+#[test]
+fn reduced_cost_applies_below_the_threshold() {
+    let limits = limits();
+    let tier = limits.default_tier();
+    let (store, _) = store();
+    let key = Key::new("k");
+    let charge = Charge::new(4).reduced(0.5, 1);
+    let first = store.decide(&key, tier, charge);
+    assert_eq!((first.charged(), first.fraction_before()), (4, 1.0));
+    let second = store.decide(&key, tier, charge);
+    assert_eq!(second.charged(), 4);
+    let third = store.decide(&key, tier, charge);
+    assert!((third.fraction_before() - 0.2).abs() < 1e-9);
+    assert_eq!(third.charged(), 1);
+}
+
+#[test]
+fn idle_keys_are_forgotten_without_a_cleanup_task() {
+    let limits = limits();
+    let tier = limits.default_tier();
+    let (store, clock) = store();
+    let store = store.shards(1);
+    for i in 0..10_000 {
+        store.decide(&Key::new(format!("k{i}")), tier, Charge::new(1));
+        clock.advance(Duration::from_millis(1));
+    }
+    // Each key is full again a second after its request: at most ~1 000 + one sweep's slack.
+    assert!(
+        store.len() < 2 * MIN_SWEEP + 1_000,
+        "{} states kept",
+        store.len()
+    );
+}
+
+#[test]
+fn the_capacity_is_a_hard_bound_and_nobody_escapes() {
+    let limits = limits();
+    let tier = limits.default_tier();
+    let clock = ManualClock::new(START);
+    let store = MemoryStore::with_clock(clock.clone())
+        .shards(1)
+        .capacity(100);
+    let mut admitted = 0;
+    for i in 0..1_000 {
+        if store
+            .decide(&Key::new(format!("flood{i}")), tier, Charge::new(1))
+            .is_admitted()
+        {
+            admitted += 1;
+        }
+    }
+    assert_eq!(store.len(), 100);
+    // 100 tracked keys got their own bucket; the other 900 shared one bucket of 10.
+    assert_eq!(admitted, 110);
+    // Keys already tracked keep their own standing.
+    assert_eq!(
+        store
+            .decide(&Key::new("flood0"), tier, Charge::new(0))
+            .policies()[0]
+            .remaining,
+        9
+    );
+    // Once the flood's buckets are full again, new keys get room.
+    clock.advance(Duration::from_secs(11));
+    assert!(store
+        .decide(&Key::new("newcomer"), tier, Charge::new(1))
+        .is_admitted());
+    assert_eq!(store.len(), 1);
+}
+
+#[test]
+fn cost_zero_and_impossible_costs_store_nothing() {
+    let limits = limits();
+    let tier = limits.default_tier();
+    let (store, _) = store();
+    assert!(store
+        .decide(&Key::new("a"), tier, Charge::new(0))
+        .is_admitted());
+    assert_eq!(
+        store
+            .decide(&Key::new("a"), tier, Charge::new(11))
+            .outcome(),
+        Outcome::Exceeds
+    );
+    assert_eq!(store.len(), 0);
+}
+
+proptest! {
+    /// Every request is either admitted (and charged) or refused (and not): over any stream,
+    /// admitted + refused = sent, and the tokens charged equal the standing's drop.
+    #[test]
+    fn decisions_partition_requests(costs in prop::collection::vec(0u64..12, 1..100), tier in 0usize..3) {
+        let limits = limits();
+        let tier = &limits.tiers()[tier];
+        let (store, _) = store();
+        let key = Key::new("p");
+        let (mut admitted, mut refused, mut charged) = (0, 0, 0);
+        for &cost in &costs {
+            let d = store.decide(&key, tier, Charge::new(cost));
+            match d.outcome() {
+                Outcome::Admitted => { admitted += 1; charged += d.charged(); prop_assert_eq!(d.charged(), cost); }
+                _ => { refused += 1; prop_assert_eq!(d.charged(), 0); }
+            }
+        }
+        prop_assert_eq!(admitted + refused, costs.len());
+        let standing = store.decide(&key, tier, Charge::new(0));
+        prop_assert_eq!(standing.policies()[0].remaining, 10 - charged.min(10));
+    }
+}

@@ -1,0 +1,361 @@
+//! Where limiter state lives: the [`Store`] trait, its [`Decision`], and the in-process
+//! [`MemoryStore`].
+//!
+//! A store charges a [`Charge`] against every policy of a client's [`Tier`] atomically (all or
+//! none) and answers with a [`Decision`] that carries everything the answer needs: admitted or
+//! not, each policy's limit, remaining tokens and time to full, the retry-after, and the fraction
+//! of the burst that was left before the charge (for degradation bands).
+//!
+//! The trait is asynchronous (a Redis store does I/O) but a store that can answer at once
+//! returns [`StoreFuture::ready`], which the layer resolves without allocating or polling.
+//! A store knows nothing of HTTP.
+
+mod memory;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub use memory::MemoryStore;
+
+use crate::clock::NANOS_PER_SEC;
+use crate::key::Key;
+use crate::policy::{Tier, MAX_POLICIES};
+
+/// What the limiter does when its store cannot answer (`on_error` in the configuration).
+///
+/// ```
+/// use tollgate::store::OnError;
+/// assert_eq!(OnError::default(), OnError::Local);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Fail open: forward the request, without rate-limit headers.
+    Allow,
+    /// Fail closed: answer 503 with a problem body.
+    Deny,
+    /// Limit in-process until the store is back (a store that supports it never reports a
+    /// fault; one that does not is treated as `Allow`).
+    #[default]
+    Local,
+}
+
+/// What to take from a client's buckets.
+///
+/// `cost` tokens, or `reduced_cost` when the fraction of the burst left *before* charging is
+/// below `reduced_below` (a degradation band: a cheaper answer costs less).
+///
+/// ```
+/// use tollgate::store::Charge;
+/// let c = Charge::new(5).reduced(0.5, 1);
+/// assert_eq!(c.cost_for(0.8), 5);
+/// assert_eq!(c.cost_for(0.3), 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Charge {
+    /// Tokens taken in the normal case.
+    pub cost: u64,
+    /// Below this fraction of the burst, `reduced_cost` is taken instead.
+    pub reduced_below: f64,
+    /// The cheaper cost.
+    pub reduced_cost: u64,
+}
+
+impl Charge {
+    /// Takes `cost` tokens.
+    pub fn new(cost: u64) -> Self {
+        Self {
+            cost,
+            reduced_below: 0.0,
+            reduced_cost: cost,
+        }
+    }
+
+    /// Takes `cost` tokens instead when less than `below` of the burst is left.
+    pub fn reduced(mut self, below: f64, cost: u64) -> Self {
+        self.reduced_below = below;
+        self.reduced_cost = cost.min(self.cost);
+        self
+    }
+
+    /// The cost to take when `fraction` of the burst is left.
+    #[inline]
+    pub fn cost_for(&self, fraction: f64) -> u64 {
+        if fraction < self.reduced_below {
+            self.reduced_cost
+        } else {
+            self.cost
+        }
+    }
+}
+
+/// How a store answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Admitted; every policy was charged.
+    Admitted,
+    /// Not now: some policy lacks tokens. Nothing was charged.
+    Rejected,
+    /// Never at this tier: the cost exceeds some policy's burst. Nothing was charged.
+    Exceeds,
+}
+
+/// One policy's standing after a decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyState {
+    /// The policy's index in its tier.
+    pub index: u8,
+    /// The policy's capacity (burst).
+    pub limit: u64,
+    /// Whole tokens left (after the charge, when admitted).
+    pub remaining: u64,
+    /// Nanoseconds until the bucket is full again.
+    pub reset_after: u64,
+    /// Nanoseconds until the request would fit this policy; 0 when it does.
+    pub retry_after: u64,
+}
+
+impl PolicyState {
+    /// The share of the capacity left, in `[0, 1]`.
+    pub fn fraction(&self) -> f64 {
+        if self.limit == 0 {
+            0.0
+        } else {
+            self.remaining as f64 / self.limit as f64
+        }
+    }
+}
+
+/// A store's answer for one request.
+///
+/// ```
+/// use tollgate::store::{Decision, Outcome, PolicyState};
+///
+/// let d = Decision::new(Outcome::Rejected, 1_000_000_000, 1.0, 0)
+///     .with(PolicyState { index: 0, limit: 10, remaining: 0, reset_after: 5_000_000_000, retry_after: 1_500_000_000 });
+/// assert!(!d.is_admitted());
+/// assert_eq!(d.retry_after().unwrap().as_millis(), 1_500);
+/// assert_eq!(d.headline().limit, 10);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    outcome: Outcome,
+    now: u64,
+    fraction_before: f64,
+    charged: u64,
+    len: u8,
+    policies: [PolicyState; MAX_POLICIES],
+}
+
+impl Decision {
+    /// A decision made at `now` (nanoseconds since the Unix epoch) with no policies yet.
+    pub fn new(outcome: Outcome, now: u64, fraction_before: f64, charged: u64) -> Self {
+        Self {
+            outcome,
+            now,
+            fraction_before,
+            charged,
+            len: 0,
+            policies: [PolicyState::default(); MAX_POLICIES],
+        }
+    }
+
+    /// Adds one policy's standing (at most [`MAX_POLICIES`]; more are ignored).
+    pub fn with(mut self, state: PolicyState) -> Self {
+        if usize::from(self.len) < MAX_POLICIES {
+            self.policies[usize::from(self.len)] = state;
+            self.len += 1;
+        }
+        self
+    }
+
+    /// The outcome.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// True when the request was admitted (and charged).
+    pub fn is_admitted(&self) -> bool {
+        self.outcome == Outcome::Admitted
+    }
+
+    /// When the decision was made, in nanoseconds since the Unix epoch (the store's clock).
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// The smallest fraction of any policy's burst that was left before this request.
+    pub fn fraction_before(&self) -> f64 {
+        self.fraction_before
+    }
+
+    /// The tokens charged (0 unless admitted).
+    pub fn charged(&self) -> u64 {
+        self.charged
+    }
+
+    /// Each policy's standing, in the tier's order.
+    pub fn policies(&self) -> &[PolicyState] {
+        &self.policies[..usize::from(self.len)]
+    }
+
+    /// How long until the request would be admitted, when it was rejected for now.
+    pub fn retry_after(&self) -> Option<Duration> {
+        (self.outcome == Outcome::Rejected).then(|| {
+            Duration::from_nanos(
+                self.policies()
+                    .iter()
+                    .map(|p| p.retry_after)
+                    .max()
+                    .unwrap_or(0),
+            )
+        })
+    }
+
+    /// The policy the single-policy headers describe: on a rejection the violated one (the
+    /// longest wait), otherwise the one with the smallest remaining fraction.
+    pub fn headline(&self) -> PolicyState {
+        let policies = self.policies();
+        let pick = if self.outcome == Outcome::Admitted {
+            policies
+                .iter()
+                .min_by(|a, b| a.fraction().total_cmp(&b.fraction()))
+        } else {
+            policies
+                .iter()
+                .max_by_key(|p| (p.retry_after, u64::MAX - p.remaining))
+        };
+        pick.copied().unwrap_or_default()
+    }
+
+    /// Unix epoch seconds at which the headline policy's bucket is full again (rounded up).
+    pub fn reset_epoch_secs(&self, state: &PolicyState) -> u64 {
+        (self.now + state.reset_after).div_ceil(NANOS_PER_SEC)
+    }
+}
+
+/// A store fault: the store could not decide (unreachable, timed out, a bad answer).
+#[derive(Debug)]
+pub struct StoreError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// A fault described by `message`, caused by `source`.
+    pub fn new(
+        message: impl Into<String>,
+        source: impl Into<Option<Box<dyn std::error::Error + Send + Sync>>>,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+
+/// The future of a [`Store::check`]: either already resolved (no allocation, no polling) or a
+/// boxed future doing I/O.
+pub struct StoreFuture {
+    kind: FutureKind,
+}
+
+enum FutureKind {
+    Ready(Option<Result<Decision, StoreError>>),
+    Boxed(BoxFuture),
+}
+
+impl StoreFuture {
+    /// An answer known at once.
+    pub fn ready(result: Result<Decision, StoreError>) -> Self {
+        Self {
+            kind: FutureKind::Ready(Some(result)),
+        }
+    }
+
+    /// An answer that needs I/O.
+    pub fn boxed(
+        future: impl Future<Output = Result<Decision, StoreError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            kind: FutureKind::Boxed(Box::pin(future)),
+        }
+    }
+
+    /// The answer, if it is already known.
+    pub fn try_take(&mut self) -> Option<Result<Decision, StoreError>> {
+        match &mut self.kind {
+            FutureKind::Ready(result) => result.take(),
+            FutureKind::Boxed(_) => None,
+        }
+    }
+}
+
+impl fmt::Debug for StoreFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            FutureKind::Ready(_) => "ready",
+            FutureKind::Boxed(_) => "pending",
+        };
+        f.debug_struct("StoreFuture").field("kind", &kind).finish()
+    }
+}
+
+impl Future for StoreFuture {
+    type Output = Result<Decision, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.kind {
+            FutureKind::Ready(result) => {
+                Poll::Ready(result.take().expect("StoreFuture polled after completion"))
+            }
+            FutureKind::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Keeps limiter state and charges it.
+///
+/// Implementations charge every policy of `tier` atomically: the request is admitted only if
+/// every policy admits it, and a rejection charges nothing.
+pub trait Store: Send + Sync + 'static {
+    /// Charges `charge` to `key` under `tier`'s policies.
+    fn check(&self, key: &Key, tier: &Tier, charge: Charge) -> StoreFuture;
+
+    /// How many policy states the store keeps now (for metrics; `None` when unknown).
+    fn tracked(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn check(&self, key: &Key, tier: &Tier, charge: Charge) -> StoreFuture {
+        (**self).check(key, tier, charge)
+    }
+
+    fn tracked(&self) -> Option<usize> {
+        (**self).tracked()
+    }
+}
