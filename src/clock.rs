@@ -135,15 +135,9 @@ mod tests {
     #[test]
     fn system_clock_tracks_wall_time() {
         let clock = SystemClock::new();
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
         let diff = clock.now().abs_diff(wall);
-        assert!(
-            diff < NANOS_PER_SEC,
-            "clock is {diff} ns away from wall time"
-        );
+        assert!(diff < NANOS_PER_SEC, "clock is {diff} ns away from wall time");
     }
 
     #[test]

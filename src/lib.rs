@@ -32,12 +32,7 @@
 //!
 //! [Tower]: https://docs.rs/tower
 
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -48,6 +43,7 @@ pub mod config;
 pub mod degrade;
 pub mod key;
 pub mod layer;
+pub mod observe;
 pub mod policy;
 pub mod store;
 

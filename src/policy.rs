@@ -117,11 +117,7 @@ impl Tier {
 
     /// The smallest burst of the tier's policies: the largest cost it can ever admit.
     pub fn max_cost(&self) -> u64 {
-        self.policies
-            .iter()
-            .map(|p| p.quota().burst())
-            .min()
-            .unwrap_or(0)
+        self.policies.iter().map(|p| p.quota().burst()).min().unwrap_or(0)
     }
 }
 
@@ -148,13 +144,7 @@ pub struct TierSpec {
 impl TierSpec {
     /// A tier held to `quota`.
     pub fn new(quota: Quota) -> Self {
-        Self {
-            quota,
-            daily: None,
-            algorithm: None,
-            upgrade_url: None,
-            concurrency: None,
-        }
+        Self { quota, daily: None, algorithm: None, upgrade_url: None, concurrency: None }
     }
 
     /// Adds a daily quota of `requests`, refilled continuously over 24 hours.
@@ -196,19 +186,11 @@ pub struct RouteRule {
 impl RouteRule {
     /// A limited route costing `cost`.
     pub const fn cost(cost: u32) -> Self {
-        Self {
-            cost,
-            exempt: false,
-            degrade: false,
-        }
+        Self { cost, exempt: false, degrade: false }
     }
 
     /// A route that is never limited.
-    pub const EXEMPT: Self = Self {
-        cost: 0,
-        exempt: true,
-        degrade: false,
-    };
+    pub const EXEMPT: Self = Self { cost: 0, exempt: true, degrade: false };
 }
 
 #[derive(Debug, Clone, Default)]
@@ -245,10 +227,7 @@ pub struct Routes {
 
 impl Default for Routes {
     fn default() -> Self {
-        Self {
-            table: HashMap::default(),
-            default: RouteRule::cost(1),
-        }
+        Self { table: HashMap::default(), default: RouteRule::cost(1) }
     }
 }
 
@@ -258,11 +237,7 @@ pub struct BadRoute(pub String);
 
 impl std::fmt::Display for BadRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`{}` is not a route: write \"/path\" or \"METHOD /path\"",
-            self.0
-        )
+        write!(f, "`{}` is not a route: write \"/path\" or \"METHOD /path\"", self.0)
     }
 }
 
@@ -274,8 +249,7 @@ impl Routes {
         let bad = || BadRoute(route.to_owned());
         let (method, path) = match route.trim().split_once(char::is_whitespace) {
             Some((method, path)) => {
-                let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| bad())?;
+                let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| bad())?;
                 (Some(method), path.trim())
             }
             None => (None, route.trim()),
@@ -301,11 +275,7 @@ impl Routes {
     }
 
     /// Changes the rule of `route` in place (or of a new entry starting from the default).
-    pub(crate) fn update(
-        &mut self,
-        route: &str,
-        f: impl FnOnce(&mut RouteRule),
-    ) -> Result<(), BadRoute> {
+    pub(crate) fn update(&mut self, route: &str, f: impl FnOnce(&mut RouteRule)) -> Result<(), BadRoute> {
         let (method, path) = Self::parse(route)?;
         let default = self.default;
         let entry = self.table.entry(path.into()).or_default();
@@ -344,10 +314,7 @@ impl Routes {
     pub fn entries(&self) -> impl Iterator<Item = (String, RouteRule)> + '_ {
         self.table.iter().flat_map(|(path, entry)| {
             let any = entry.any.map(|rule| (path.to_string(), rule));
-            let methods = entry
-                .by_method
-                .iter()
-                .map(move |(m, rule)| (format!("{m} {path}"), *rule));
+            let methods = entry.by_method.iter().map(move |(m, rule)| (format!("{m} {path}"), *rule));
             any.into_iter().chain(methods)
         })
     }
@@ -425,20 +392,9 @@ impl Limits {
                 policy_header,
             });
         }
-        let by_name = tiers
-            .iter()
-            .map(|t| (t.name.clone(), t.index))
-            .collect::<HashMap<_, _, _>>();
+        let by_name = tiers.iter().map(|t| (t.name.clone(), t.index)).collect::<HashMap<_, _, _>>();
         let default_tier = by_name[default_tier];
-        Self {
-            tiers,
-            by_name,
-            default_tier,
-            routes,
-            bands,
-            near_quota,
-            policy_count: uid,
-        }
+        Self { tiers, by_name, default_tier, routes, bands, near_quota, policy_count: uid }
     }
 
     /// The tier named `name`.

@@ -170,30 +170,15 @@ enum Verdict {
 
 impl Check {
     pub(crate) fn admit(state: u64, remaining: u64, reset_after: u64) -> Self {
-        Self {
-            verdict: Verdict::Admit(state),
-            remaining,
-            reset_after,
-            retry_after: 0,
-        }
+        Self { verdict: Verdict::Admit(state), remaining, reset_after, retry_after: 0 }
     }
 
     pub(crate) fn deny(remaining: u64, reset_after: u64, retry_after: u64) -> Self {
-        Self {
-            verdict: Verdict::Deny,
-            remaining,
-            reset_after,
-            retry_after: retry_after.max(1),
-        }
+        Self { verdict: Verdict::Deny, remaining, reset_after, retry_after: retry_after.max(1) }
     }
 
     pub(crate) fn never(remaining: u64, reset_after: u64) -> Self {
-        Self {
-            verdict: Verdict::Exceeds,
-            remaining,
-            reset_after,
-            retry_after: 0,
-        }
+        Self { verdict: Verdict::Exceeds, remaining, reset_after, retry_after: 0 }
     }
 
     /// The state to store when the request is admitted; `None` when it is not.

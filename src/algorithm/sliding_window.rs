@@ -39,12 +39,7 @@ fn unpack(quota: &Quota, state: u64, now: u64) -> Window {
     } else {
         (0, 0)
     };
-    Window {
-        prev,
-        cur,
-        elapsed,
-        tag,
-    }
+    Window { prev, cur, elapsed, tag }
 }
 
 #[inline]
@@ -85,11 +80,7 @@ pub(super) fn check(quota: &Quota, state: u64, now: u64, cost: u64) -> Check {
     if needed <= capacity {
         let cur = win.cur + cost;
         let remaining = ((capacity - needed) / u128::from(w)) as u64;
-        return Check::admit(
-            pack(win.tag, win.prev, cur),
-            remaining,
-            reset_after(&win, w, cur),
-        );
+        return Check::admit(pack(win.tag, win.prev, cur), remaining, reset_after(&win, w, cur));
     }
     // Denied: when will `cost` fit?
     let retry = if win.cur + cost <= limit {

@@ -6,17 +6,11 @@ const SEC: u64 = NANOS_PER_SEC;
 const START: u64 = 1_700_000_000 * SEC;
 
 fn bucket(per_minute: u64, burst: u64) -> Rule {
-    Rule::new(
-        Algorithm::TokenBucket,
-        Quota::per_minute(per_minute, burst).unwrap(),
-    )
+    Rule::new(Algorithm::TokenBucket, Quota::per_minute(per_minute, burst).unwrap())
 }
 
 fn window(per_minute: u64, burst: u64) -> Rule {
-    Rule::new(
-        Algorithm::SlidingWindow,
-        Quota::per_minute(per_minute, burst).unwrap(),
-    )
+    Rule::new(Algorithm::SlidingWindow, Quota::per_minute(per_minute, burst).unwrap())
 }
 
 #[test]
@@ -109,23 +103,14 @@ fn sliding_window_weights_the_previous_window() {
     for _ in 0..10 {
         state = rule.check(state, aligned, 1).new_state().unwrap();
     }
-    assert!(rule
-        .check(state, aligned + 9 * SEC, 1)
-        .new_state()
-        .is_none());
+    assert!(rule.check(state, aligned + 9 * SEC, 1).new_state().is_none());
     // Halfway through the next window, half of the previous one still counts.
     let half = rule.check(state, aligned + 15 * SEC, 0);
     assert_eq!(half.remaining, 5);
     let denied = rule.check(state, aligned + 15 * SEC, 6);
     assert_eq!(denied.new_state(), None);
-    assert_eq!(
-        denied.retry_after, SEC,
-        "one more tenth of the window must slide out"
-    );
-    assert!(rule
-        .check(state, aligned + 16 * SEC, 6)
-        .new_state()
-        .is_some());
+    assert_eq!(denied.retry_after, SEC, "one more tenth of the window must slide out");
+    assert!(rule.check(state, aligned + 16 * SEC, 6).new_state().is_some());
 }
 
 #[test]
@@ -139,14 +124,8 @@ fn sliding_window_retry_after_in_the_next_window() {
     let denied = rule.check(state, aligned + 2 * SEC, 4);
     // Next window starts in 8 s; there 10·(W−e)/W ≤ 6 needs e ≥ 4 s.
     assert_eq!(denied.retry_after, 12 * SEC);
-    assert!(rule
-        .check(state, aligned + 14 * SEC - 1, 4)
-        .new_state()
-        .is_none());
-    assert!(rule
-        .check(state, aligned + 14 * SEC, 4)
-        .new_state()
-        .is_some());
+    assert!(rule.check(state, aligned + 14 * SEC - 1, 4).new_state().is_none());
+    assert!(rule.check(state, aligned + 14 * SEC, 4).new_state().is_some());
 }
 
 #[test]
@@ -155,10 +134,7 @@ fn quota_rejects_nonsense() {
     assert!(Quota::per_second(1, 0).is_none());
     assert!(Quota::new(1, Duration::ZERO, 1).is_none());
     assert!(Quota::new(1, Duration::from_secs(u64::MAX / 4), u64::MAX).is_none());
-    assert_eq!(
-        Quota::per_second(3, 1).unwrap().emission_interval(),
-        Duration::from_nanos(333_333_334)
-    );
+    assert_eq!(Quota::per_second(3, 1).unwrap().emission_interval(), Duration::from_nanos(333_333_334));
     assert_eq!(Quota::per_day(10_000).unwrap().window_secs(), 86_400);
     assert_eq!(Quota::per_minute(60, 10).unwrap().window_secs(), 10);
 }
@@ -180,10 +156,7 @@ fn admitted(rule: &Rule, stream: &[(u64, u64)]) -> Vec<(u64, u64)> {
             state = next;
             out.push((now, cost));
         } else {
-            assert!(
-                check.exceeds() || check.retry_after > 0,
-                "a denial says when to retry"
-            );
+            assert!(check.exceeds() || check.retry_after > 0, "a denial says when to retry");
         }
     }
     out

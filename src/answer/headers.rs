@@ -45,8 +45,7 @@ impl HeaderMode {
 }
 
 pub(crate) static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-pub(crate) static X_RATELIMIT_REMAINING: HeaderName =
-    HeaderName::from_static("x-ratelimit-remaining");
+pub(crate) static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 pub(crate) static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -79,10 +78,7 @@ fn number(n: u64) -> HeaderValue {
 /// An sfv string for a policy name; names are validated by the configuration, and anything
 /// outside printable ASCII is replaced here for names made in code.
 pub(crate) fn sf_name(name: &str) -> sfv::String {
-    let clean: String = name
-        .chars()
-        .map(|c| if (' '..='~').contains(&c) { c } else { '_' })
-        .collect();
+    let clean: String = name.chars().map(|c| if (' '..='~').contains(&c) { c } else { '_' }).collect();
     sfv::String::from_string(clean).expect("printable ASCII is a valid sf-string")
 }
 
@@ -100,8 +96,7 @@ pub(crate) fn policy_header(policies: &[Policy]) -> Option<HeaderValue> {
             .parameter(key("q"), integer(clamp(quota.burst())))
             .parameter(key("w"), integer(clamp(quota.window_secs())));
     }
-    list.finish()
-        .and_then(|text| HeaderValue::from_str(&text).ok())
+    list.finish().and_then(|text| HeaderValue::from_str(&text).ok())
 }
 
 fn clamp(n: u64) -> i64 {
@@ -124,8 +119,7 @@ pub(crate) struct RateLimitHeaders {
     degraded: Option<HeaderValue>,
 }
 
-pub(crate) static X_RATELIMIT_DEGRADED: HeaderName =
-    HeaderName::from_static("x-ratelimit-degraded");
+pub(crate) static X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimit-degraded");
 
 impl RateLimitHeaders {
     /// Marks the answer as degraded (`X-RateLimit-Degraded: cached` or `minimal`).
@@ -204,14 +198,8 @@ mod tests {
 
     fn free() -> Limits {
         Limits::builder()
-            .tier(
-                "anonymous",
-                TierSpec::new(Quota::per_minute(30, 5).unwrap()),
-            )
-            .tier(
-                "free",
-                TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(10_000),
-            )
+            .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+            .tier("free", TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(10_000))
             .build()
             .unwrap()
     }
@@ -251,10 +239,7 @@ mod tests {
         assert_eq!(map["x-ratelimit-limit"], "10");
         assert_eq!(map["x-ratelimit-remaining"], "3");
         assert_eq!(map["x-ratelimit-reset"], "1700000007");
-        assert_eq!(
-            map["ratelimit"],
-            "\"free\";r=3;t=7, \"free-daily\";r=9950;t=41000"
-        );
+        assert_eq!(map["ratelimit"], "\"free\";r=3;t=7, \"free-daily\";r=9950;t=41000");
         assert!(!map.contains_key("retry-after"));
 
         let mut map = HeaderMap::new();

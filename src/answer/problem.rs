@@ -2,17 +2,13 @@ use bytes::Bytes;
 use serde::Serialize;
 
 /// `type` of a 429: the client is over its rate for now.
-pub const PROBLEM_RATE_LIMITED: &str =
-    "https://docs.rs/tollgate/latest/tollgate/answer/#rate-limited";
+pub const PROBLEM_RATE_LIMITED: &str = "https://docs.rs/tollgate/latest/tollgate/answer/#rate-limited";
 /// `type` of a 403: the request costs more than the tier's burst and can never be admitted.
-pub const PROBLEM_OVER_CAPACITY: &str =
-    "https://docs.rs/tollgate/latest/tollgate/answer/#over-capacity";
+pub const PROBLEM_OVER_CAPACITY: &str = "https://docs.rs/tollgate/latest/tollgate/answer/#over-capacity";
 /// `type` of a 429 for too many requests in flight at once.
-pub const PROBLEM_CONCURRENCY: &str =
-    "https://docs.rs/tollgate/latest/tollgate/answer/#too-many-in-flight";
+pub const PROBLEM_CONCURRENCY: &str = "https://docs.rs/tollgate/latest/tollgate/answer/#too-many-in-flight";
 /// `type` of a 503: the limiter's store is unreachable and `on_error = "deny"`.
-pub const PROBLEM_UNAVAILABLE: &str =
-    "https://docs.rs/tollgate/latest/tollgate/answer/#store-unavailable";
+pub const PROBLEM_UNAVAILABLE: &str = "https://docs.rs/tollgate/latest/tollgate/answer/#store-unavailable";
 
 /// An RFC 9457 problem body (`application/problem+json`) with tollgate's extension members.
 ///

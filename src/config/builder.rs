@@ -75,10 +75,7 @@ impl Builder {
     /// Checks everything and compiles the limits.
     pub fn build(self) -> Result<Limits, ConfigError> {
         if self.tiers.is_empty() {
-            return Err(ConfigError::invalid(
-                "tiers",
-                "at least one tier is required",
-            ));
+            return Err(ConfigError::invalid("tiers", "at least one tier is required"));
         }
         for (name, spec) in &self.tiers {
             let algorithm = spec.algorithm.unwrap_or(self.algorithm);
@@ -96,10 +93,7 @@ impl Builder {
                     ));
                 }
             }
-            if spec
-                .daily
-                .is_some_and(|d| crate::algorithm::Quota::per_day(d).is_none())
-            {
+            if spec.daily.is_some_and(|d| crate::algorithm::Quota::per_day(d).is_none()) {
                 return Err(ConfigError::invalid(
                     format!("tiers.{name}.requests_per_day"),
                     "is out of range",
@@ -122,9 +116,9 @@ impl Builder {
                 .map_err(|e| ConfigError::invalid(format!("routes.\"{route}\""), e.to_string()))?;
         }
         for route in &self.degrade {
-            routes.update(route, |r| r.degrade = true).map_err(|e| {
-                ConfigError::invalid(format!("degrade.routes \"{route}\""), e.to_string())
-            })?;
+            routes
+                .update(route, |r| r.degrade = true)
+                .map_err(|e| ConfigError::invalid(format!("degrade.routes \"{route}\""), e.to_string()))?;
         }
         Ok(Limits::new(
             self.tiers,

@@ -31,11 +31,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// An invalid value at `key`.
     pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            key: key.into(),
-            message: message.into(),
-            origin: None,
-        }
+        Self::Invalid { key: key.into(), message: message.into(), origin: None }
     }
 
     /// The offending key, if any.
@@ -50,11 +46,7 @@ impl ConfigError {
     #[cfg(feature = "config")]
     pub(crate) fn located(self, figment: &figment::Figment) -> Self {
         match self {
-            Self::Invalid {
-                key,
-                message,
-                origin: None,
-            } => {
+            Self::Invalid { key, message, origin: None } => {
                 let lookup = key.replace('"', "");
                 let origin = figment
                     .find_metadata(&lookup)
@@ -71,11 +63,7 @@ impl ConfigError {
                             _ => None,
                         })
                     });
-                Self::Invalid {
-                    key,
-                    message,
-                    origin,
-                }
+                Self::Invalid { key, message, origin }
             }
             other => other,
         }
@@ -83,17 +71,11 @@ impl ConfigError {
 
     #[cfg(feature = "config")]
     pub(crate) fn from_figment(error: figment::Error) -> Self {
-        let error = error
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| figment::Error::from("unknown error".to_owned()));
+        let error =
+            error.into_iter().next().unwrap_or_else(|| figment::Error::from("unknown error".to_owned()));
         let key = (!error.path.is_empty()).then(|| error.path.join("."));
         let origin = error.metadata.as_ref().and_then(describe);
-        Self::Load {
-            key,
-            message: error.kind.to_string(),
-            origin,
-        }
+        Self::Load { key, message: error.kind.to_string(), origin }
     }
 }
 
@@ -102,9 +84,7 @@ fn describe(metadata: &figment::Metadata) -> Option<String> {
     use figment::Source;
     match &metadata.source {
         Some(Source::File(path)) => Some(path.display().to_string()),
-        Some(Source::Code(_)) | Some(Source::Custom(_)) | None
-            if metadata.name.contains("Serialized") =>
-        {
+        Some(Source::Code(_)) | Some(Source::Custom(_)) | None if metadata.name.contains("Serialized") => {
             None
         }
         Some(other) => Some(format!("{} ({other})", metadata.name)),
@@ -115,21 +95,13 @@ fn describe(metadata: &figment::Metadata) -> Option<String> {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Invalid {
-                key,
-                message,
-                origin,
-            } => {
+            Self::Invalid { key, message, origin } => {
                 if let Some(origin) = origin {
                     write!(f, "{origin}: ")?;
                 }
                 write!(f, "`{key}` {message}")
             }
-            Self::Load {
-                key,
-                message,
-                origin,
-            } => {
+            Self::Load { key, message, origin } => {
                 if let Some(origin) = origin {
                     write!(f, "{origin}: ")?;
                 }

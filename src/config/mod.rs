@@ -191,10 +191,7 @@ fn default_near_quota() -> f64 {
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        Self {
-            near_quota: default_near_quota(),
-            webhook: None,
-        }
+        Self { near_quota: default_near_quota(), webhook: None }
     }
 }
 
@@ -207,9 +204,8 @@ impl Config {
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         use figment::providers::{Env, Format, Toml};
         let path = path.as_ref();
-        let figment = Self::figment()
-            .merge(Toml::file_exact(path))
-            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let figment =
+            Self::figment().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).split("__"));
         Self::from_figment(&figment)
     }
 
@@ -239,10 +235,7 @@ impl Config {
     pub fn limits(&self) -> Result<Limits, ConfigError> {
         let mut builder = Builder::default().algorithm(self.algorithm);
         if self.tiers.is_empty() {
-            return Err(ConfigError::invalid(
-                "tiers",
-                "at least one tier is required",
-            ));
+            return Err(ConfigError::invalid("tiers", "at least one tier is required"));
         }
         for (name, tier) in &self.tiers {
             builder = builder.tier(name, tier.spec(name)?);
@@ -285,10 +278,7 @@ impl Config {
         if let Some(degrade) = &self.degrade {
             let in_unit = |v: f64| (0.0..=1.0).contains(&v);
             if !in_unit(degrade.cached_below) {
-                return Err(ConfigError::invalid(
-                    "degrade.cached_below",
-                    "must be between 0 and 1",
-                ));
+                return Err(ConfigError::invalid("degrade.cached_below", "must be between 0 and 1"));
             }
             if !in_unit(degrade.minimal_below) || degrade.minimal_below > degrade.cached_below {
                 return Err(ConfigError::invalid(
@@ -297,23 +287,16 @@ impl Config {
                 ));
             }
             for (i, route) in degrade.routes.iter().enumerate() {
-                Routes::parse(route).map_err(|e| {
-                    ConfigError::invalid(format!("degrade.routes[{i}]"), e.to_string())
-                })?;
+                Routes::parse(route)
+                    .map_err(|e| ConfigError::invalid(format!("degrade.routes[{i}]"), e.to_string()))?;
             }
             builder = builder.degrade(
                 degrade.routes.iter().map(String::as_str),
-                Bands {
-                    cached_below: degrade.cached_below,
-                    minimal_below: degrade.minimal_below,
-                },
+                Bands { cached_below: degrade.cached_below, minimal_below: degrade.minimal_below },
             );
         }
         if !(self.alerts.near_quota > 0.0 && self.alerts.near_quota <= 1.0) {
-            return Err(ConfigError::invalid(
-                "alerts.near_quota",
-                "must be above 0 and at most 1",
-            ));
+            return Err(ConfigError::invalid("alerts.near_quota", "must be above 0 and at most 1"));
         }
         builder = builder.near_quota(self.alerts.near_quota);
         if self.ipv6_prefix > 128 {
@@ -328,15 +311,8 @@ impl Config {
     /// The key extractor this configuration describes: an auth layer's
     /// [`Client`](crate::key::Client), else a known `X-API-Key`, else the client IP.
     pub fn extractor(&self) -> DefaultExtractor {
-        let keys = self
-            .api_keys
-            .iter()
-            .fold(ApiKeys::new("x-api-key"), |keys, (k, tier)| {
-                keys.key(k, tier)
-            });
-        let ip = ClientIp::new()
-            .trusted(self.trusted_proxies.iter().copied())
-            .ipv6_prefix(self.ipv6_prefix);
+        let keys = self.api_keys.iter().fold(ApiKeys::new("x-api-key"), |keys, (k, tier)| keys.key(k, tier));
+        let ip = ClientIp::new().trusted(self.trusted_proxies.iter().copied()).ipv6_prefix(self.ipv6_prefix);
         FromExtension.or(keys).or(ip)
     }
 }
@@ -344,11 +320,7 @@ impl Config {
 impl TierConfig {
     fn spec(&self, name: &str) -> Result<TierSpec, ConfigError> {
         let key = |field: &str| format!("tiers.{name}.{field}");
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return Err(ConfigError::invalid(
                 format!("tiers.\"{name}\""),
                 "a tier name uses letters, digits, `-`, `_` and `.` only",
@@ -379,39 +351,27 @@ impl TierConfig {
             ));
         }
         let Some(burst) = self.burst else {
-            return Err(ConfigError::invalid(
-                key("burst"),
-                "is required: the capacity of the bucket",
-            ));
+            return Err(ConfigError::invalid(key("burst"), "is required: the capacity of the bucket"));
         };
-        let burst = u64::try_from(burst)
-            .ok()
-            .filter(|&b| b > 0)
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    key("burst"),
-                    format!("must be a whole number of at least 1 (found {burst})"),
-                )
-            })?;
+        let burst = u64::try_from(burst).ok().filter(|&b| b > 0).ok_or_else(|| {
+            ConfigError::invalid(
+                key("burst"),
+                format!("must be a whole number of at least 1 (found {burst})"),
+            )
+        })?;
         let emission = (Duration::from_secs(period).as_nanos() as f64 / rate).ceil();
         let quota = Quota::from_emission(emission as u64, burst).ok_or_else(|| {
-            ConfigError::invalid(
-                key(field),
-                format!("{rate} with a burst of {burst} is out of range"),
-            )
+            ConfigError::invalid(key(field), format!("{rate} with a burst of {burst} is out of range"))
         })?;
         let algorithm = self.algorithm;
         let mut spec = TierSpec::new(quota);
         if let Some(daily) = self.requests_per_day {
-            let daily = u64::try_from(daily)
-                .ok()
-                .filter(|&d| d > 0)
-                .ok_or_else(|| {
-                    ConfigError::invalid(
-                        key("requests_per_day"),
-                        format!("must be a whole number of at least 1 (found {daily})"),
-                    )
-                })?;
+            let daily = u64::try_from(daily).ok().filter(|&d| d > 0).ok_or_else(|| {
+                ConfigError::invalid(
+                    key("requests_per_day"),
+                    format!("must be a whole number of at least 1 (found {daily})"),
+                )
+            })?;
             spec = spec.daily(daily);
         }
         if let Some(algorithm) = algorithm {
@@ -419,23 +379,17 @@ impl TierConfig {
         }
         if let Some(url) = &self.upgrade_url {
             if http::HeaderValue::from_str(url).is_err() || url.is_empty() {
-                return Err(ConfigError::invalid(
-                    key("upgrade_url"),
-                    "must be a non-empty URL",
-                ));
+                return Err(ConfigError::invalid(key("upgrade_url"), "must be a non-empty URL"));
             }
             spec = spec.upgrade_url(url.clone());
         }
         if let Some(limit) = self.concurrency {
-            let limit = u32::try_from(limit)
-                .ok()
-                .filter(|&c| c > 0)
-                .ok_or_else(|| {
-                    ConfigError::invalid(
-                        key("concurrency"),
-                        format!("must be a whole number of at least 1 (found {limit})"),
-                    )
-                })?;
+            let limit = u32::try_from(limit).ok().filter(|&c| c > 0).ok_or_else(|| {
+                ConfigError::invalid(
+                    key("concurrency"),
+                    format!("must be a whole number of at least 1 (found {limit})"),
+                )
+            })?;
             spec = spec.concurrency(limit);
         }
         Ok(spec)

@@ -86,10 +86,9 @@ impl StoreConfig {
         self.validate()?;
         match self.backend {
             Backend::Memory => Ok(Arc::new(MemoryStore::new().capacity(self.max_keys))),
-            Backend::Redis => Err(ConfigError::invalid(
-                "store.backend",
-                "the Redis store is not available in this build",
-            )),
+            Backend::Redis => {
+                Err(ConfigError::invalid("store.backend", "the Redis store is not available in this build"))
+            }
         }
     }
 }

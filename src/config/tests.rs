@@ -17,31 +17,16 @@ fn the_demo_file_loads() {
     let limits = config.limits().unwrap();
     assert_eq!(limits.default_tier().name(), "anonymous");
     assert_eq!(limits.tier("free").unwrap().policies().len(), 2);
-    assert_eq!(
-        limits.tier("free").unwrap().upgrade_url(),
-        Some("https://example.com/pricing")
-    );
-    assert_eq!(
-        limits
-            .routes()
-            .lookup(&http::Method::POST, "/api/generate")
-            .cost,
-        20
-    );
+    assert_eq!(limits.tier("free").unwrap().upgrade_url(), Some("https://example.com/pricing"));
+    assert_eq!(limits.routes().lookup(&http::Method::POST, "/api/generate").cost, 20);
     assert!(limits.routes().lookup(&http::Method::GET, "/health").exempt);
-    assert!(
-        limits
-            .routes()
-            .lookup(&http::Method::GET, "/api/search")
-            .degrade
-    );
+    assert!(limits.routes().lookup(&http::Method::GET, "/api/search").degrade);
     assert_eq!(config.store.backend, Backend::Memory);
 }
 
 #[test]
 fn defaults_fill_everything_but_tiers() {
-    let config =
-        Config::from_toml("[tiers.anonymous]\nrequests_per_second = 2\nburst = 4\n").unwrap();
+    let config = Config::from_toml("[tiers.anonymous]\nrequests_per_second = 2\nburst = 4\n").unwrap();
     assert_eq!(config.algorithm, Algorithm::TokenBucket);
     assert_eq!(config.headers, HeaderMode::Both);
     assert_eq!(config.ipv6_prefix, 64);
@@ -51,10 +36,7 @@ fn defaults_fill_everything_but_tiers() {
         (config.store.backend, config.store.on_error),
         (Backend::Memory, crate::store::OnError::Local)
     );
-    assert!(Config::from_toml("algorithm = \"token_bucket\"\n")
-        .unwrap_err()
-        .to_string()
-        .contains("tiers"));
+    assert!(Config::from_toml("algorithm = \"token_bucket\"\n").unwrap_err().to_string().contains("tiers"));
 }
 
 #[test]
@@ -70,10 +52,7 @@ fn environment_overrides_the_file() {
         assert_eq!(config.tiers["free"].burst, Some(20));
         jail.set_env("TOLLGATE_DEFAULT_TIER", "platinum");
         let err = Config::load("ok.toml").unwrap_err().to_string();
-        assert!(
-            err.contains("default_tier") && err.contains("platinum"),
-            "{err}"
-        );
+        assert!(err.contains("default_tier") && err.contains("platinum"), "{err}");
         assert!(err.contains("TOLLGATE_"), "names the variable: {err}");
         Ok(())
     });
@@ -111,10 +90,7 @@ fn every_class_of_invalid_file_names_file_and_key() {
         for (text, needles) in cases {
             let err = load_err(jail, text).to_string();
             for needle in *needles {
-                assert!(
-                    err.contains(needle),
-                    "error for {text:?} should contain {needle:?}: {err}"
-                );
+                assert!(err.contains(needle), "error for {text:?} should contain {needle:?}: {err}");
             }
         }
         let err = Config::load("missing.toml").unwrap_err().to_string();
@@ -130,14 +106,10 @@ fn rates_in_every_unit() {
         ("requests_per_minute", 30_000_000_000),
         ("requests_per_hour", 1_800_000_000_000),
     ] {
-        let config =
-            Config::from_toml(&format!("[tiers.anonymous]\n{field} = 2\nburst = 3\n")).unwrap();
+        let config = Config::from_toml(&format!("[tiers.anonymous]\n{field} = 2\nburst = 3\n")).unwrap();
         let limits = config.limits().unwrap();
         assert_eq!(
-            limits.default_tier().policies()[0]
-                .quota()
-                .emission_interval()
-                .as_nanos(),
+            limits.default_tier().policies()[0].quota().emission_interval().as_nanos(),
             emission,
             "{field}"
         );

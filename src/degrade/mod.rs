@@ -44,10 +44,7 @@ impl Band {
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Band {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Band::of(&parts.extensions))
     }
 }

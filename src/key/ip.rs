@@ -54,10 +54,7 @@ impl Default for ClientIp {
 impl ClientIp {
     /// Peer addresses only (no trusted proxies), IPv6 keyed by /64.
     pub fn new() -> Self {
-        Self {
-            trusted: Arc::new([]),
-            ipv6_prefix: 64,
-        }
+        Self { trusted: Arc::new([]), ipv6_prefix: 64 }
     }
 
     /// Trusts forwarding headers from peers inside these networks.
@@ -81,9 +78,7 @@ impl ClientIp {
             IpAddr::V4(_) => ip,
             IpAddr::V6(v6) => {
                 let bits = u128::from(v6);
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.ipv6_prefix))
-                    .unwrap_or(0);
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.ipv6_prefix)).unwrap_or(0);
                 IpAddr::V6(Ipv6Addr::from(bits & mask))
             }
         })
@@ -137,24 +132,16 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// An address as written in `X-Forwarded-For` or `X-Real-IP`: `ip`, `ip:port` or `[v6]:port`.
 fn parse_addr(s: &str) -> Option<IpAddr> {
     let s = s.trim();
-    s.parse::<IpAddr>()
-        .or_else(|_| s.parse::<SocketAddr>().map(|a| a.ip()))
-        .ok()
-        .map(canonical)
+    s.parse::<IpAddr>().or_else(|_| s.parse::<SocketAddr>().map(|a| a.ip())).ok().map(canonical)
 }
 
 /// The `for=` of one `Forwarded` element (RFC 7239): `for=192.0.2.1`, `for="[2001:db8::1]:80"`.
 fn forwarded_for(element: &str) -> Option<IpAddr> {
     let value = element.split(';').find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
-        name.trim()
-            .eq_ignore_ascii_case("for")
-            .then_some(value.trim())
+        name.trim().eq_ignore_ascii_case("for").then_some(value.trim())
     })?;
-    let value = value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(value);
+    let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
     if let Some(rest) = value.strip_prefix('[') {
         let (v6, _) = rest.split_once(']')?;
         return v6.parse::<IpAddr>().ok().map(canonical);
@@ -164,10 +151,7 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
 
 fn peer(parts: &Parts) -> Option<IpAddr> {
     #[cfg(feature = "axum")]
-    if let Some(info) = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-    {
+    if let Some(info) = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
         return Some(info.0.ip());
     }
     parts.extensions.get::<SocketAddr>().map(|a| a.ip())
@@ -176,11 +160,7 @@ fn peer(parts: &Parts) -> Option<IpAddr> {
 impl KeyExtractor for ClientIp {
     fn extract(&self, parts: &Parts) -> Option<Client> {
         let peer = canonical(peer(parts)?);
-        let client = if self.is_trusted(peer) {
-            self.forwarded_client(parts, peer)
-        } else {
-            peer
-        };
+        let client = if self.is_trusted(peer) { self.forwarded_client(parts, peer) } else { peer };
         Some(Client::new(self.key_for(client)))
     }
 }
@@ -192,13 +172,10 @@ mod tests {
     fn request(peer: &str, headers: &[(&str, &[u8])]) -> Parts {
         let mut req = http::Request::new(());
         for (name, value) in headers {
-            req.headers_mut().append(
-                HeaderName::try_from(*name).unwrap(),
-                http::HeaderValue::from_bytes(value).unwrap(),
-            );
+            req.headers_mut()
+                .append(HeaderName::try_from(*name).unwrap(), http::HeaderValue::from_bytes(value).unwrap());
         }
-        req.extensions_mut()
-            .insert(peer.parse::<SocketAddr>().unwrap());
+        req.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
         req.into_parts().0
     }
 
@@ -218,11 +195,7 @@ mod tests {
     fn forged_headers_from_untrusted_peers_are_ignored() {
         let parts = request(
             "198.51.100.4:1",
-            &[
-                ("x-forwarded-for", b"1.2.3.4"),
-                ("forwarded", b"for=5.6.7.8"),
-                ("x-real-ip", b"9.9.9.9"),
-            ],
+            &[("x-forwarded-for", b"1.2.3.4"), ("forwarded", b"for=5.6.7.8"), ("x-real-ip", b"9.9.9.9")],
         );
         assert_eq!(key(&ClientIp::new(), &parts), ip("198.51.100.4"));
         assert_eq!(key(&proxied(), &parts), ip("198.51.100.4"));
@@ -232,16 +205,9 @@ mod tests {
     fn right_most_untrusted_hop_is_the_client() {
         let parts = request(
             "10.0.0.1:1",
-            &[
-                ("x-forwarded-for", b"6.6.6.6, 203.0.113.5"),
-                ("x-forwarded-for", b"10.2.2.2"),
-            ],
+            &[("x-forwarded-for", b"6.6.6.6, 203.0.113.5"), ("x-forwarded-for", b"10.2.2.2")],
         );
-        assert_eq!(
-            key(&proxied(), &parts),
-            ip("203.0.113.5"),
-            "the client's own claim 6.6.6.6 is ignored"
-        );
+        assert_eq!(key(&proxied(), &parts), ip("203.0.113.5"), "the client's own claim 6.6.6.6 is ignored");
     }
 
     #[test]
@@ -249,10 +215,7 @@ mod tests {
         let parts = request(
             "10.0.0.1:1",
             &[
-                (
-                    "forwarded",
-                    b"for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, For=10.3.3.3",
-                ),
+                ("forwarded", b"for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, For=10.3.3.3"),
                 ("x-forwarded-for", b"7.7.7.7"),
             ],
         );
@@ -278,10 +241,7 @@ mod tests {
     #[test]
     fn long_chains_are_cut() {
         let chain = vec!["10.9.9.9"; 100].join(",");
-        let parts = request(
-            "10.0.0.1:1",
-            &[("x-forwarded-for", format!("1.1.1.1,{chain}").as_bytes())],
-        );
+        let parts = request("10.0.0.1:1", &[("x-forwarded-for", format!("1.1.1.1,{chain}").as_bytes())]);
         assert_eq!(key(&proxied(), &parts), ip("10.9.9.9"));
     }
 
@@ -307,8 +267,6 @@ mod tests {
 
     #[test]
     fn no_peer_is_not_recognised() {
-        assert!(ClientIp::new()
-            .extract(&http::Request::new(()).into_parts().0)
-            .is_none());
+        assert!(ClientIp::new().extract(&http::Request::new(()).into_parts().0).is_none());
     }
 }

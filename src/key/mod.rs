@@ -178,10 +178,7 @@ pub trait KeyExtractor: Send + Sync + 'static {
     where
         Self: Sized,
     {
-        Or {
-            first: self,
-            second: other,
-        }
+        Or { first: self, second: other }
     }
 }
 
@@ -210,9 +207,7 @@ pub struct Or<A, B> {
 impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for Or<A, B> {
     #[inline]
     fn extract(&self, parts: &Parts) -> Option<Client> {
-        self.first
-            .extract(parts)
-            .or_else(|| self.second.extract(parts))
+        self.first.extract(parts).or_else(|| self.second.extract(parts))
     }
 }
 
@@ -248,16 +243,8 @@ mod tests {
     fn chain_falls_through_in_order() {
         let never = |_: &Parts| None;
         let always = |_: &Parts| Some(Client::new(Key::new("b")));
-        let chain = never
-            .or(always)
-            .or(|_: &Parts| Some(Client::new(Key::new("c"))));
-        assert_eq!(
-            chain
-                .extract(&parts(http::Request::builder()))
-                .unwrap()
-                .key(),
-            &Key::new("b")
-        );
+        let chain = never.or(always).or(|_: &Parts| Some(Client::new(Key::new("c"))));
+        assert_eq!(chain.extract(&parts(http::Request::builder())).unwrap().key(), &Key::new("b"));
     }
 
     #[test]

@@ -25,17 +25,11 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
-        Self {
-            kind: Kind::Inner { body },
-        }
+        Self { kind: Kind::Inner { body } }
     }
 
     pub(crate) fn own(bytes: Bytes) -> Self {
-        Self {
-            kind: Kind::Own {
-                body: Full::new(bytes),
-            },
-        }
+        Self { kind: Kind::Own { body: Full::new(bytes) } }
     }
 }
 

@@ -11,11 +11,12 @@ use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::future::{Next, OwnResponse};
 use crate::answer::{
-    retry_after_secs, HeaderMode, Problem, RateLimitHeaders, PROBLEM_OVER_CAPACITY,
-    PROBLEM_RATE_LIMITED, PROBLEM_UNAVAILABLE,
+    retry_after_secs, HeaderMode, Problem, RateLimitHeaders, PROBLEM_OVER_CAPACITY, PROBLEM_RATE_LIMITED,
+    PROBLEM_UNAVAILABLE,
 };
 use crate::degrade::Band;
 use crate::key::{Key, KeyExtractor};
+use crate::observe::{Event, Observer, Outcome as Seen};
 use crate::policy::{Limits, RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, Outcome, Store, StoreError};
 
@@ -26,6 +27,7 @@ pub(crate) struct Core {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) headers: HeaderMode,
     pub(crate) on_error: OnError,
+    pub(crate) observer: Option<Arc<dyn Observer>>,
     unidentified: Key,
     warned_unidentified: AtomicBool,
     last_fault_log: AtomicU64,
@@ -50,17 +52,13 @@ pub(crate) struct Prepared {
 }
 
 impl Core {
-    pub(crate) fn new(
-        limits: Limits,
-        store: Arc<dyn Store>,
-        headers: HeaderMode,
-        on_error: OnError,
-    ) -> Self {
+    pub(crate) fn new(limits: Limits, store: Arc<dyn Store>, headers: HeaderMode, on_error: OnError) -> Self {
         Self {
             limits,
             store,
             headers,
             on_error,
+            observer: None,
             unidentified: Key::new("unidentified"),
             warned_unidentified: AtomicBool::new(false),
             last_fault_log: AtomicU64::new(0),
@@ -75,17 +73,12 @@ impl Core {
 
     /// Who is asking, and in which tier.
     #[inline]
-    pub(crate) fn identify<K: KeyExtractor + ?Sized>(
-        &self,
-        extractor: &K,
-        parts: &Parts,
-    ) -> (Key, &Tier) {
+    pub(crate) fn identify<K: KeyExtractor + ?Sized>(&self, extractor: &K, parts: &Parts) -> (Key, &Tier) {
         match extractor.extract(parts) {
             Some(client) => {
                 let (key, tier) = client.into_parts();
-                let tier = tier
-                    .and_then(|name| self.limits.tier(&name))
-                    .unwrap_or(self.limits.default_tier());
+                let tier =
+                    tier.and_then(|name| self.limits.tier(&name)).unwrap_or(self.limits.default_tier());
                 (key, tier)
             }
             None => {
@@ -116,34 +109,52 @@ impl Core {
     pub(crate) fn decided<B>(
         &self,
         prepared: Prepared,
+        key: &Key,
         result: Result<Decision, StoreError>,
         mut req: Request<B>,
     ) -> Next<B> {
+        let tier = &self.limits.tiers[prepared.tier];
         let decision = match result {
             Ok(decision) => decision,
-            Err(error) => return self.fault(&error, req),
+            Err(error) => {
+                self.observe(&req, key, tier, prepared.cost, Seen::StoreFault(&error));
+                return self.fault(&error, req);
+            }
         };
-        let tier = &self.limits.tiers[prepared.tier];
         let mut headers = RateLimitHeaders::new(self.headers, tier, &decision);
         match decision.outcome() {
             Outcome::Admitted => {
                 if prepared.degrade && decision.charged() < prepared.cost {
                     headers.degraded("minimal");
                     req.extensions_mut().insert(Band::Minimal);
+                    self.observe(&req, key, tier, prepared.cost, Seen::Degraded(&decision, Band::Minimal));
+                } else {
+                    self.observe(&req, key, tier, prepared.cost, Seen::Admitted(&decision));
                 }
                 Next::Forward(req, Some(headers))
             }
-            Outcome::Rejected => Next::Answer(too_many_requests(tier, &decision, headers)),
+            Outcome::Rejected => {
+                self.observe(&req, key, tier, prepared.cost, Seen::Rejected(&decision));
+                Next::Answer(too_many_requests(tier, &decision, headers))
+            }
             Outcome::Exceeds => {
+                self.observe(&req, key, tier, prepared.cost, Seen::Exceeds(&decision));
                 Next::Answer(over_capacity(tier, &decision, prepared.cost, headers))
             }
         }
     }
 
+    #[inline]
+    fn observe<B>(&self, req: &Request<B>, key: &Key, tier: &Tier, cost: u64, outcome: Seen<'_>) {
+        if let Some(observer) = &self.observer {
+            let route = route_path_of(req.extensions(), req.uri());
+            observer.on_event(&Event { key, tier, method: req.method(), route, cost, outcome });
+        }
+    }
+
     fn fault<B>(&self, error: &StoreError, req: Request<B>) -> Next<B> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if self.last_fault_log.swap(now, Ordering::Relaxed) != now {
             tracing::warn!(%error, on_error = ?self.on_error, "tollgate: rate-limit store fault");
         }
@@ -157,19 +168,23 @@ impl Core {
 /// The route template axum matched, else the request path.
 #[inline]
 pub(crate) fn route_path(parts: &Parts) -> &str {
+    route_path_of(&parts.extensions, &parts.uri)
+}
+
+#[inline]
+fn route_path_of<'a>(extensions: &'a http::Extensions, uri: &'a http::Uri) -> &'a str {
     #[cfg(feature = "axum")]
-    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+    if let Some(matched) = extensions.get::<axum::extract::MatchedPath>() {
         return matched.as_str();
     }
-    parts.uri.path()
+    let _ = extensions;
+    uri.path()
 }
 
 fn problem_response(status: StatusCode, body: Bytes, headers: RateLimitHeaders) -> OwnResponse {
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, PROBLEM_JSON.clone());
+    response.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON.clone());
     headers.apply(response.headers_mut());
     response
 }
@@ -184,8 +199,7 @@ fn too_many_requests(tier: &Tier, decision: &Decision, headers: RateLimitHeaders
         tier.name(),
         violated.limit
     );
-    let mut problem =
-        Problem::new(PROBLEM_RATE_LIMITED, "Too Many Requests", 429, &detail).tier(tier.name());
+    let mut problem = Problem::new(PROBLEM_RATE_LIMITED, "Too Many Requests", 429, &detail).tier(tier.name());
     problem.policy = Some(name);
     problem.limit = Some(violated.limit);
     problem.remaining = Some(violated.remaining);
@@ -194,18 +208,8 @@ fn too_many_requests(tier: &Tier, decision: &Decision, headers: RateLimitHeaders
     problem_response(StatusCode::TOO_MANY_REQUESTS, problem.to_bytes(), headers)
 }
 
-fn over_capacity(
-    tier: &Tier,
-    decision: &Decision,
-    cost: u64,
-    headers: RateLimitHeaders,
-) -> OwnResponse {
-    let smallest = decision
-        .policies()
-        .iter()
-        .min_by_key(|p| p.limit)
-        .copied()
-        .unwrap_or_default();
+fn over_capacity(tier: &Tier, decision: &Decision, cost: u64, headers: RateLimitHeaders) -> OwnResponse {
+    let smallest = decision.policies().iter().min_by_key(|p| p.limit).copied().unwrap_or_default();
     let policy = tier.policies().get(usize::from(smallest.index));
     let name = policy.map_or(tier.name(), |p| p.name());
     let detail = format!(
@@ -214,13 +218,9 @@ fn over_capacity(
         tier.name(),
         smallest.limit
     );
-    let mut problem = Problem::new(
-        PROBLEM_OVER_CAPACITY,
-        "Request exceeds the tier's capacity",
-        403,
-        &detail,
-    )
-    .tier(tier.name());
+    let mut problem =
+        Problem::new(PROBLEM_OVER_CAPACITY, "Request exceeds the tier's capacity", 403, &detail)
+            .tier(tier.name());
     problem.policy = Some(name);
     problem.limit = Some(smallest.limit);
     problem.cost = Some(cost);
@@ -237,13 +237,8 @@ fn unavailable() -> OwnResponse {
          until it can. Please retry shortly.",
     )
     .retry_after(1);
-    let mut response = problem_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        problem.to_bytes(),
-        RateLimitHeaders::default(),
-    );
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    let mut response =
+        problem_response(StatusCode::SERVICE_UNAVAILABLE, problem.to_bytes(), RateLimitHeaders::default());
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }

@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::body::ResponseBody;
 use super::core::{Core, Prepared};
 use crate::answer::RateLimitHeaders;
+use crate::key::Key;
 use crate::store::StoreFuture;
 
 pin_project! {
@@ -34,7 +35,7 @@ pin_project! {
             check: StoreFuture,
             inner: Option<S>,
             core: Arc<Core>,
-            prepared: Option<(Prepared, Request<ReqBody>)>,
+            prepared: Option<(Prepared, Key, Request<ReqBody>)>,
         },
         /// The inner service is answering; the headers are merged when it does.
         Inner {
@@ -55,17 +56,11 @@ where
     S: Service<Request<ReqBody>>,
 {
     pub(crate) fn inner(future: S::Future, headers: Option<RateLimitHeaders>) -> Self {
-        Self {
-            kind: Kind::Inner { future, headers },
-        }
+        Self { kind: Kind::Inner { future, headers } }
     }
 
     pub(crate) fn ready(response: OwnResponse) -> Self {
-        Self {
-            kind: Kind::Ready {
-                response: Some(response),
-            },
-        }
+        Self { kind: Kind::Ready { response: Some(response) } }
     }
 
     pub(crate) fn checking(
@@ -73,15 +68,11 @@ where
         inner: S,
         core: Arc<Core>,
         prepared: Prepared,
+        key: Key,
         req: Request<ReqBody>,
     ) -> Self {
         Self {
-            kind: Kind::Checking {
-                check,
-                inner: Some(inner),
-                core,
-                prepared: Some((prepared, req)),
-            },
+            kind: Kind::Checking { check, inner: Some(inner), core, prepared: Some((prepared, key, req)) },
         }
     }
 }
@@ -104,23 +95,13 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().kind.project() {
-                KindProj::Checking {
-                    check,
-                    inner,
-                    core,
-                    prepared,
-                } => {
+                KindProj::Checking { check, inner, core, prepared } => {
                     let result = ready!(Pin::new(check).poll(cx));
-                    let (prepared, req) = prepared.take().expect("polled after completion");
+                    let (prepared, key, req) = prepared.take().expect("polled after completion");
                     let mut inner = inner.take().expect("polled after completion");
-                    match core.decided(prepared, result, req) {
-                        Next::Forward(req, headers) => Kind::Inner {
-                            future: inner.call(req),
-                            headers,
-                        },
-                        Next::Answer(response) => Kind::Ready {
-                            response: Some(response),
-                        },
+                    match core.decided(prepared, &key, result, req) {
+                        Next::Forward(req, headers) => Kind::Inner { future: inner.call(req), headers },
+                        Next::Answer(response) => Kind::Ready { response: Some(response) },
                     }
                 }
                 KindProj::Inner { future, headers } => {
@@ -150,8 +131,6 @@ where
             Kind::Inner { .. } => "inner",
             Kind::Ready { .. } => "ready",
         };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish()
+        f.debug_struct("ResponseFuture").field("state", &state).finish()
     }
 }

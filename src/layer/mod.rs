@@ -50,9 +50,14 @@ use tower_layer::Layer;
 use self::core::Core;
 use crate::answer::HeaderMode;
 use crate::config::{Config, ConfigError};
+use crate::key::Key;
 use crate::key::{ApiKeys, ClientIp, FromExtension, KeyExtractor, Or};
+use crate::observe::Observer;
+use crate::policy::Tier;
 use crate::policy::{Limits, RouteRule};
+use crate::store::{Charge, Decision, StoreError};
 use crate::store::{MemoryStore, OnError, Store};
+use http::request::Parts;
 
 /// The extractor a configuration builds: a [`Client`](crate::key::Client) set by an auth
 /// layer, else a known API key (`X-API-Key`), else the client IP.
@@ -70,10 +75,7 @@ pub struct RateLimitLayer<K = DefaultExtractor> {
 
 impl<K> Clone for RateLimitLayer<K> {
     fn clone(&self) -> Self {
-        Self {
-            core: self.core.clone(),
-            extractor: self.extractor.clone(),
-        }
+        Self { core: self.core.clone(), extractor: self.extractor.clone() }
     }
 }
 
@@ -96,10 +98,7 @@ impl RateLimitLayer<DefaultExtractor> {
         let store = config.store.build(&limits)?;
         let extractor = config.extractor();
         let core = Core::new(limits, store, config.headers, config.store.on_error);
-        Ok(Self {
-            core: Arc::new(core),
-            extractor: Arc::new(extractor),
-        })
+        Ok(Self { core: Arc::new(core), extractor: Arc::new(extractor) })
     }
 }
 
@@ -119,16 +118,8 @@ impl RateLimitLayer<ClientIp> {
     /// assert_eq!(layer.limits().default_tier().name(), "anonymous");
     /// ```
     pub fn from_limits(limits: Limits) -> Self {
-        let core = Core::new(
-            limits,
-            Arc::new(MemoryStore::new()),
-            HeaderMode::Both,
-            OnError::default(),
-        );
-        Self {
-            core: Arc::new(core),
-            extractor: Arc::new(ClientIp::new()),
-        }
+        let core = Core::new(limits, Arc::new(MemoryStore::new()), HeaderMode::Both, OnError::default());
+        Self { core: Arc::new(core), extractor: Arc::new(ClientIp::new()) }
     }
 }
 
@@ -148,16 +139,16 @@ impl<K> RateLimitLayer<K> {
         &self.extractor
     }
 
-    fn rebuild(
-        &self,
-        f: impl FnOnce(&mut Limits, &mut Arc<dyn Store>, &mut HeaderMode, &mut OnError),
-    ) -> Arc<Core> {
-        let mut limits = self.core.limits.clone();
-        let mut store = self.core.store.clone();
-        let mut headers = self.core.headers;
-        let mut on_error = self.core.on_error;
-        f(&mut limits, &mut store, &mut headers, &mut on_error);
-        Arc::new(Core::new(limits, store, headers, on_error))
+    fn rebuild(self, f: impl FnOnce(&mut Core)) -> Self {
+        let mut core = Core::new(
+            self.core.limits.clone(),
+            self.core.store.clone(),
+            self.core.headers,
+            self.core.on_error,
+        );
+        core.observer = self.core.observer.clone();
+        f(&mut core);
+        Self { core: Arc::new(core), extractor: self.extractor }
     }
 
     /// Finds clients with `extractor` instead.
@@ -173,37 +164,28 @@ impl<K> RateLimitLayer<K> {
     /// # let _ = layer;
     /// ```
     pub fn extractor<K2: KeyExtractor>(self, extractor: K2) -> RateLimitLayer<K2> {
-        RateLimitLayer {
-            core: self.core,
-            extractor: Arc::new(extractor),
-        }
+        RateLimitLayer { core: self.core, extractor: Arc::new(extractor) }
     }
 
-    /// Charges `store` instead (shared by reference: pass an `Arc` to keep a handle).
+    /// Charges `store` instead (pass an `Arc` to keep a handle on it).
     pub fn with_store(self, store: impl Store) -> Self {
-        let core = self.rebuild(|_, s, _, _| *s = Arc::new(store));
-        Self {
-            core,
-            extractor: self.extractor,
-        }
+        self.rebuild(|c| c.store = Arc::new(store))
     }
 
     /// Sends these rate-limit headers.
     pub fn headers(self, mode: HeaderMode) -> Self {
-        let core = self.rebuild(|_, _, h, _| *h = mode);
-        Self {
-            core,
-            extractor: self.extractor,
-        }
+        self.rebuild(|c| c.headers = mode)
     }
 
     /// Does this when the store faults.
     pub fn on_error(self, policy: OnError) -> Self {
-        let core = self.rebuild(|_, _, _, e| *e = policy);
-        Self {
-            core,
-            extractor: self.extractor,
-        }
+        self.rebuild(|c| c.on_error = policy)
+    }
+
+    /// Tells `observer` of every decision (replacing any earlier observer; combine several
+    /// with a tuple `(a, b)`).
+    pub fn observer(self, observer: impl Observer) -> Self {
+        self.rebuild(|c| c.observer = Some(Arc::new(observer)))
     }
 
     /// Sets the cost of `route` (`"/path"` or `"METHOD /path"`, an axum route template): the
@@ -221,18 +203,13 @@ impl<K> RateLimitLayer<K> {
     /// assert_eq!(layer.limits().routes().lookup(&http::Method::POST, "/reports/{id}").cost, 8);
     /// ```
     pub fn route_cost(self, route: &str, cost: u32) -> Self {
-        let core = self.rebuild(|l, _, _, _| {
-            l.routes
-                .update(route, |r| {
-                    r.cost = cost;
-                    r.exempt = false;
-                })
-                .unwrap_or_else(|e| panic!("{e}"));
-        });
-        Self {
-            core,
-            extractor: self.extractor,
-        }
+        self.rebuild(|c| {
+            let set = |r: &mut RouteRule| {
+                r.cost = cost;
+                r.exempt = false;
+            };
+            c.limits.routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
+        })
     }
 
     /// Never limits `route`.
@@ -240,15 +217,50 @@ impl<K> RateLimitLayer<K> {
     /// # Panics
     /// When `route` is not a route.
     pub fn exempt(self, route: &str) -> Self {
-        let core = self.rebuild(|l, _, _, _| {
-            l.routes
-                .update(route, |r| *r = RouteRule::EXEMPT)
-                .unwrap_or_else(|e| panic!("{e}"));
-        });
-        Self {
-            core,
-            extractor: self.extractor,
-        }
+        self.rebuild(|c| {
+            let set = |r: &mut RouteRule| *r = RouteRule::EXEMPT;
+            c.limits.routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
+        })
+    }
+}
+
+/// A client's standing, read without charging anything: see [`RateLimitLayer::standing`].
+#[derive(Debug, Clone)]
+pub struct Standing<'a> {
+    /// The client's key.
+    pub key: Key,
+    /// The client's tier.
+    pub tier: &'a Tier,
+    /// The store's answer for a request of cost 0: every policy's limit, remaining and reset.
+    pub decision: Decision,
+}
+
+impl<K: KeyExtractor> RateLimitLayer<K> {
+    /// Who is asking, in which tier, and how much they have left, without charging: what a
+    /// usage endpoint shows.
+    ///
+    /// ```
+    /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
+    /// # tokio_test_block_on(async {
+    /// let limits = Limits::builder()
+    ///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+    ///     .build().unwrap();
+    /// let layer = RateLimitLayer::from_limits(limits);
+    /// let mut req = http::Request::new(());
+    /// req.extensions_mut().insert("192.0.2.1:9".parse::<std::net::SocketAddr>().unwrap());
+    /// let (parts, _) = req.into_parts();
+    /// let standing = layer.standing(&parts).await.unwrap();
+    /// assert_eq!(standing.tier.name(), "anonymous");
+    /// assert_eq!(standing.decision.policies()[0].remaining, 5);
+    /// # });
+    /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    /// # }
+    /// ```
+    pub async fn standing(&self, parts: &Parts) -> Result<Standing<'_>, StoreError> {
+        let (key, tier) = self.core.identify(&*self.extractor, parts);
+        let decision = self.core.store.check(&key, tier, Charge::new(0)).await?;
+        Ok(Standing { key, tier, decision })
     }
 }
 

@@ -25,22 +25,14 @@ pub struct RateLimit<S, K> {
 
 impl<S: Clone, K> Clone for RateLimit<S, K> {
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            core: self.core.clone(),
-            extractor: self.extractor.clone(),
-        }
+        Self { inner: self.inner.clone(), core: self.core.clone(), extractor: self.extractor.clone() }
     }
 }
 
 impl<S, K> RateLimit<S, K> {
     /// Wraps `inner` with the limits of `layer`.
     pub fn new(inner: S, layer: &RateLimitLayer<K>) -> Self {
-        Self {
-            inner,
-            core: layer.core.clone(),
-            extractor: layer.extractor.clone(),
-        }
+        Self { inner, core: layer.core.clone(), extractor: layer.extractor.clone() }
     }
 
     /// A layer wrapping services in this limiter (same as [`RateLimitLayer`] itself).
@@ -87,15 +79,11 @@ where
         }
         let (key, tier) = core.identify(&*self.extractor, &parts);
         let (charge, degrade) = core.charge(rule);
-        let prepared = Prepared {
-            tier: tier.index(),
-            cost: charge.cost,
-            degrade,
-        };
+        let prepared = Prepared { tier: tier.index(), cost: charge.cost, degrade };
         let mut check = core.store.check(&key, tier, charge);
         let req = Request::from_parts(parts, body);
         match check.try_take() {
-            Some(result) => match core.decided(prepared, result, req) {
+            Some(result) => match core.decided(prepared, &key, result, req) {
                 Next::Forward(req, headers) => ResponseFuture::inner(self.inner.call(req), headers),
                 Next::Answer(response) => ResponseFuture::ready(response),
             },
@@ -104,7 +92,7 @@ where
                 // clone takes its place (see "Be careful when cloning inner services").
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::checking(check, inner, self.core.clone(), prepared, req)
+                ResponseFuture::checking(check, inner, self.core.clone(), prepared, key, req)
             }
         }
     }

@@ -162,11 +162,7 @@ impl<C: Clock> MemoryStore<C> {
     /// A store reading time from `clock`.
     pub fn with_clock(clock: C) -> Self {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        Self::build(
-            clock,
-            (cores * 16).next_power_of_two().clamp(16, 1024),
-            DEFAULT_CAPACITY,
-        )
+        Self::build(clock, (cores * 16).next_power_of_two().clamp(16, 1024), DEFAULT_CAPACITY)
     }
 
     fn build(clock: C, shards: usize, capacity: usize) -> Self {
@@ -200,10 +196,7 @@ impl<C: Clock> MemoryStore<C> {
 
     /// The number of states kept now.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.data.read().unwrap_or_else(PoisonError::into_inner).len)
-            .sum()
+        self.shards.iter().map(|s| s.data.read().unwrap_or_else(PoisonError::into_inner).len).sum()
     }
 
     /// True when no state is kept.
@@ -223,8 +216,8 @@ impl<C: Clock> MemoryStore<C> {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
                 // At capacity, new keys share the overflow states, except when a sweep (at
                 // most one a second) might make room: then the insert path tries.
-                let at_cap = data.len >= self.per_shard
-                    && now.saturating_sub(data.last_full_sweep) < NANOS_PER_SEC;
+                let at_cap =
+                    data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) < NANOS_PER_SEC;
                 let mut slots: [Option<&AtomicU64>; MAX_POLICIES] = [None; MAX_POLICIES];
                 let mut missing = false;
                 for (slot, policy) in slots.iter_mut().zip(policies) {
@@ -274,9 +267,7 @@ impl<C: Clock> MemoryStore<C> {
         }
         let mut added = 0;
         for policy in policies {
-            if let std::collections::hash_map::Entry::Vacant(e) =
-                data.maps[policy.uid()].entry(digest)
-            {
+            if let std::collections::hash_map::Entry::Vacant(e) = data.maps[policy.uid()].entry(digest) {
                 e.insert(AtomicU64::new(0));
                 added += 1;
             }
@@ -287,11 +278,7 @@ impl<C: Clock> MemoryStore<C> {
 
 /// A decision that charges nothing: cost 0, or a cost that can never fit.
 fn standing(policies: &[Policy], states: &[u64], now: u64, cost: u64, fraction: f64) -> Decision {
-    let outcome = if cost == 0 {
-        Outcome::Admitted
-    } else {
-        Outcome::Exceeds
-    };
+    let outcome = if cost == 0 { Outcome::Admitted } else { Outcome::Exceeds };
     let mut decision = Decision::new(outcome, now, fraction, 0);
     for (index, (policy, &state)) in policies.iter().zip(states).enumerate() {
         let check = policy.rule().check(state, now, cost);
@@ -306,11 +293,7 @@ fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Outcome) 
         limit: policy.quota().burst(),
         remaining: check.remaining,
         reset_after: check.reset_after,
-        retry_after: if outcome == Outcome::Rejected {
-            check.retry_after
-        } else {
-            0
-        },
+        retry_after: if outcome == Outcome::Rejected { check.retry_after } else { 0 },
     }
 }
 

@@ -67,11 +67,7 @@ pub struct Charge {
 impl Charge {
     /// Takes `cost` tokens.
     pub fn new(cost: u64) -> Self {
-        Self {
-            cost,
-            reduced_below: 0.0,
-            reduced_cost: cost,
-        }
+        Self { cost, reduced_below: 0.0, reduced_cost: cost }
     }
 
     /// Takes `cost` tokens instead when less than `below` of the burst is left.
@@ -204,15 +200,8 @@ impl Decision {
 
     /// How long until the request would be admitted, when it was rejected for now.
     pub fn retry_after(&self) -> Option<Duration> {
-        (self.outcome == Outcome::Rejected).then(|| {
-            Duration::from_nanos(
-                self.policies()
-                    .iter()
-                    .map(|p| p.retry_after)
-                    .max()
-                    .unwrap_or(0),
-            )
-        })
+        (self.outcome == Outcome::Rejected)
+            .then(|| Duration::from_nanos(self.policies().iter().map(|p| p.retry_after).max().unwrap_or(0)))
     }
 
     /// The policy the single-policy headers describe: on a rejection the violated one (the
@@ -220,13 +209,9 @@ impl Decision {
     pub fn headline(&self) -> PolicyState {
         let policies = self.policies();
         let pick = if self.outcome == Outcome::Admitted {
-            policies
-                .iter()
-                .min_by(|a, b| a.fraction().total_cmp(&b.fraction()))
+            policies.iter().min_by(|a, b| a.fraction().total_cmp(&b.fraction()))
         } else {
-            policies
-                .iter()
-                .max_by_key(|p| (p.retry_after, u64::MAX - p.remaining))
+            policies.iter().max_by_key(|p| (p.retry_after, u64::MAX - p.remaining))
         };
         pick.copied().unwrap_or_default()
     }
@@ -250,10 +235,7 @@ impl StoreError {
         message: impl Into<String>,
         source: impl Into<Option<Box<dyn std::error::Error + Send + Sync>>>,
     ) -> Self {
-        Self {
-            message: message.into(),
-            source: source.into(),
-        }
+        Self { message: message.into(), source: source.into() }
     }
 }
 
@@ -268,9 +250,7 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -290,18 +270,12 @@ enum FutureKind {
 impl StoreFuture {
     /// An answer known at once.
     pub fn ready(result: Result<Decision, StoreError>) -> Self {
-        Self {
-            kind: FutureKind::Ready(Some(result)),
-        }
+        Self { kind: FutureKind::Ready(Some(result)) }
     }
 
     /// An answer that needs I/O.
-    pub fn boxed(
-        future: impl Future<Output = Result<Decision, StoreError>> + Send + 'static,
-    ) -> Self {
-        Self {
-            kind: FutureKind::Boxed(Box::pin(future)),
-        }
+    pub fn boxed(future: impl Future<Output = Result<Decision, StoreError>> + Send + 'static) -> Self {
+        Self { kind: FutureKind::Boxed(Box::pin(future)) }
     }
 
     /// The answer, if it is already known.

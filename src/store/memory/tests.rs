@@ -12,18 +12,9 @@ const START: Duration = Duration::from_secs(1_700_000_000);
 
 fn limits() -> Limits {
     Limits::builder()
-        .tier(
-            "anonymous",
-            TierSpec::new(Quota::per_minute(60, 10).unwrap()),
-        )
-        .tier(
-            "daily",
-            TierSpec::new(Quota::per_minute(600, 10).unwrap()).daily(15),
-        )
-        .tier(
-            "window",
-            TierSpec::new(Quota::per_minute(60, 10).unwrap()).algorithm(Algorithm::SlidingWindow),
-        )
+        .tier("anonymous", TierSpec::new(Quota::per_minute(60, 10).unwrap()))
+        .tier("daily", TierSpec::new(Quota::per_minute(600, 10).unwrap()).daily(15))
+        .tier("window", TierSpec::new(Quota::per_minute(60, 10).unwrap()).algorithm(Algorithm::SlidingWindow))
         .build()
         .unwrap()
 }
@@ -37,10 +28,7 @@ fn store() -> (MemoryStore<ManualClock>, ManualClock) {
 fn many_threads_on_one_key_admit_exactly_the_burst() {
     let limits = Arc::new(
         Limits::builder()
-            .tier(
-                "anonymous",
-                TierSpec::new(Quota::per_minute(60, 1_000).unwrap()).daily(100_000),
-            )
+            .tier("anonymous", TierSpec::new(Quota::per_minute(60, 1_000).unwrap()).daily(100_000))
             .build()
             .unwrap(),
     );
@@ -52,9 +40,7 @@ fn many_threads_on_one_key_admit_exactly_the_burst() {
             std::thread::spawn(move || {
                 let key = Key::new("hot");
                 let tier = limits.default_tier();
-                (0..5_000)
-                    .filter(|_| store.decide(&key, tier, Charge::new(1)).is_admitted())
-                    .count()
+                (0..5_000).filter(|_| store.decide(&key, tier, Charge::new(1)).is_admitted()).count()
             })
         })
         .collect();
@@ -89,17 +75,9 @@ fn a_rejection_charges_no_policy() {
     }
     let refused = store.decide(&key, tier, Charge::new(1));
     assert_eq!(refused.outcome(), Outcome::Rejected);
-    assert_eq!(
-        refused.headline().index,
-        1,
-        "the daily policy is the violated one"
-    );
+    assert_eq!(refused.headline().index, 1, "the daily policy is the violated one");
     let d = store.decide(&key, tier, Charge::new(0));
-    assert_eq!(
-        d.policies()[0].remaining,
-        5,
-        "the refused request was refunded"
-    );
+    assert_eq!(d.policies()[0].remaining, 5, "the refused request was refunded");
 }
 
 #[test]
@@ -129,11 +107,7 @@ fn idle_keys_are_forgotten_without_a_cleanup_task() {
         clock.advance(Duration::from_millis(1));
     }
     // Each key is full again a second after its request: at most ~1 000 + one sweep's slack.
-    assert!(
-        store.len() < 2 * MIN_SWEEP + 1_000,
-        "{} states kept",
-        store.len()
-    );
+    assert!(store.len() < 2 * MIN_SWEEP + 1_000, "{} states kept", store.len());
 }
 
 #[test]
@@ -141,15 +115,10 @@ fn the_capacity_is_a_hard_bound_and_nobody_escapes() {
     let limits = limits();
     let tier = limits.default_tier();
     let clock = ManualClock::new(START);
-    let store = MemoryStore::with_clock(clock.clone())
-        .shards(1)
-        .capacity(100);
+    let store = MemoryStore::with_clock(clock.clone()).shards(1).capacity(100);
     let mut admitted = 0;
     for i in 0..1_000 {
-        if store
-            .decide(&Key::new(format!("flood{i}")), tier, Charge::new(1))
-            .is_admitted()
-        {
+        if store.decide(&Key::new(format!("flood{i}")), tier, Charge::new(1)).is_admitted() {
             admitted += 1;
         }
     }
@@ -157,18 +126,10 @@ fn the_capacity_is_a_hard_bound_and_nobody_escapes() {
     // 100 tracked keys got their own bucket; the other 900 shared one bucket of 10.
     assert_eq!(admitted, 110);
     // Keys already tracked keep their own standing.
-    assert_eq!(
-        store
-            .decide(&Key::new("flood0"), tier, Charge::new(0))
-            .policies()[0]
-            .remaining,
-        9
-    );
+    assert_eq!(store.decide(&Key::new("flood0"), tier, Charge::new(0)).policies()[0].remaining, 9);
     // Once the flood's buckets are full again, new keys get room.
     clock.advance(Duration::from_secs(11));
-    assert!(store
-        .decide(&Key::new("newcomer"), tier, Charge::new(1))
-        .is_admitted());
+    assert!(store.decide(&Key::new("newcomer"), tier, Charge::new(1)).is_admitted());
     assert_eq!(store.len(), 1);
 }
 
@@ -177,15 +138,8 @@ fn cost_zero_and_impossible_costs_store_nothing() {
     let limits = limits();
     let tier = limits.default_tier();
     let (store, _) = store();
-    assert!(store
-        .decide(&Key::new("a"), tier, Charge::new(0))
-        .is_admitted());
-    assert_eq!(
-        store
-            .decide(&Key::new("a"), tier, Charge::new(11))
-            .outcome(),
-        Outcome::Exceeds
-    );
+    assert!(store.decide(&Key::new("a"), tier, Charge::new(0)).is_admitted());
+    assert_eq!(store.decide(&Key::new("a"), tier, Charge::new(11)).outcome(), Outcome::Exceeds);
     assert_eq!(store.len(), 0);
 }
 

@@ -1,0 +1,87 @@
+//! Watching decisions: the [`Observer`] hook.
+//!
+//! The layer reports every decision it makes (admitted, degraded, rejected, never admitted,
+//! store fault) to its observer, after the decision and before the response is sent. An
+//! observer must be quick and must never block: anything slow (a webhook, a log shipper)
+//! belongs on a queue of its own.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use tollgate::observe::{Event, Observer, Outcome};
+//!
+//! #[derive(Default)]
+//! struct CountRejections(AtomicUsize);
+//!
+//! impl Observer for CountRejections {
+//!     fn on_event(&self, event: &Event<'_>) {
+//!         if matches!(event.outcome, Outcome::Rejected(_)) {
+//!             self.0.fetch_add(1, Ordering::Relaxed);
+//!         }
+//!     }
+//! }
+//! # let _ = CountRejections::default();
+//! ```
+
+use http::Method;
+
+use crate::degrade::Band;
+use crate::key::Key;
+use crate::policy::Tier;
+use crate::store::{Decision, StoreError};
+
+/// What happened to one request.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Outcome<'a> {
+    /// Admitted and served in full.
+    Admitted(&'a Decision),
+    /// Admitted in a degradation band (cached or minimal).
+    Degraded(&'a Decision, Band),
+    /// Rejected for now (429).
+    Rejected(&'a Decision),
+    /// Never admitted at this tier (403): the cost exceeds the burst.
+    Exceeds(&'a Decision),
+    /// The store could not decide.
+    StoreFault(&'a StoreError),
+}
+
+/// One decision, as an observer sees it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Event<'a> {
+    /// The client's key.
+    pub key: &'a Key,
+    /// The client's tier.
+    pub tier: &'a Tier,
+    /// The request method.
+    pub method: &'a Method,
+    /// The route template (or path) charged.
+    pub route: &'a str,
+    /// The route's cost.
+    pub cost: u64,
+    /// What happened.
+    pub outcome: Outcome<'a>,
+}
+
+/// Sees every decision of a layer. Implemented for closures `Fn(&Event<'_>)`, and for tuples
+/// of two observers (both are told).
+pub trait Observer: Send + Sync + 'static {
+    /// Called once per limited request.
+    fn on_event(&self, event: &Event<'_>);
+}
+
+impl<F> Observer for F
+where
+    F: Fn(&Event<'_>) + Send + Sync + 'static,
+{
+    fn on_event(&self, event: &Event<'_>) {
+        self(event)
+    }
+}
+
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    fn on_event(&self, event: &Event<'_>) {
+        self.0.on_event(event);
+        self.1.on_event(event);
+    }
+}
