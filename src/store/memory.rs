@@ -281,7 +281,8 @@ fn standing(policies: &[Policy], states: &[u64], now: u64, cost: u64, fraction: 
     let outcome = if cost == 0 { Outcome::Admitted } else { Outcome::Exceeds };
     let mut decision = Decision::new(outcome, now, fraction, 0);
     for (index, (policy, &state)) in policies.iter().zip(states).enumerate() {
-        let check = policy.rule().check(state, now, cost);
+        // Report the standing as it is: nothing is charged.
+        let check = policy.rule().check(state, now, 0);
         decision = decision.with(policy_state(index, policy, &check, outcome));
     }
     decision
@@ -350,6 +351,8 @@ fn rejected(
     for (index, policy) in policies.iter().enumerate() {
         let state = slots[index].map_or(0, |s| s.load(Ordering::Acquire));
         let check = policy.rule().check(state, now, cost);
+        // A policy that would have admitted reports its standing as it is (nothing charged).
+        let check = if check.new_state().is_some() { policy.rule().check(state, now, 0) } else { check };
         decision = decision.with(policy_state(index, policy, &check, Outcome::Rejected));
     }
     decision

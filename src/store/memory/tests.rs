@@ -141,6 +141,18 @@ fn cost_zero_and_impossible_costs_store_nothing() {
     assert!(store.decide(&Key::new("a"), tier, Charge::new(0)).is_admitted());
     assert_eq!(store.decide(&Key::new("a"), tier, Charge::new(11)).outcome(), Outcome::Exceeds);
     assert_eq!(store.len(), 0);
+    // Over one policy's burst: every policy reports its standing untouched.
+    let daily = limits.tier("daily").unwrap();
+    let never = store.decide(&Key::new("a"), daily, Charge::new(12));
+    assert_eq!(never.outcome(), Outcome::Exceeds);
+    assert_eq!((never.policies()[0].remaining, never.policies()[1].remaining), (10, 15));
+    // Refused by the burst policy: the daily one reports what it has, not what it would have.
+    for _ in 0..10 {
+        store.decide(&Key::new("b"), daily, Charge::new(1));
+    }
+    let refused = store.decide(&Key::new("b"), daily, Charge::new(1));
+    assert_eq!(refused.outcome(), Outcome::Rejected);
+    assert_eq!(refused.policies()[1].remaining, 5);
 }
 
 proptest! {

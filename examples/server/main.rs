@@ -1,0 +1,101 @@
+//! The tollgate demo server.
+//!
+//! ```text
+//! cargo run --release --example server -- [--config PATH] [--bind ADDR]
+//! ```
+//!
+//! Defaults: `--config config/ratelimit.toml`, `--bind 127.0.0.1:3000`. Configuration values
+//! can be overridden with `TOLLGATE_` environment variables (`TOLLGATE_STORE__BACKEND=redis`).
+//! An invalid configuration exits non-zero before listening, naming the file and the key.
+
+mod app;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use tollgate::{Config, RateLimitLayer};
+
+struct Args {
+    config: String,
+    bind: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { config: "config/ratelimit.toml".into(), bind: "127.0.0.1:3000".into() };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| it.next()).ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--config" => args.config = value()?,
+            "--bind" => args.bind = value()?,
+            "-h" | "--help" => {
+                println!("usage: server [--config PATH] [--bind ADDR]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    ).with_writer(std::io::stderr).init();
+
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let layer = match Config::load(&args.config).and_then(RateLimitLayer::try_new) {
+        Ok(layer) => layer,
+        Err(error) => {
+            eprintln!("error: invalid configuration ({}): {error}", args.config);
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&args.bind).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("error: cannot listen on {}: {error}", args.bind);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    println!("listening on http://{addr}");
+    let app = app::router(layer).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown()).await {
+        eprintln!("error: server failed: {error}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!("shut down gracefully");
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM; axum then stops accepting and lets in-flight requests finish.
+async fn shutdown() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
