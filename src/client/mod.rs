@@ -16,8 +16,8 @@
 //!   (attempts, total wait, last status, why it stopped). Inner errors come back as
 //!   [`RetryError`] with the same report.
 //!
-//! The decisions are pure functions ([`headers`], [`Backoff`], [`RetryPolicy`]), kept apart
-//! from the tower plumbing so that other client stacks can share them.
+//! The decisions are pure functions ([`headers`], [`Backoff`], [`RetryPolicy`]) shared with the
+//! `reqwest` feature's `reqwest::RetryMiddleware` for `reqwest-middleware` users.
 //!
 //! # Example
 //!
@@ -63,6 +63,9 @@ mod pacer;
 mod policy;
 mod repeatable;
 mod report;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 mod service;
 
 pub use self::error::RetryError;
