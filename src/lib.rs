@@ -29,6 +29,9 @@
 //!   the [`degrade::Band`] extractor.
 //! * `config` (default): [`Config::load`] from TOML files and `TOLLGATE_` environment
 //!   variables, through figment.
+//! * `client` (default): [`client::RetryLayer`], the other side of the conversation: a Tower
+//!   layer for HTTP clients that honours `Retry-After` and paces itself from rate-limit headers.
+//! * `reqwest`: the same behaviour as `reqwest-middleware` middleware.
 //!
 //! [Tower]: https://docs.rs/tower
 
@@ -38,6 +41,8 @@
 
 pub mod algorithm;
 pub mod answer;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod degrade;

@@ -104,7 +104,8 @@ async fn tiers_and_costs_follow_the_config() {
     let pro = server.get("/api/simple").header("x-api-key", "pro-demo-key").send().await.unwrap();
     assert_eq!(header(&pro, "x-ratelimit-limit"), "100");
     assert_eq!(header(&pro, "x-ratelimit-remaining"), "99");
-    let enterprise = server.post("/api/generate").header("x-api-key", "enterprise-demo-key").send().await.unwrap();
+    let enterprise =
+        server.post("/api/generate").header("x-api-key", "enterprise-demo-key").send().await.unwrap();
     assert_eq!(enterprise.status(), StatusCode::OK);
     assert_eq!(header(&enterprise, "x-ratelimit-remaining"), "980");
     // /usage costs nothing.

@@ -61,7 +61,9 @@ async fn search(band: Band, Query(params): Query<SearchParams>) -> Json<Value> {
             }
         })
         .collect();
-    Json(json!({ "served_at_ms": now_ms(), "query": q, "minimal": band == Band::Minimal, "results": results }))
+    Json(
+        json!({ "served_at_ms": now_ms(), "query": q, "minimal": band == Band::Minimal, "results": results }),
+    )
 }
 
 async fn generate() -> Json<Value> {
