@@ -181,16 +181,18 @@ pub struct RouteRule {
     pub exempt: bool,
     /// Opted into degradation bands.
     pub degrade: bool,
+    /// The most requests one client may have in flight on this route (0: no limit).
+    pub concurrency: u32,
 }
 
 impl RouteRule {
     /// A limited route costing `cost`.
     pub const fn cost(cost: u32) -> Self {
-        Self { cost, exempt: false, degrade: false }
+        Self { cost, exempt: false, degrade: false, concurrency: 0 }
     }
 
     /// A route that is never limited.
-    pub const EXEMPT: Self = Self { cost: 0, exempt: true, degrade: false };
+    pub const EXEMPT: Self = Self { cost: 0, exempt: true, degrade: false, concurrency: 0 };
 }
 
 #[derive(Debug, Clone, Default)]
@@ -337,6 +339,7 @@ pub struct Limits {
     pub(crate) default_tier: usize,
     pub(crate) routes: Routes,
     pub(crate) bands: Option<Bands>,
+    pub(crate) cache: crate::degrade::CacheLimits,
     pub(crate) near_quota: f64,
     policy_count: usize,
 }
@@ -368,6 +371,7 @@ impl Limits {
         default_tier: &str,
         routes: Routes,
         bands: Option<Bands>,
+        cache: crate::degrade::CacheLimits,
         near_quota: f64,
     ) -> Self {
         let mut uid = 0;
@@ -394,7 +398,7 @@ impl Limits {
         }
         let by_name = tiers.iter().map(|t| (t.name.clone(), t.index)).collect::<HashMap<_, _, _>>();
         let default_tier = by_name[default_tier];
-        Self { tiers, by_name, default_tier, routes, bands, near_quota, policy_count: uid }
+        Self { tiers, by_name, default_tier, routes, bands, cache, near_quota, policy_count: uid }
     }
 
     /// The tier named `name`.
@@ -421,6 +425,11 @@ impl Limits {
     /// The degradation bands, when degradation is on.
     pub fn bands(&self) -> Option<Bands> {
         self.bands
+    }
+
+    /// The bounds of the degradation band's response cache.
+    pub fn cache_limits(&self) -> crate::degrade::CacheLimits {
+        self.cache
     }
 
     /// The fraction of a policy used at which the near-quota event fires.

@@ -221,8 +221,10 @@ async fn a_degradable_route_answers_minimally_when_tokens_run_low() {
     )
     .unwrap();
     let server = start_with(config).await;
-    for _ in 0..4 {
-        let body: Value = server.get("/api/search?q=a").send().await.unwrap().json().await.unwrap();
+    // Four different queries: no cached copy to fall back on, so each is served in full.
+    for q in 0..4 {
+        let body: Value =
+            server.get(&format!("/api/search?q={q}")).send().await.unwrap().json().await.unwrap();
         assert_eq!(body["minimal"], false);
     }
     server.clock.advance(Duration::from_secs(1));
@@ -232,4 +234,28 @@ async fn a_degradable_route_answers_minimally_when_tokens_run_low() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["minimal"], true);
     assert!(body["results"][0].get("title").is_none());
+}
+
+#[tokio::test]
+async fn the_cached_band_replays_the_callers_own_last_answer() {
+    let server = start().await;
+    let search = |key: &'static str| server.get("/api/search?q=tolls").header("x-api-key", key);
+    let first: Value = search("free-demo-key").send().await.unwrap().json().await.unwrap();
+    let second = search("free-demo-key").send().await.unwrap();
+    assert!(second.headers().get("x-ratelimit-degraded").is_none(), "5 of 10 left: not below 0.5");
+    let second: Value = second.json().await.unwrap();
+    assert_ne!(first["served_at_ms"], Value::Null);
+    // 4 s later: 4 tokens (40 %), in the cached band: the last answer, for one token.
+    server.clock.advance(Duration::from_secs(4));
+    let res = search("free-demo-key").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "x-ratelimit-degraded"), "cached");
+    assert_eq!(header(&res, "age"), "4");
+    assert_eq!(header(&res, "x-ratelimit-remaining"), "3");
+    let replay: Value = res.json().await.unwrap();
+    assert_eq!(replay, second, "the very same answer, handler not called");
+    // Another client (the pro key) never sees it.
+    let other: Value = search("pro-demo-key").send().await.unwrap().json().await.unwrap();
+    assert_ne!(other["served_at_ms"], Value::Null);
+    assert!(other["results"][0]["title"].is_string());
 }

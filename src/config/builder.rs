@@ -1,4 +1,5 @@
 use crate::algorithm::{Algorithm, SLIDING_WINDOW_MAX_BURST};
+use crate::degrade::CacheLimits;
 use crate::policy::{Bands, Limits, RouteRule, Routes, TierSpec, MAX_POLICIES};
 
 use super::ConfigError;
@@ -24,6 +25,8 @@ pub struct Builder {
     routes: Vec<(String, RouteRule)>,
     degrade: Vec<String>,
     bands: Option<Bands>,
+    cache: CacheLimits,
+    concurrency: Vec<(String, u32)>,
     near_quota: Option<f64>,
 }
 
@@ -63,6 +66,18 @@ impl Builder {
     pub fn degrade<'a>(mut self, routes: impl IntoIterator<Item = &'a str>, bands: Bands) -> Self {
         self.degrade.extend(routes.into_iter().map(str::to_owned));
         self.bands = Some(bands);
+        self
+    }
+
+    /// Bounds the response cache of the `cached` band.
+    pub fn cache_limits(mut self, limits: CacheLimits) -> Self {
+        self.cache = limits;
+        self
+    }
+
+    /// Caps the requests one client may have in flight on `route`.
+    pub fn route_concurrency(mut self, route: &str, in_flight: u32) -> Self {
+        self.concurrency.push((route.to_owned(), in_flight));
         self
     }
 
@@ -120,12 +135,18 @@ impl Builder {
                 .update(route, |r| r.degrade = true)
                 .map_err(|e| ConfigError::invalid(format!("degrade.routes \"{route}\""), e.to_string()))?;
         }
+        for (route, limit) in &self.concurrency {
+            routes
+                .update(route, |r| r.concurrency = *limit)
+                .map_err(|e| ConfigError::invalid(format!("concurrency.\"{route}\""), e.to_string()))?;
+        }
         Ok(Limits::new(
             self.tiers,
             self.algorithm,
             default_tier,
             routes,
             self.bands,
+            self.cache,
             self.near_quota.unwrap_or(0.8),
         ))
     }

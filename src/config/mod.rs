@@ -76,6 +76,9 @@ pub struct Config {
     /// API key → tier name.
     #[serde(default)]
     pub api_keys: BTreeMap<String, String>,
+    /// Per-route concurrency limits: route → requests one client may have in flight.
+    #[serde(default)]
+    pub concurrency: BTreeMap<String, i64>,
     /// Degradation bands; absent: never degrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degrade: Option<DegradeConfig>,
@@ -103,6 +106,7 @@ impl Default for Config {
             routes: BTreeMap::new(),
             exempt: ExemptConfig::default(),
             api_keys: BTreeMap::new(),
+            concurrency: BTreeMap::new(),
             degrade: None,
             alerts: AlertsConfig::default(),
             store: StoreConfig::default(),
@@ -163,6 +167,34 @@ pub struct DegradeConfig {
     /// Fraction below which the handler is asked for a minimal answer (0.1 by default).
     #[serde(default = "default_minimal_below")]
     pub minimal_below: f64,
+    /// Seconds a cached answer may be replayed (300 by default).
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
+    /// Cached answers kept at most, over all clients (10 000 by default).
+    #[serde(default = "default_cache_entries")]
+    pub cache_max_entries: usize,
+    /// Cached body bytes kept at most, over all clients (16 MiB by default).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_max_bytes: usize,
+    /// The largest body cached (64 KiB by default).
+    #[serde(default = "default_cache_entry_bytes")]
+    pub cache_max_entry_bytes: usize,
+}
+
+fn default_cache_ttl() -> u64 {
+    300
+}
+
+fn default_cache_entries() -> usize {
+    10_000
+}
+
+fn default_cache_bytes() -> usize {
+    16 << 20
+}
+
+fn default_cache_entry_bytes() -> usize {
+    64 << 10
 }
 
 fn default_cached_below() -> f64 {
@@ -290,10 +322,24 @@ impl Config {
                 Routes::parse(route)
                     .map_err(|e| ConfigError::invalid(format!("degrade.routes[{i}]"), e.to_string()))?;
             }
+            builder = builder.cache_limits(crate::degrade::CacheLimits {
+                max_entries: degrade.cache_max_entries,
+                max_bytes: degrade.cache_max_bytes,
+                max_entry_bytes: degrade.cache_max_entry_bytes,
+                ttl: Duration::from_secs(degrade.cache_ttl_secs),
+            });
             builder = builder.degrade(
                 degrade.routes.iter().map(String::as_str),
                 Bands { cached_below: degrade.cached_below, minimal_below: degrade.minimal_below },
             );
+        }
+        for (route, &limit) in &self.concurrency {
+            let key = || format!("concurrency.\"{route}\"");
+            let limit = u32::try_from(limit).ok().filter(|&l| l > 0).ok_or_else(|| {
+                ConfigError::invalid(key(), format!("must be a whole number of at least 1 (found {limit})"))
+            })?;
+            Routes::parse(route).map_err(|e| ConfigError::invalid(key(), e.to_string()))?;
+            builder = builder.route_concurrency(route, limit);
         }
         if !(self.alerts.near_quota > 0.0 && self.alerts.near_quota <= 1.0) {
             return Err(ConfigError::invalid("alerts.near_quota", "must be above 0 and at most 1"));

@@ -3,11 +3,37 @@
 //! A route opted into degradation (`[degrade] routes` in the configuration) is answered in
 //! one of three [`Band`]s, chosen from the fraction of the burst left *before* the request is
 //! charged:
-//! * above `cached_below`: in full, at the route's cost;
+//! * at or above `cached_below`: in full, at the route's cost;
+//! * below `cached_below`: a GET or HEAD is answered from the caller's *own* cached last good
+//!   answer to the same method, path and query, without calling the handler, with `Age` and
+//!   `X-RateLimit-Degraded: cached`, for at most 1 token. Without a cached copy the request is
+//!   served (and charged) in full;
 //! * below `minimal_below`: the handler runs, told through the [`Band`] request extension
 //!   (an axum extractor) to answer with essential fields only, for at most 1 token, and the
 //!   response carries `X-RateLimit-Degraded: minimal`;
 //! * when even that cannot be paid: 429.
+//!
+//! ## A worked example
+//! The demo's `pro` tier has a burst of 100 (10 tokens a second); `/api/search` costs 5 and is
+//! degradable with `cached_below = 0.5`, `minimal_below = 0.1`.
+//!
+//! | tokens before | fraction | band | charged | answer |
+//! | --- | --- | --- | --- | --- |
+//! | 100 | 1.0 | full | 5 | the handler's, kept for this client |
+//! | 50 | 0.5 | full | 5 | the handler's (0.5 is not below 0.5) |
+//! | 45 | 0.45 | cached | 1 | the same query's last answer with `Age`; the handler is not called |
+//! | 45, another query | 0.45 | full | 5 | no copy of that query: served and charged in full |
+//! | 9 | 0.09 | minimal | 1 | the handler, told through [`Band`] to answer minimally |
+//! | 0.5 | 0.005 | — | — | 429: not even one token |
+//!
+//! The cache is bounded in entries and bytes, expires entries, never shares an answer between
+//! clients, keeps only successful GET/HEAD answers under a size limit, and honours
+//! `Cache-Control: no-store` and `private` from the handler.
+
+mod cache;
+
+pub use cache::CacheLimits;
+pub(crate) use cache::{Cached, Pending, Recorder, ResponseCache};
 
 /// How fully a request should be answered. Inserted into the request extensions by the
 /// limiter when it degrades a request; absent means [`Band::Full`].
@@ -27,7 +53,8 @@ pub enum Band {
     /// Answer in full.
     #[default]
     Full,
-    /// Answered from the caller's cached copy (the handler is not called in this band).
+    /// Answered from the caller's cached copy (the handler is not called in this band, so a
+    /// handler never sees this value).
     Cached,
     /// Answer with essential fields only.
     Minimal,

@@ -9,12 +9,14 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 
+use super::concurrency::{InFlight, Permits, Scope};
 use super::future::{Next, OwnResponse};
 use crate::answer::{
-    retry_after_secs, HeaderMode, Problem, RateLimitHeaders, PROBLEM_OVER_CAPACITY, PROBLEM_RATE_LIMITED,
-    PROBLEM_UNAVAILABLE,
+    retry_after_secs, HeaderMode, Problem, RateLimitHeaders, PROBLEM_CONCURRENCY, PROBLEM_OVER_CAPACITY,
+    PROBLEM_RATE_LIMITED, PROBLEM_UNAVAILABLE,
 };
 use crate::degrade::Band;
+use crate::degrade::{Cached, Pending, ResponseCache};
 use crate::key::{Key, KeyExtractor};
 use crate::observe::{Event, Observer, Outcome as Seen};
 use crate::policy::{Limits, RouteRule, Tier};
@@ -28,6 +30,8 @@ pub(crate) struct Core {
     pub(crate) headers: HeaderMode,
     pub(crate) on_error: OnError,
     pub(crate) observer: Option<Arc<dyn Observer>>,
+    pub(crate) cache: Option<Arc<ResponseCache>>,
+    pub(crate) inflight: Arc<InFlight>,
     unidentified: Key,
     warned_unidentified: AtomicBool,
     last_fault_log: AtomicU64,
@@ -44,21 +48,42 @@ impl std::fmt::Debug for Core {
 }
 
 /// What the limiter settled on before asking the store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) tier: usize,
     pub(crate) cost: u64,
+    /// The route is degradable (and bands are configured).
     pub(crate) degrade: bool,
+    /// The caller's own cached copy of this answer, when the route is degradable.
+    pub(crate) cached: Option<Arc<Cached>>,
+    /// Concurrency slots held until the response is sent.
+    pub(crate) permits: Permits,
+}
+
+/// What travels with a forwarded request until its response is complete.
+#[derive(Debug, Default)]
+pub(crate) struct After {
+    pub(crate) headers: Option<RateLimitHeaders>,
+    pub(crate) permits: Permits,
+    /// Keep the answer in the cache if it is cacheable.
+    pub(crate) record: Option<Box<Pending>>,
+}
+
+fn limits_cache(limits: &Limits) -> Option<Arc<ResponseCache>> {
+    limits.bands.map(|_| Arc::new(ResponseCache::new(limits.cache)))
 }
 
 impl Core {
     pub(crate) fn new(limits: Limits, store: Arc<dyn Store>, headers: HeaderMode, on_error: OnError) -> Self {
+        let cache = limits_cache(&limits);
         Self {
             limits,
             store,
             headers,
             on_error,
             observer: None,
+            cache,
+            inflight: Arc::new(InFlight::new()),
             unidentified: Key::new("unidentified"),
             warned_unidentified: AtomicBool::new(false),
             last_fault_log: AtomicU64::new(0),
@@ -93,16 +118,42 @@ impl Core {
         }
     }
 
-    /// The charge for a request of `rule` on `tier`.
+    /// Settles cost, band inputs and concurrency before the store is asked; `Err` is an answer
+    /// given at once (too many requests in flight).
     #[inline]
-    pub(crate) fn charge(&self, rule: RouteRule) -> (Charge, bool) {
-        let cost = u64::from(rule.cost);
-        match self.limits.bands {
-            Some(bands) if rule.degrade && cost > 1 => {
-                (Charge::new(cost).reduced(bands.minimal_below, 1), true)
-            }
-            _ => (Charge::new(cost), false),
+    pub(crate) fn prepare(
+        &self,
+        rule: RouteRule,
+        key: &Key,
+        tier: &Tier,
+        parts: &Parts,
+    ) -> Result<(Prepared, Charge), Box<OwnResponse>> {
+        let mut permits = Permits::default();
+        if let Some(limit) = tier.concurrency() {
+            permits.0[0] = Some(
+                self.inflight
+                    .acquire(key, Scope::Tier(tier.index()), limit)
+                    .ok_or_else(|| Box::new(too_many_in_flight(tier, limit)))?,
+            );
         }
+        if rule.concurrency > 0 {
+            let scope = Scope::Route(route_path(parts));
+            permits.0[1] = Some(
+                self.inflight
+                    .acquire(key, scope, rule.concurrency)
+                    .ok_or_else(|| Box::new(too_many_in_flight(tier, rule.concurrency)))?,
+            );
+        }
+        let cost = u64::from(rule.cost);
+        let (charge, degrade, cached) = match (self.limits.bands, &self.cache) {
+            (Some(bands), Some(cache)) if rule.degrade => {
+                let cached = cache.get(key, &parts.method, &parts.uri);
+                let below = if cached.is_some() { bands.cached_below } else { bands.minimal_below };
+                (Charge::new(cost).reduced(below, 1), true, cached)
+            }
+            _ => (Charge::new(cost), false, None),
+        };
+        Ok((Prepared { tier: tier.index(), cost, degrade, cached, permits }, charge))
     }
 
     /// Turns the store's answer into what happens next.
@@ -118,20 +169,59 @@ impl Core {
             Ok(decision) => decision,
             Err(error) => {
                 self.observe(&req, key, tier, prepared.cost, Seen::StoreFault(&error));
-                return self.fault(&error, req);
+                return self.fault(&error, req, prepared.permits);
             }
         };
         let mut headers = RateLimitHeaders::new(self.headers, tier, &decision);
         match decision.outcome() {
             Outcome::Admitted => {
-                if prepared.degrade && decision.charged() < prepared.cost {
-                    headers.degraded("minimal");
-                    req.extensions_mut().insert(Band::Minimal);
-                    self.observe(&req, key, tier, prepared.cost, Seen::Degraded(&decision, Band::Minimal));
-                } else {
-                    self.observe(&req, key, tier, prepared.cost, Seen::Admitted(&decision));
+                let mut after = After { headers: None, permits: prepared.permits, record: None };
+                let band = match (prepared.degrade, self.limits.bands, &self.cache) {
+                    (true, Some(bands), Some(cache)) => {
+                        cache.tick(decision.now());
+                        let fraction = decision.fraction_before();
+                        if fraction < bands.minimal_below {
+                            Band::Minimal
+                        } else if fraction < bands.cached_below && prepared.cached.is_some() {
+                            Band::Cached
+                        } else {
+                            if cache.admits(req.method(), StatusCode::OK, &http::HeaderMap::new()) {
+                                after.record = Some(Box::new(Pending {
+                                    cache: cache.clone(),
+                                    owner: key.clone(),
+                                    method: req.method().clone(),
+                                    uri: req.uri().clone(),
+                                    status: StatusCode::OK,
+                                    headers: http::HeaderMap::new(),
+                                    stored_at: decision.now(),
+                                }));
+                            }
+                            Band::Full
+                        }
+                    }
+                    _ => Band::Full,
+                };
+                match band {
+                    Band::Full => self.observe(&req, key, tier, prepared.cost, Seen::Admitted(&decision)),
+                    band => self.observe(&req, key, tier, prepared.cost, Seen::Degraded(&decision, band)),
                 }
-                Next::Forward(req, Some(headers))
+                match band {
+                    Band::Cached => {
+                        headers.degraded("cached");
+                        let copy = prepared.cached.expect("the cached band has a copy");
+                        Next::Answer(replay(&copy, req.method(), decision.now(), headers))
+                    }
+                    Band::Minimal => {
+                        headers.degraded("minimal");
+                        req.extensions_mut().insert(Band::Minimal);
+                        after.headers = Some(headers);
+                        Next::Forward(req, after)
+                    }
+                    Band::Full => {
+                        after.headers = Some(headers);
+                        Next::Forward(req, after)
+                    }
+                }
             }
             Outcome::Rejected => {
                 self.observe(&req, key, tier, prepared.cost, Seen::Rejected(&decision));
@@ -152,7 +242,7 @@ impl Core {
         }
     }
 
-    fn fault<B>(&self, error: &StoreError, req: Request<B>) -> Next<B> {
+    fn fault<B>(&self, error: &StoreError, req: Request<B>, permits: Permits) -> Next<B> {
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if self.last_fault_log.swap(now, Ordering::Relaxed) != now {
@@ -160,7 +250,7 @@ impl Core {
         }
         match self.on_error {
             OnError::Deny => Next::Answer(unavailable()),
-            OnError::Allow | OnError::Local => Next::Forward(req, None),
+            OnError::Allow | OnError::Local => Next::Forward(req, After { permits, ..After::default() }),
         }
     }
 }
@@ -226,6 +316,34 @@ fn over_capacity(tier: &Tier, decision: &Decision, cost: u64, headers: RateLimit
     problem.cost = Some(cost);
     problem.upgrade_url = tier.upgrade_url();
     problem_response(StatusCode::FORBIDDEN, problem.to_bytes(), headers)
+}
+
+/// The caller's cached answer, replayed with fresh rate-limit headers and its `Age`.
+fn replay(copy: &Cached, method: &http::Method, now: u64, headers: RateLimitHeaders) -> OwnResponse {
+    let body = if *method == http::Method::HEAD { Bytes::new() } else { copy.body.clone() };
+    let mut response = Response::new(body);
+    *response.status_mut() = copy.status;
+    *response.headers_mut() = copy.headers.clone();
+    let age = now.saturating_sub(copy.stored_at) / crate::clock::NANOS_PER_SEC;
+    response.headers_mut().insert(http::header::AGE, HeaderValue::from(age));
+    headers.apply(response.headers_mut());
+    response
+}
+
+fn too_many_in_flight(tier: &Tier, limit: u32) -> OwnResponse {
+    let detail = format!(
+        "The {} tier allows {limit} requests in flight at once; wait for one to finish.",
+        tier.name()
+    );
+    let mut problem = Problem::new(PROBLEM_CONCURRENCY, "Too Many Concurrent Requests", 429, &detail)
+        .tier(tier.name())
+        .retry_after(1);
+    problem.limit = Some(u64::from(limit));
+    problem.upgrade_url = tier.upgrade_url();
+    let mut response =
+        problem_response(StatusCode::TOO_MANY_REQUESTS, problem.to_bytes(), RateLimitHeaders::default());
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn unavailable() -> OwnResponse {

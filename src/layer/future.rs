@@ -8,8 +8,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::ResponseBody;
+use super::core::After;
 use super::core::{Core, Prepared};
-use crate::answer::RateLimitHeaders;
+use crate::degrade::{Pending, Recorder};
 use crate::key::Key;
 use crate::store::StoreFuture;
 
@@ -41,7 +42,7 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
-            headers: Option<RateLimitHeaders>,
+            after: Option<After>,
         },
         /// The limiter answered itself.
         Ready { response: Option<OwnResponse> },
@@ -55,8 +56,8 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn inner(future: S::Future, headers: Option<RateLimitHeaders>) -> Self {
-        Self { kind: Kind::Inner { future, headers } }
+    pub(crate) fn inner(future: S::Future, after: After) -> Self {
+        Self { kind: Kind::Inner { future, after: Some(after) } }
     }
 
     pub(crate) fn ready(response: OwnResponse) -> Self {
@@ -82,7 +83,7 @@ where
 // Boxing the request would allocate on every admitted request; the size is fine on a stack.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Next<ReqBody> {
-    Forward(Request<ReqBody>, Option<RateLimitHeaders>),
+    Forward(Request<ReqBody>, After),
     Answer(OwnResponse),
 }
 
@@ -100,16 +101,23 @@ where
                     let (prepared, key, req) = prepared.take().expect("polled after completion");
                     let mut inner = inner.take().expect("polled after completion");
                     match core.decided(prepared, &key, result, req) {
-                        Next::Forward(req, headers) => Kind::Inner { future: inner.call(req), headers },
+                        Next::Forward(req, after) => {
+                            Kind::Inner { future: inner.call(req), after: Some(after) }
+                        }
                         Next::Answer(response) => Kind::Ready { response: Some(response) },
                     }
                 }
-                KindProj::Inner { future, headers } => {
+                KindProj::Inner { future, after } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some(headers) = headers.take() {
+                    let after = after.take().expect("polled after completion");
+                    // Record before our headers are merged: a replay gets fresh ones.
+                    let recorder = after.record.and_then(|pending| record(pending, &response));
+                    if let Some(headers) = after.headers {
                         headers.apply(response.headers_mut());
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(
+                        response.map(|body| ResponseBody::inner(body, after.permits, recorder))
+                    ));
                 }
                 KindProj::Ready { response } => {
                     let response = response.take().expect("polled after completion");
@@ -119,6 +127,16 @@ where
             self.as_mut().project().kind.set(next);
         }
     }
+}
+
+/// Starts recording a response for the cache, if it may be kept.
+fn record<B>(mut pending: Box<Pending>, response: &Response<B>) -> Option<Box<Recorder>> {
+    if !pending.cache.admits(&pending.method, response.status(), response.headers()) {
+        return None;
+    }
+    pending.status = response.status();
+    pending.headers = response.headers().clone();
+    Some(Box::new(Recorder::new(*pending)))
 }
 
 impl<S, ReqBody> std::fmt::Debug for ResponseFuture<S, ReqBody>

@@ -36,6 +36,7 @@
 //! [`RateLimitLayer::route_cost`] and [`RateLimitLayer::exempt`].
 
 mod body;
+mod concurrency;
 pub(crate) mod core;
 mod future;
 mod service;

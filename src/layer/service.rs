@@ -7,7 +7,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::core::{Core, Prepared};
+use super::core::{After, Core};
 use super::future::{Next, ResponseFuture};
 use super::RateLimitLayer;
 use crate::key::KeyExtractor;
@@ -75,16 +75,21 @@ where
         let (parts, body) = req.into_parts();
         let rule = core.route(&parts);
         if rule.exempt {
-            return ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)), None);
+            return ResponseFuture::inner(
+                self.inner.call(Request::from_parts(parts, body)),
+                After::default(),
+            );
         }
         let (key, tier) = core.identify(&*self.extractor, &parts);
-        let (charge, degrade) = core.charge(rule);
-        let prepared = Prepared { tier: tier.index(), cost: charge.cost, degrade };
+        let (prepared, charge) = match core.prepare(rule, &key, tier, &parts) {
+            Ok(prepared) => prepared,
+            Err(answer) => return ResponseFuture::ready(*answer),
+        };
         let mut check = core.store.check(&key, tier, charge);
         let req = Request::from_parts(parts, body);
         match check.try_take() {
             Some(result) => match core.decided(prepared, &key, result, req) {
-                Next::Forward(req, headers) => ResponseFuture::inner(self.inner.call(req), headers),
+                Next::Forward(req, after) => ResponseFuture::inner(self.inner.call(req), after),
                 Next::Answer(response) => ResponseFuture::ready(response),
             },
             None => {

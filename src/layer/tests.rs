@@ -208,34 +208,6 @@ async fn clones_share_one_limit() {
     assert_eq!(admitted, 5);
 }
 
-#[tokio::test]
-async fn low_tokens_ask_the_handler_for_a_minimal_answer() {
-    let clock = ManualClock::new(START);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let mut svc = ServiceBuilder::new().layer(layer(&clock)).service(handler(calls.clone()));
-    let req = || {
-        Request::get("/search").header("x-user", "p").header("x-tier", "pro").body(Full::default()).unwrap()
-    };
-    // 20 tokens: four full searches (5 each) leave none.
-    for _ in 0..4 {
-        let (res, body) = send(&mut svc, req()).await;
-        assert_eq!((res.status(), body.as_str()), (StatusCode::OK, "Full"));
-        assert!(res.headers().get("x-ratelimit-degraded").is_none());
-    }
-    // Nothing left: not even a minimal answer can be paid.
-    assert_eq!(send(&mut svc, req()).await.0.status(), StatusCode::TOO_MANY_REQUESTS);
-    // One token back = 5 % of the burst, below minimal_below: the handler is told.
-    clock.advance(Duration::from_secs(1));
-    let (res, body) = send(&mut svc, req()).await;
-    assert_eq!((res.status(), body.as_str()), (StatusCode::OK, "Minimal"));
-    assert_eq!(res.headers()["x-ratelimit-degraded"], "minimal");
-    assert_eq!(res.headers()["x-ratelimit-remaining"], "0", "a minimal answer costs 1 token");
-    assert_eq!(calls.load(Ordering::SeqCst), 5);
-    // With 2 tokens (10 %), not below minimal_below: a full search (5) is refused.
-    clock.advance(Duration::from_secs(2));
-    assert_eq!(send(&mut svc, req()).await.0.status(), StatusCode::TOO_MANY_REQUESTS);
-}
-
 /// A store that answers asynchronously, as Redis does.
 #[derive(Clone)]
 struct Deferred(Arc<MemoryStore<ManualClock>>);
@@ -317,4 +289,199 @@ fn route_annotations_in_code() {
     assert_eq!(routes.lookup(&http::Method::GET, "/report/{id}").cost, 3);
     assert!(routes.lookup(&http::Method::GET, "/search").exempt);
     let _: &dyn KeyExtractor = layer.key_extractor();
+}
+
+/// A handler whose answers are numbered, so a replay is recognisable; `?nostore` answers carry
+/// `Cache-Control: no-store`.
+fn numbered(calls: Arc<AtomicUsize>) -> Handler {
+    tower::util::BoxCloneService::new(service_fn(move |req: Request<Full<Bytes>>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let band = Band::of(req.extensions());
+        let nostore = req.uri().query() == Some("nostore");
+        async move {
+            let mut res = Response::new(Full::new(Bytes::from(format!("{band:?} #{n}"))));
+            res.headers_mut().insert("x-handler", http::HeaderValue::from_static("yes"));
+            if nostore {
+                res.headers_mut().insert("cache-control", http::HeaderValue::from_static("no-store"));
+            }
+            Ok::<_, Infallible>(res)
+        }
+    }))
+}
+
+fn pro(path: &str, user: &str) -> Request<Full<Bytes>> {
+    Request::get(path).header("x-user", user).header("x-tier", "pro").body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn a_client_walks_down_the_bands() {
+    let clock = ManualClock::new(START);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ServiceBuilder::new().layer(layer(&clock)).service(numbered(calls.clone()));
+    // pro: burst 20, 1 token/s; /search costs 5; cached below 50 %, minimal below 10 %.
+    for (n, left) in [(1, "15"), (2, "10"), (3, "5")] {
+        let (res, body) = send(&mut svc, pro("/search?q=1", "p")).await;
+        assert_eq!(body, format!("Full #{n}"), "full band, the handler runs");
+        assert_eq!(res.headers()["x-ratelimit-remaining"], left);
+        assert!(res.headers().get("x-ratelimit-degraded").is_none());
+    }
+    // 5 tokens = 25 %: the cached band replays the last answer for 1 token.
+    let (res, body) = send(&mut svc, pro("/search?q=1", "p")).await;
+    assert_eq!(body, "Full #3");
+    assert_eq!(res.headers()["x-ratelimit-degraded"], "cached");
+    assert_eq!(res.headers()["age"], "0");
+    assert_eq!(res.headers()["x-handler"], "yes", "the handler's own headers are replayed");
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "4");
+    clock.advance(Duration::from_secs(3));
+    let (res, body) = send(&mut svc, pro("/search?q=1", "p")).await;
+    assert_eq!((body.as_str(), &res.headers()["age"]), ("Full #3", &http::HeaderValue::from_static("3")));
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "replays never call the handler");
+    // Drain to 1 token (5 %): minimal band, the handler is told.
+    for _ in 0..5 {
+        send(&mut svc, pro("/search?q=1", "p")).await;
+    }
+    let (res, body) = send(&mut svc, pro("/search?q=1", "p")).await;
+    assert_eq!(body, "Minimal #4");
+    assert_eq!(res.headers()["x-ratelimit-degraded"], "minimal");
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
+    // Nothing left: 429.
+    assert_eq!(send(&mut svc, pro("/search?q=1", "p")).await.0.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn cached_answers_are_never_shared_and_no_store_is_respected() {
+    let clock = ManualClock::new(START);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ServiceBuilder::new().layer(layer(&clock)).service(numbered(calls.clone()));
+    for _ in 0..3 {
+        send(&mut svc, pro("/search?q=1", "a")).await;
+        send(&mut svc, pro("/search?nostore", "b")).await;
+    }
+    // Both are in the cached band now; only `a` has a copy.
+    let (res, body) = send(&mut svc, pro("/search?q=1", "a")).await;
+    assert_eq!(
+        (body.as_str(), &res.headers()["x-ratelimit-degraded"]),
+        ("Full #5", &http::HeaderValue::from_static("cached"))
+    );
+    // `b`'s answers said no-store: served in full (5 tokens), not replayed.
+    let (res, body) = send(&mut svc, pro("/search?nostore", "b")).await;
+    assert_eq!(body, "Full #7");
+    assert!(res.headers().get("x-ratelimit-degraded").is_none());
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
+    // `c` asks for `a`'s URL: no copy of its own, so it gets its own full answer.
+    let (res, body) = send(&mut svc, pro("/search?q=1", "c")).await;
+    assert_eq!(body, "Full #8");
+    assert!(res.headers().get("x-ratelimit-degraded").is_none());
+    // A different query is a different answer: no copy, so the full cost (5) is due, and `a`
+    // has only 4 tokens left.
+    let (res, _) = send(&mut svc, pro("/search?q=2", "a")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "4");
+    assert_eq!(calls.load(Ordering::SeqCst), 8);
+}
+
+fn concurrency_limits() -> Limits {
+    Limits::builder()
+        .tier("anonymous", TierSpec::new(Quota::per_second(1_000, 1_000).unwrap()).concurrency(2))
+        .route_concurrency("/slow", 1)
+        .build()
+        .unwrap()
+}
+
+/// A handler that keeps user `u`'s requests in flight until released; others pass at once.
+fn gated(gate: Arc<tokio::sync::Semaphore>) -> Handler {
+    tower::util::BoxCloneService::new(service_fn(move |req: Request<Full<Bytes>>| {
+        let gate = gate.clone();
+        let wait = req.headers()["x-user"] == "u" && req.uri().path() != "/other";
+        async move {
+            if wait {
+                gate.acquire().await.unwrap().forget();
+            }
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+        }
+    }))
+}
+
+#[tokio::test]
+async fn concurrency_slots_are_held_until_the_body_is_sent_and_always_come_back() {
+    let clock = ManualClock::new(START);
+    let layer = RateLimitLayer::from_limits(concurrency_limits())
+        .with_store(MemoryStore::with_clock(clock.clone()))
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let svc = ServiceBuilder::new().layer(layer).service(gated(gate.clone()));
+    let call = |path: &str| {
+        let mut svc = svc.clone();
+        let req = get(path, "u");
+        async move { svc.ready().await.unwrap().call(req).await.unwrap() }
+    };
+    let first = tokio::spawn(call("/a"));
+    let second = tokio::spawn(call("/a"));
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(0)).await;
+    // Give the two spawned requests a chance to enter the handler.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let third = tokio::time::timeout(Duration::from_secs(5), call("/a")).await.expect("refused at once");
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = third.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("too-many-in-flight"));
+
+    // A dropped request gives its slot back.
+    first.abort();
+    let _ = first.await;
+    let fourth = tokio::spawn(call("/a"));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(call("/a").await.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // A finished response holds its slot until its body is read.
+    gate.add_permits(2);
+    let second = second.await.unwrap();
+    let fourth = fourth.await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    drop(fourth); // dropped without reading: its slot comes back
+    gate.add_permits(1);
+    let extra = call("/a").await;
+    assert_eq!(extra.status(), StatusCode::OK, "one slot (fourth's) is free");
+    gate.add_permits(1);
+    assert_eq!(
+        call("/a").await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "second and extra still hold theirs"
+    );
+    second.into_body().collect().await.unwrap();
+    drop(extra);
+    gate.add_permits(2);
+    assert_eq!(call("/a").await.status(), StatusCode::OK);
+    assert_eq!(call("/a").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_route_can_cap_in_flight_requests_per_key() {
+    let clock = ManualClock::new(START);
+    let layer = RateLimitLayer::from_limits(concurrency_limits())
+        .with_store(MemoryStore::with_clock(clock.clone()))
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let svc = ServiceBuilder::new().layer(layer).service(gated(gate.clone()));
+    let call = |path: &str, user: &str| {
+        let mut svc = svc.clone();
+        let req = get(path, user);
+        async move { svc.ready().await.unwrap().call(req).await.unwrap() }
+    };
+    let held = tokio::spawn(call("/slow", "u"));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(call("/slow", "u").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another key is not affected; neither is another route of the same key.
+    assert_eq!(call("/slow", "v").await.status(), StatusCode::OK);
+    assert_eq!(call("/other", "u").await.status(), StatusCode::OK);
+    held.abort();
+    let _ = held.await;
+    gate.add_permits(1);
+    assert_eq!(call("/slow", "u").await.status(), StatusCode::OK);
 }
