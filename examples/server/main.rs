@@ -61,7 +61,12 @@ async fn main() -> ExitCode {
     let layer = match Config::load(&args.config).and_then(RateLimitLayer::try_new) {
         Ok(layer) => layer,
         Err(error) => {
-            eprintln!("error: invalid configuration ({}): {error}", args.config);
+            let message = error.to_string();
+            if message.contains(&args.config) {
+                eprintln!("error: invalid configuration: {message}");
+            } else {
+                eprintln!("error: invalid configuration in {}: {message}", args.config);
+            }
             return ExitCode::FAILURE;
         }
     };
