@@ -28,7 +28,8 @@
 //! arithmetic as the [memory store](super::MemoryStore) on every policy of the client's tier
 //! (in microseconds, so Lua's doubles stay exact), and charges all of them or none. It answers
 //! with everything a [`Decision`] holds. Emission intervals are rounded up to whole
-//! microseconds (never faster than configured).
+//! microseconds (never faster than configured), and so are sliding-window waits; otherwise its
+//! decisions are the memory store's at the same instant (the integration tests compare them).
 //!
 //! # Keys
 //! `<prefix>:{<digest>}:<policy>`, e.g. `tollgate:{3f1c…}:free-daily`, where the digest is the
