@@ -23,7 +23,7 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub(super) enum Target {
     Node(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 impl std::fmt::Debug for Target {
@@ -47,7 +47,7 @@ impl Target {
             .min_retry_wait(10)
             .max_retry_wait(100)
             .build()
-            .map(Self::Cluster)
+            .map(|client| Self::Cluster(Box::new(client)))
     }
 
     /// Starts connecting (in the background). Needs a Tokio runtime.
