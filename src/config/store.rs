@@ -185,8 +185,6 @@ impl StoreConfig {
 mod tests {
     #![allow(clippy::result_large_err)] // figment::Jail closures return figment::Error by design.
 
-    use figment::Jail;
-
     use crate::config::Config;
 
     const CONTRACT: &str = include_str!("../../config/ratelimit.toml");
@@ -223,7 +221,7 @@ mod tests {
     #[cfg(feature = "redis")]
     #[test]
     fn the_environment_selects_redis_and_the_layer_builds_without_a_runtime() {
-        Jail::expect_with(|jail| {
+        figment::Jail::expect_with(|jail| {
             jail.create_file("ok.toml", CONTRACT)?;
             jail.set_env("TOLLGATE_STORE__BACKEND", "redis");
             // Nothing listens there: building must not connect.

@@ -616,5 +616,12 @@ mod tests {
         // Stable across stores and processes (no random seed): instances agree.
         let again = RedisStore::builder("redis://127.0.0.1:1").prefix("p").build().unwrap();
         assert_eq!(again.key_of(&key, &a), ka);
+        // Pinned: changing the digest would split every deployed limit in two.
+        let demo = RedisStore::builder("redis://127.0.0.1:1").build().unwrap();
+        let daily = Policy::new("free-daily", Algorithm::TokenBucket, quota);
+        assert_eq!(
+            demo.key_of(&Key::new("free-demo-key"), &daily),
+            "tollgate:{c0ad4a26e71e75542cedbafa7f2e1c62}:free-daily"
+        );
     }
 }
