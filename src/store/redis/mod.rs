@@ -1,69 +1,4 @@
-//! The Redis store: one limit shared by every instance of a service.
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use tollgate::store::{OnError, RedisStore};
-//! # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
-//! # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap())).build().unwrap();
-//!
-//! let store = RedisStore::builder("redis://127.0.0.1:6379")
-//!     .prefix("my-api")
-//!     .timeout(Duration::from_millis(50))
-//!     .on_error(OnError::Local)
-//!     .build()?;
-//! let layer = RateLimitLayer::from_limits(limits)
-//!     .with_store(store.clone())
-//!     .on_error(OnError::Local);
-//! # Ok::<(), tollgate::store::StoreError>(())
-//! ```
-//!
-//! With a configuration file, `[store] backend = "redis"` (or `TOLLGATE_STORE__BACKEND=redis`)
-//! builds this store from `url` (or the Cluster's `nodes`), `prefix`, `timeout_ms`, `on_error`,
-//! `breaker_failures`, `probe_interval_ms` and `blocked_keys`.
-//!
-//! # One round trip, atomic
-//! Each request runs one Lua script (`EVALSHA`; the script is loaded on first use and again
-//! whenever Redis answers `NOSCRIPT`, e.g. after a restart). The script reads Redis' clock
-//! (`TIME`: instances never need synchronised clocks), runs the same GCRA or sliding-window
-//! arithmetic as the [memory store](super::MemoryStore) on every policy of the client's tier
-//! (in microseconds, so Lua's doubles stay exact), and charges all of them or none. It answers
-//! with everything a [`Decision`] holds. Emission intervals are rounded up to whole
-//! microseconds (never faster than configured), and so are sliding-window waits; otherwise its
-//! decisions are the memory store's at the same instant (the integration tests compare them).
-//!
-//! # Keys
-//! `<prefix>:{<digest>}:<policy>`, e.g. `tollgate:{3f1c…}:free-daily`, where the digest is the
-//! first 128 bits of the SHA-1 of the client [`Key`] (`id:<api key>` or `ip:<address>`), in hex:
-//! a raw API key never appears in Redis, and the `{…}` hash tag puts all of a client's policies
-//! in one Cluster slot, which the script needs. A GCRA key holds the theoretical arrival time in
-//! microseconds since the epoch; a sliding-window key holds `"<window> <previous> <current>"`.
-//! Every key expires (`PX`) when its bucket would be full again, so idle clients cost nothing.
-//! See [`RedisStore::key_of`].
-//!
-//! # When Redis cannot answer
-//! Every call is bounded by a timeout (50 ms by default). A circuit breaker opens after
-//! [`breaker_failures`](RedisStoreBuilder::breaker) failures in a row; while it is open no
-//! request waits on Redis, and one request per probe interval (250 ms by default) is let through
-//! to find out whether Redis is back. Then:
-//! * [`OnError::Local`]: the store never fails. An in-process [`MemoryStore`] limits each
-//!   instance on its own (so `n` instances admit up to `n` times the limit) until Redis answers
-//!   again; its state is then left behind and Redis' own is used.
-//! * [`OnError::Allow`] / [`OnError::Deny`]: the store returns a [`StoreError`] (at once while
-//!   the breaker is open) and the layer forwards without headers or answers 503.
-//!
-//! Every transition is logged with `tracing` and counted: see [`RedisStore::stats`].
-//!
-//! # Over-limit cache
-//! Once Redis rejects a client until some instant, this instance rejects the same request
-//! (same charge) locally until then, with the remaining wait as `Retry-After`, without asking
-//! Redis: a flood from one abusive key costs Redis nothing. At most
-//! [`blocked_keys`](RedisStoreBuilder::blocked_keys) entries are kept (10 000 by default).
-//!
-//! # Runtime
-//! Building a store connects to nothing, so it works in synchronous code and while Redis is
-//! down. The connection is started by the first request, inside the Tokio runtime that polls
-//! it, and is kept (and re-established in the background) by that runtime's tasks: use one
-//! store within one runtime.
+//! The Redis store: see [`RedisStore`].
 
 mod blocked;
 mod breaker;
@@ -262,10 +197,75 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The Redis store. Cheap to clone; clones share the connection, breaker, caches and counts.
+/// The Redis store: one limit shared by every instance of a service. Cheap to clone; clones
+/// share the connection, breaker, caches and counts.
 ///
-/// See the [module documentation](self) for keys, failure handling and the over-limit cache.
+/// ```no_run
+/// use std::time::Duration;
+/// use tollgate::store::{OnError, RedisStore};
+/// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
+/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap())).build().unwrap();
 ///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .prefix("my-api")
+///     .timeout(Duration::from_millis(50))
+///     .on_error(OnError::Local)
+///     .build()?;
+/// let layer = RateLimitLayer::from_limits(limits)
+///     .with_store(store.clone())
+///     .on_error(OnError::Local);
+/// # Ok::<(), tollgate::store::StoreError>(())
+/// ```
+///
+/// With a configuration file, `[store] backend = "redis"` (or `TOLLGATE_STORE__BACKEND=redis`)
+/// builds this store from `url` (or the Cluster's `nodes`), `prefix`, `timeout_ms`, `on_error`,
+/// `breaker_failures`, `probe_interval_ms` and `blocked_keys`.
+///
+/// # One round trip, atomic
+/// Each request runs one Lua script (`EVALSHA`; the script is loaded on first use and again
+/// whenever Redis answers `NOSCRIPT`, e.g. after a restart). The script reads Redis' clock
+/// (`TIME`: instances never need synchronised clocks), runs the same GCRA or sliding-window
+/// arithmetic as the [memory store](MemoryStore) on every policy of the client's tier
+/// (in microseconds, so Lua's doubles stay exact), and charges all of them or none. It answers
+/// with everything a [`Decision`] holds. Emission intervals are rounded up to whole
+/// microseconds (never faster than configured), and so are sliding-window waits; otherwise its
+/// decisions are the memory store's at the same instant (the integration tests compare them).
+///
+/// # Keys
+/// `<prefix>:{<digest>}:<policy>`, e.g. `tollgate:{3f1c…}:free-daily`, where the digest is the
+/// first 128 bits of the SHA-1 of the client [`Key`] (`id:<api key>` or `ip:<address>`), in hex:
+/// a raw API key never appears in Redis, and the `{…}` hash tag puts all of a client's policies
+/// in one Cluster slot, which the script needs. A GCRA key holds the theoretical arrival time in
+/// microseconds since the epoch; a sliding-window key holds `"<window> <previous> <current>"`.
+/// Every key expires (`PX`) when its bucket would be full again, so idle clients cost nothing.
+/// See [`RedisStore::key_of`].
+///
+/// # When Redis cannot answer
+/// Every call is bounded by a timeout (50 ms by default). A circuit breaker opens after
+/// [`breaker_failures`](RedisStoreBuilder::breaker) failures in a row; while it is open no
+/// request waits on Redis, and one request per probe interval (250 ms by default) is let through
+/// to find out whether Redis is back. Then:
+/// * [`OnError::Local`]: the store never fails. An in-process [`MemoryStore`] limits each
+///   instance on its own (so `n` instances admit up to `n` times the limit) until Redis answers
+///   again; its state is then left behind and Redis' own is used.
+/// * [`OnError::Allow`] / [`OnError::Deny`]: the store returns a [`StoreError`] (at once while
+///   the breaker is open) and the layer forwards without headers or answers 503.
+///
+/// Every transition is logged with `tracing` and counted: see [`RedisStore::stats`].
+///
+/// # Over-limit cache
+/// Once Redis rejects a client until some instant, this instance rejects the same request
+/// (same charge) locally until then, with the remaining wait as `Retry-After`, without asking
+/// Redis: a flood from one abusive key costs Redis nothing. At most
+/// [`blocked_keys`](RedisStoreBuilder::blocked_keys) entries are kept (10 000 by default).
+///
+/// # Runtime
+/// Building a store connects to nothing, so it works in synchronous code and while Redis is
+/// down. The connection is started by the first request, inside the Tokio runtime that polls
+/// it, and is kept (and re-established in the background) by that runtime's tasks: use one
+/// store within one runtime.
+///
+/// # Key names
 /// ```
 /// use tollgate::algorithm::{Algorithm, Quota};
 /// use tollgate::key::Key;
