@@ -173,33 +173,44 @@ if fraction < reduced_below then
   c = reduced_cost
 end
 
-local function check(p)
+local function check(p, cost_here)
   if p.algorithm == 0 then
-    return gcra_check(p, p.state, c)
+    return gcra_check(p, p.state, cost_here)
   end
-  return window_check(p, p.state, c)
+  return window_check(p, p.state, cost_here)
 end
 
 local outcome = 0
 local charged = 0
 local results = {}
 if c == 0 or c > max_cost then
-  -- Charges nothing: the standing (cost 0), or a cost no policy of the tier can ever hold.
+  -- Charges nothing: the standing (cost 0), or a cost no policy of the tier can ever hold;
+  -- either way every policy reports its standing as it is.
   if c > 0 then
     outcome = 2
   end
   for i, p in ipairs(policies) do
-    local _, _, remaining, reset_after = check(p)
+    local _, _, remaining, reset_after = check(p, 0)
     results[i] = { remaining, reset_after, 0 }
   end
 else
   local verdicts = {}
   for i, p in ipairs(policies) do
-    local verdict, new_state, remaining, reset_after, retry_after = check(p)
+    local verdict, new_state, remaining, reset_after, retry_after = check(p, c)
     verdicts[i] = { verdict, new_state }
     results[i] = { remaining, reset_after, retry_after }
     if verdict ~= ADMIT then
       outcome = 1
+    end
+  end
+  if outcome == 1 then
+    -- Refused, so nothing is charged: a policy that would have admitted reports its standing
+    -- as it is, not as it would have been after the charge.
+    for i, p in ipairs(policies) do
+      if verdicts[i][1] == ADMIT then
+        local _, _, remaining, reset_after = check(p, 0)
+        results[i] = { remaining, reset_after, 0 }
+      end
     end
   end
   if outcome == 0 then
