@@ -24,18 +24,36 @@ pub struct StoreConfig {
     /// `memory` (default) or `redis`.
     #[serde(default)]
     pub backend: Backend,
-    /// The Redis URL.
+    /// The Redis URL (`redis://[user:password@]host:port[/db]`), when `nodes` is empty.
     #[serde(default = "default_url")]
     pub url: String,
+    /// Redis Cluster: the URLs of some of its nodes (the others are discovered). When set,
+    /// `url` is ignored. From the environment: `TOLLGATE_STORE__NODES='["redis://a:7000"]'`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
     /// What to do when the store cannot answer.
     #[serde(default)]
     pub on_error: OnError,
     /// Prefix of every Redis key.
     #[serde(default = "default_prefix")]
     pub prefix: String,
-    /// The most states the in-process store keeps (one per key and policy).
+    /// The most states the in-process store keeps (one per key and policy); with Redis, the
+    /// bound of the in-process fallback.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Redis: give up on a call after this many milliseconds (then `on_error` applies).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Redis: failed calls in a row that open the circuit breaker (no more calls wait on Redis).
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// Redis: while the breaker is open, one request every this many milliseconds probes Redis.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+    /// Redis: clients remembered as rejected until their deadline, answered without asking
+    /// Redis (0 disables this over-limit cache).
+    #[serde(default = "default_blocked_keys")]
+    pub blocked_keys: usize,
 }
 
 fn default_url() -> String {
@@ -50,14 +68,35 @@ fn default_max_keys() -> usize {
     1 << 21
 }
 
+fn default_timeout_ms() -> u64 {
+    50
+}
+
+fn default_breaker_failures() -> u32 {
+    3
+}
+
+fn default_probe_interval_ms() -> u64 {
+    250
+}
+
+fn default_blocked_keys() -> usize {
+    10_000
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             backend: Backend::default(),
             url: default_url(),
+            nodes: Vec::new(),
             on_error: OnError::default(),
             prefix: default_prefix(),
             max_keys: default_max_keys(),
+            timeout_ms: default_timeout_ms(),
+            breaker_failures: default_breaker_failures(),
+            probe_interval_ms: default_probe_interval_ms(),
+            blocked_keys: default_blocked_keys(),
         }
     }
 }
@@ -71,13 +110,53 @@ impl StoreConfig {
         if self.prefix.is_empty() {
             return Err(ConfigError::invalid("store.prefix", "must not be empty"));
         }
+        if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
+            return Err(ConfigError::invalid("store.timeout_ms", "must be between 1 and 60000"));
+        }
+        if self.breaker_failures == 0 {
+            return Err(ConfigError::invalid("store.breaker_failures", "must be at least 1"));
+        }
+        if self.probe_interval_ms == 0 {
+            return Err(ConfigError::invalid("store.probe_interval_ms", "must be at least 1"));
+        }
         if self.backend == Backend::Redis && !cfg!(feature = "redis") {
             return Err(ConfigError::invalid(
                 "store.backend",
                 "is `redis` but tollgate was built without its `redis` feature",
             ));
         }
+        #[cfg(feature = "redis")]
+        if self.backend == Backend::Redis {
+            self.redis_builder()?;
+        }
         Ok(())
+    }
+
+    /// The Redis store these settings describe, checked but not connected.
+    #[cfg(feature = "redis")]
+    fn redis_builder(&self) -> Result<crate::store::RedisStoreBuilder, ConfigError> {
+        use crate::store::RedisStore;
+        use std::time::Duration;
+
+        let builder = if self.nodes.is_empty() {
+            redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
+                .map_err(|e| ConfigError::invalid("store.url", format!("is not a Redis URL: {e}")))?;
+            RedisStore::builder(self.url.clone())
+        } else {
+            for (i, node) in self.nodes.iter().enumerate() {
+                redis::IntoConnectionInfo::into_connection_info(node.as_str()).map_err(|e| {
+                    ConfigError::invalid(format!("store.nodes[{i}]"), format!("is not a Redis URL: {e}"))
+                })?;
+            }
+            RedisStore::cluster(self.nodes.iter().cloned())
+        };
+        Ok(builder
+            .prefix(self.prefix.clone())
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .on_error(self.on_error)
+            .breaker(self.breaker_failures, Duration::from_millis(self.probe_interval_ms))
+            .blocked_keys(self.blocked_keys)
+            .fallback_capacity(self.max_keys))
     }
 
     /// Builds the store for `limits`.
@@ -86,9 +165,75 @@ impl StoreConfig {
         self.validate()?;
         match self.backend {
             Backend::Memory => Ok(Arc::new(MemoryStore::new().capacity(self.max_keys))),
+            #[cfg(feature = "redis")]
+            Backend::Redis => {
+                let store = self.redis_builder()?.build().map_err(|e| {
+                    let key = if self.nodes.is_empty() { "store.url" } else { "store.nodes" };
+                    ConfigError::invalid(key, e.to_string())
+                })?;
+                Ok(Arc::new(store))
+            }
+            #[cfg(not(feature = "redis"))]
             Backend::Redis => {
                 Err(ConfigError::invalid("store.backend", "the Redis store is not available in this build"))
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "config"))]
+mod tests {
+    #![allow(clippy::result_large_err)] // figment::Jail closures return figment::Error by design.
+
+    use crate::config::Config;
+
+    const CONTRACT: &str = include_str!("../../config/ratelimit.toml");
+
+    #[test]
+    fn redis_settings_have_defaults() {
+        let config = Config::from_toml(CONTRACT).unwrap();
+        let store = &config.store;
+        assert_eq!((store.timeout_ms, store.breaker_failures, store.probe_interval_ms), (50, 3, 250));
+        assert_eq!(store.blocked_keys, 10_000);
+        assert!(store.nodes.is_empty());
+    }
+
+    #[test]
+    fn bad_redis_settings_name_their_key() {
+        let with = |extra: &str| {
+            let text = format!("[tiers.anonymous]\nrequests_per_second = 1\nburst = 1\n[store]\n{extra}\n");
+            Config::from_toml(&text).unwrap_err().to_string()
+        };
+        assert!(with("timeout_ms = 0").contains("store.timeout_ms"));
+        assert!(with("breaker_failures = 0").contains("store.breaker_failures"));
+        assert!(with("probe_interval_ms = 0").contains("store.probe_interval_ms"));
+        assert!(with("redis_url = \"x\"").contains("redis_url"), "unknown fields are refused");
+        if cfg!(feature = "redis") {
+            let err = with("backend = \"redis\"\nurl = \"http://nope\"");
+            assert!(err.contains("store.url"), "{err}");
+            let err = with("backend = \"redis\"\nnodes = [\"redis://127.0.0.1:7000\", \"bogus\"]");
+            assert!(err.contains("store.nodes[1]"), "{err}");
+        } else {
+            assert!(with("backend = \"redis\"").contains("store.backend"));
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn the_environment_selects_redis_and_the_layer_builds_without_a_runtime() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("ok.toml", CONTRACT)?;
+            jail.set_env("TOLLGATE_STORE__BACKEND", "redis");
+            // Nothing listens there: building must not connect.
+            jail.set_env("TOLLGATE_STORE__URL", "redis://127.0.0.1:1");
+            jail.set_env("TOLLGATE_STORE__NODES", "[\"redis://127.0.0.1:7001\", \"redis://127.0.0.1:7002\"]");
+            let config = Config::load("ok.toml").unwrap();
+            assert_eq!(config.store.backend, super::Backend::Redis);
+            assert_eq!(config.store.nodes.len(), 2);
+            let layer = crate::RateLimitLayer::try_new(config).unwrap();
+            // The memory store counts its states; the Redis store cannot know Redis' count.
+            assert_eq!(layer.store().tracked(), None);
+            Ok(())
+        });
     }
 }

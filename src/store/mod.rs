@@ -11,6 +11,8 @@
 //! A store knows nothing of HTTP.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt;
 use std::future::Future;
@@ -18,6 +20,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStats, RedisStore, RedisStoreBuilder};
 pub use memory::MemoryStore;
 
 use crate::clock::NANOS_PER_SEC;

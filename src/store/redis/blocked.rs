@@ -1,0 +1,250 @@
+//! The over-limit cache: once Redis has rejected a client until some instant, reject the same
+//! request locally until then, without asking Redis again.
+//!
+//! Sound because limiter state only gets worse for a client until its deadline: other
+//! instances can spend more of its tokens, never give them back. So a request identical to the
+//! rejected one (same cost, same reduced cost) is certainly rejected before the deadline, and
+//! the `Retry-After` computed from the cached deadline is the one Redis gave (absent other
+//! traffic). A request with a different charge asks Redis (and may replace the entry). A
+//! rejection at the full cost of a degradable charge is not cached: other traffic could move the
+//! client into the cheaper band, where the reduced cost might fit before the deadline.
+//!
+//! Bounded: at most `capacity` entries, split over a few mutex-guarded shards; a full shard
+//! drops its expired entries and, if still full, caches nothing more until some expire (those
+//! keys keep asking Redis, which stays correct). Keys are digests under a per-process random
+//! seed; time is passed in (nanoseconds, from the store's clock), so tests use a manual clock.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, PoisonError};
+
+use crate::key::Key;
+use crate::policy::Tier;
+use crate::store::{Charge, Decision, Outcome, PolicyState};
+
+const SHARDS: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Entry {
+    /// Local time of the rejection.
+    at: u64,
+    /// Local time until which the request is rejected.
+    until: u64,
+    /// The charge that was rejected.
+    charge: Charge,
+    /// Redis' answer.
+    decision: Decision,
+}
+
+#[derive(Debug)]
+pub(super) struct Blocked {
+    shards: Box<[Mutex<HashMap<u64, Entry>>]>,
+    per_shard: usize,
+    hasher: foldhash::quality::RandomState,
+}
+
+impl Blocked {
+    /// A cache of at most about `capacity` entries; 0 disables it.
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            per_shard: capacity.div_ceil(SHARDS),
+            hasher: foldhash::quality::RandomState::default(),
+        }
+    }
+
+    /// The entry of one client in one tier.
+    pub(super) fn digest(&self, key: &Key, tier: &Tier) -> u64 {
+        self.hasher.hash_one((key, tier.index()))
+    }
+
+    fn shard(&self, digest: u64) -> &Mutex<HashMap<u64, Entry>> {
+        &self.shards[(digest >> 59) as usize % SHARDS]
+    }
+
+    /// A rejection of `charge` at local time `now`, if one is cached.
+    #[inline]
+    pub(super) fn get(&self, digest: u64, charge: Charge, now: u64) -> Option<Decision> {
+        if self.per_shard == 0 {
+            return None;
+        }
+        let mut shard = self.shard(digest).lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = *shard.get(&digest)?;
+        if now >= entry.until {
+            shard.remove(&digest);
+            return None;
+        }
+        drop(shard);
+        (entry.charge == charge).then(|| aged(&entry.decision, now.saturating_sub(entry.at)))
+    }
+
+    /// Remembers that Redis rejected `charge` at local time `now`.
+    pub(super) fn insert(&self, digest: u64, charge: Charge, decision: &Decision, now: u64) {
+        let Some(wait) = decision.retry_after() else { return };
+        if self.per_shard == 0 || decision.outcome() != Outcome::Rejected {
+            return;
+        }
+        // Rejected at the full cost of a charge that has a cheaper band: other instances could
+        // push the client into that band, where the cheaper cost might fit before the deadline.
+        if charge.cost_for(decision.fraction_before()) > charge.reduced_cost.min(charge.cost) {
+            return;
+        }
+        let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        let entry = Entry { at: now, until: now.saturating_add(wait), charge, decision: *decision };
+        let mut shard = self.shard(digest).lock().unwrap_or_else(PoisonError::into_inner);
+        if shard.len() >= self.per_shard && !shard.contains_key(&digest) {
+            shard.retain(|_, e| e.until > now);
+            if shard.len() >= self.per_shard {
+                return;
+            }
+        }
+        shard.insert(digest, entry);
+    }
+
+    /// Entries held now (expired ones included until they are swept).
+    pub(super) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len()).sum()
+    }
+}
+
+/// `decision`, `elapsed` nanoseconds later: the same standing, with its waits shortened.
+fn aged(decision: &Decision, elapsed: u64) -> Decision {
+    let mut aged = Decision::new(
+        Outcome::Rejected,
+        decision.now().saturating_add(elapsed),
+        decision.fraction_before(),
+        0,
+    );
+    for p in decision.policies() {
+        aged = aged.with(PolicyState {
+            reset_after: p.reset_after.saturating_sub(elapsed),
+            retry_after: if p.retry_after == 0 { 0 } else { p.retry_after.saturating_sub(elapsed).max(1) },
+            ..*p
+        });
+    }
+    aged
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::algorithm::Quota;
+    use crate::clock::{Clock, ManualClock};
+    use crate::policy::{Limits, TierSpec};
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn tier() -> Limits {
+        Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(60, 5).unwrap())).build().unwrap()
+    }
+
+    fn rejection(now: u64, retry: u64) -> Decision {
+        Decision::new(Outcome::Rejected, now, 0.0, 0).with(PolicyState {
+            index: 0,
+            limit: 5,
+            remaining: 0,
+            reset_after: 5 * SEC,
+            retry_after: retry,
+        })
+    }
+
+    #[test]
+    fn rejects_until_the_deadline_with_the_exact_wait() {
+        let limits = tier();
+        let blocked = Blocked::new(100);
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let digest = blocked.digest(&Key::new("abuser"), limits.default_tier());
+        let charge = Charge::new(1);
+        let redis_now = 77 * SEC; // Redis' clock need not be ours.
+        blocked.insert(digest, charge, &rejection(redis_now, 2 * SEC), clock.now());
+
+        clock.advance(Duration::from_millis(500));
+        let d = blocked.get(digest, charge, clock.now()).expect("cached");
+        assert_eq!(d.outcome(), Outcome::Rejected);
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(1_500)));
+        assert_eq!(d.now(), redis_now + SEC / 2);
+        assert_eq!(d.policies()[0].reset_after, 4 * SEC + SEC / 2);
+        assert_eq!(d.charged(), 0);
+
+        clock.advance(Duration::from_millis(1_499));
+        assert_eq!(
+            blocked.get(digest, charge, clock.now()).unwrap().retry_after(),
+            Some(Duration::from_millis(1))
+        );
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(blocked.get(digest, charge, clock.now()), None);
+        assert_eq!(blocked.len(), 0, "an expired entry is dropped when met");
+    }
+
+    #[test]
+    fn only_the_same_charge_and_client_hit() {
+        let limits = tier();
+        let blocked = Blocked::new(100);
+        let now = 1_000 * SEC;
+        let tier = limits.default_tier();
+        let digest = blocked.digest(&Key::new("abuser"), tier);
+        blocked.insert(digest, Charge::new(5), &rejection(now, SEC), now);
+        assert!(blocked.get(digest, Charge::new(5), now).is_some());
+        assert!(blocked.get(digest, Charge::new(1), now).is_none());
+        assert!(blocked.get(digest, Charge::new(5).reduced(0.5, 1), now).is_none());
+        assert!(blocked.get(blocked.digest(&Key::new("other"), tier), Charge::new(5), now).is_none());
+    }
+
+    #[test]
+    fn a_rejection_above_a_cheaper_band_is_not_cached() {
+        let limits = tier();
+        let blocked = Blocked::new(100);
+        let digest = blocked.digest(&Key::new("a"), limits.default_tier());
+        let charge = Charge::new(5).reduced(0.2, 1);
+        // 40% left (2 tokens): the full cost 5 was refused; 1 could fit if the band were reached.
+        let high = Decision::new(Outcome::Rejected, 0, 0.4, 0)
+            .with(PolicyState { retry_after: SEC, ..PolicyState::default() });
+        blocked.insert(digest, charge, &high, 0);
+        assert_eq!(blocked.get(digest, charge, 0), None);
+        // 0% left: even the reduced cost was refused, so every such request is until the deadline.
+        let low = Decision::new(Outcome::Rejected, 0, 0.0, 0)
+            .with(PolicyState { retry_after: SEC, ..PolicyState::default() });
+        blocked.insert(digest, charge, &low, 0);
+        assert!(blocked.get(digest, charge, 0).is_some());
+    }
+
+    #[test]
+    fn admissions_are_never_cached() {
+        let limits = tier();
+        let blocked = Blocked::new(100);
+        let digest = blocked.digest(&Key::new("a"), limits.default_tier());
+        let admitted = Decision::new(Outcome::Admitted, 0, 1.0, 1);
+        blocked.insert(digest, Charge::new(1), &admitted, 0);
+        assert_eq!(blocked.len(), 0);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_expired_entries_make_room() {
+        let limits = tier();
+        let tier = limits.default_tier();
+        let blocked = Blocked::new(SHARDS * 2); // two per shard
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        for i in 0..1_000 {
+            let digest = blocked.digest(&Key::new(format!("k{i}")), tier);
+            blocked.insert(digest, Charge::new(1), &rejection(0, SEC), clock.now());
+        }
+        assert!(blocked.len() <= SHARDS * 2, "{} entries", blocked.len());
+        // Once they expire, new keys find room again.
+        clock.advance(Duration::from_secs(2));
+        let fresh = blocked.digest(&Key::new("fresh"), tier);
+        blocked.insert(fresh, Charge::new(1), &rejection(0, SEC), clock.now());
+        assert!(blocked.get(fresh, Charge::new(1), clock.now()).is_some());
+        assert!(blocked.len() <= SHARDS * 2);
+    }
+
+    #[test]
+    fn a_zero_capacity_disables_it() {
+        let limits = tier();
+        let blocked = Blocked::new(0);
+        let digest = blocked.digest(&Key::new("a"), limits.default_tier());
+        blocked.insert(digest, Charge::new(1), &rejection(0, SEC), 0);
+        assert_eq!(blocked.get(digest, Charge::new(1), 0), None);
+    }
+}

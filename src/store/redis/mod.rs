@@ -1,0 +1,627 @@
+//! The Redis store: see [`RedisStore`].
+
+mod blocked;
+mod breaker;
+mod connection;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blocked::Blocked;
+use breaker::{Breaker, Permit, Transition};
+use connection::{Lazy, Target};
+
+use super::{Charge, Decision, MemoryStore, OnError, Outcome, PolicyState, Store, StoreError, StoreFuture};
+use crate::algorithm::Algorithm;
+use crate::clock::{Clock, SystemClock};
+use crate::key::Key;
+use crate::policy::{Policy, Tier};
+
+const SCRIPT: &str = include_str!("check.lua");
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+const DEFAULT_BREAKER_FAILURES: u32 = 3;
+const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+const DEFAULT_BLOCKED_KEYS: usize = 10_000;
+const DEFAULT_FALLBACK_CAPACITY: usize = 1 << 21;
+
+/// Where the store connects.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Node(String),
+    Cluster(Vec<String>),
+}
+
+/// Settings of a [`RedisStore`]; see [`RedisStore::builder`] and [`RedisStore::cluster`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::store::{OnError, RedisStore};
+///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .prefix("api")
+///     .timeout(Duration::from_millis(20))
+///     .breaker(5, Duration::from_millis(500))
+///     .blocked_keys(1_000)
+///     .on_error(OnError::Deny)
+///     .build()
+///     .unwrap();
+/// assert_eq!(store.prefix(), "api");
+/// assert!(RedisStore::builder("not a url").build().is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    endpoint: Endpoint,
+    prefix: String,
+    timeout: Duration,
+    on_error: OnError,
+    breaker_failures: u32,
+    probe_interval: Duration,
+    blocked_keys: usize,
+    fallback_capacity: usize,
+}
+
+impl RedisStoreBuilder {
+    fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            prefix: "tollgate".to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            on_error: OnError::default(),
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            blocked_keys: DEFAULT_BLOCKED_KEYS,
+            fallback_capacity: DEFAULT_FALLBACK_CAPACITY,
+        }
+    }
+
+    /// Starts every key with `prefix` (`tollgate` by default).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Gives up on a call after `timeout` (50 ms by default; at least 1 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// What to do when Redis cannot answer ([`OnError::Local`] by default). Give the layer the
+    /// same policy: with `Local` this store never fails; with `Allow` or `Deny` it fails and the
+    /// layer applies the policy.
+    pub fn on_error(mut self, on_error: OnError) -> Self {
+        self.on_error = on_error;
+        self
+    }
+
+    /// Opens the circuit breaker after `failures` failed calls in a row (3 by default), and
+    /// then lets one probe through every `probe_interval` (250 ms by default).
+    pub fn breaker(mut self, failures: u32, probe_interval: Duration) -> Self {
+        self.breaker_failures = failures.max(1);
+        self.probe_interval = probe_interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Remembers at most `entries` rejected clients locally (10 000 by default; 0 disables the
+    /// over-limit cache).
+    pub fn blocked_keys(mut self, entries: usize) -> Self {
+        self.blocked_keys = entries;
+        self
+    }
+
+    /// Caps the states of the in-process fallback used with [`OnError::Local`].
+    pub fn fallback_capacity(mut self, states: usize) -> Self {
+        self.fallback_capacity = states.max(1);
+        self
+    }
+
+    /// Checks the URLs and makes the store. Connects to nothing: the first request does.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        let target = match &self.endpoint {
+            Endpoint::Node(url) => Target::node(url),
+            Endpoint::Cluster(nodes) => Target::cluster(nodes),
+        }
+        .map_err(|e| StoreError::new("invalid Redis address", Some(Box::new(e) as _)))?;
+        let clock = SystemClock::new();
+        let fallback = (self.on_error == OnError::Local)
+            .then(|| MemoryStore::with_clock(clock).capacity(self.fallback_capacity));
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn: Lazy::new(target),
+                script: redis::Script::new(SCRIPT),
+                prefix: self.prefix,
+                timeout: self.timeout,
+                on_error: self.on_error,
+                breaker: Breaker::new(self.breaker_failures, nanos(self.probe_interval)),
+                blocked: Blocked::new(self.blocked_keys),
+                fallback,
+                clock,
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
+
+/// What a [`RedisStore`] has done since it was built: each count only grows.
+///
+/// ```
+/// use tollgate::store::RedisStore;
+/// let store = RedisStore::builder("redis://127.0.0.1:6379").build().unwrap();
+/// let stats = store.stats();
+/// assert_eq!(stats.redis_decisions, 0);
+/// assert!(!stats.breaker_open);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Requests Redis decided.
+    pub redis_decisions: u64,
+    /// Calls that failed: timeouts, connection errors, bad answers.
+    pub errors: u64,
+    /// Of those, calls that timed out.
+    pub timeouts: u64,
+    /// Times the circuit breaker opened (Redis considered down).
+    pub breaker_opened: u64,
+    /// Times it closed again (Redis answered a probe or a late call).
+    pub breaker_closed: u64,
+    /// Probes let through while the breaker was open.
+    pub probes: u64,
+    /// Requests not sent to Redis because the breaker was open.
+    pub short_circuited: u64,
+    /// Requests decided by the in-process fallback ([`OnError::Local`]).
+    pub local_decisions: u64,
+    /// Requests rejected from the over-limit cache, without asking Redis.
+    pub cached_rejections: u64,
+    /// True while the breaker is open.
+    pub breaker_open: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    redis_decisions: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    breaker_opened: AtomicU64,
+    breaker_closed: AtomicU64,
+    probes: AtomicU64,
+    short_circuited: AtomicU64,
+    local_decisions: AtomicU64,
+    cached_rejections: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The Redis store: one limit shared by every instance of a service. Cheap to clone; clones
+/// share the connection, breaker, caches and counts.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tollgate::store::{OnError, RedisStore};
+/// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
+/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap())).build().unwrap();
+///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .prefix("my-api")
+///     .timeout(Duration::from_millis(50))
+///     .on_error(OnError::Local)
+///     .build()?;
+/// let layer = RateLimitLayer::from_limits(limits)
+///     .with_store(store.clone())
+///     .on_error(OnError::Local);
+/// # Ok::<(), tollgate::store::StoreError>(())
+/// ```
+///
+/// With a configuration file, `[store] backend = "redis"` (or `TOLLGATE_STORE__BACKEND=redis`)
+/// builds this store from `url` (or the Cluster's `nodes`), `prefix`, `timeout_ms`, `on_error`,
+/// `breaker_failures`, `probe_interval_ms` and `blocked_keys`.
+///
+/// # One round trip, atomic
+/// Each request runs one Lua script (`EVALSHA`; the script is loaded on first use and again
+/// whenever Redis answers `NOSCRIPT`, e.g. after a restart). The script reads Redis' clock
+/// (`TIME`: instances never need synchronised clocks), runs the same GCRA or sliding-window
+/// arithmetic as the [memory store](MemoryStore) on every policy of the client's tier
+/// (in microseconds, so Lua's doubles stay exact), and charges all of them or none. It answers
+/// with everything a [`Decision`] holds. Emission intervals are rounded up to whole
+/// microseconds (never faster than configured), and so are sliding-window waits; otherwise its
+/// decisions are the memory store's at the same instant (the integration tests compare them).
+///
+/// # Keys
+/// `<prefix>:{<digest>}:<policy>`, e.g. `tollgate:{3f1c…}:free-daily`, where the digest is the
+/// first 128 bits of the SHA-1 of the client [`Key`] (`id:<api key>` or `ip:<address>`), in hex:
+/// a raw API key never appears in Redis, and the `{…}` hash tag puts all of a client's policies
+/// in one Cluster slot, which the script needs. A GCRA key holds the theoretical arrival time in
+/// microseconds since the epoch; a sliding-window key holds `"<window> <previous> <current>"`.
+/// Every key expires (`PX`) when its bucket would be full again, so idle clients cost nothing.
+/// See [`RedisStore::key_of`].
+///
+/// # When Redis cannot answer
+/// Every call is bounded by a timeout (50 ms by default). A circuit breaker opens after
+/// [`breaker_failures`](RedisStoreBuilder::breaker) failures in a row; while it is open no
+/// request waits on Redis, and one request per probe interval (250 ms by default) is let through
+/// to find out whether Redis is back. Then:
+/// * [`OnError::Local`]: the store never fails. An in-process [`MemoryStore`] limits each
+///   instance on its own (so `n` instances admit up to `n` times the limit) until Redis answers
+///   again; its state is then left behind and Redis' own is used.
+/// * [`OnError::Allow`] / [`OnError::Deny`]: the store returns a [`StoreError`] (at once while
+///   the breaker is open) and the layer forwards without headers or answers 503.
+///
+/// Every transition is logged with `tracing` and counted: see [`RedisStore::stats`].
+///
+/// # Over-limit cache
+/// Once Redis rejects a client until some instant, this instance rejects the same request
+/// (same charge) locally until then, with the remaining wait as `Retry-After`, without asking
+/// Redis: a flood from one abusive key costs Redis nothing. At most
+/// [`blocked_keys`](RedisStoreBuilder::blocked_keys) entries are kept (10 000 by default).
+///
+/// # Runtime
+/// Building a store connects to nothing, so it works in synchronous code and while Redis is
+/// down. The connection is started by the first request, inside the Tokio runtime that polls
+/// it, and is kept (and re-established in the background) by that runtime's tasks: use one
+/// store within one runtime.
+///
+/// # Key names
+/// ```
+/// use tollgate::algorithm::{Algorithm, Quota};
+/// use tollgate::key::Key;
+/// use tollgate::policy::Policy;
+/// use tollgate::store::RedisStore;
+///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379").prefix("shop").build().unwrap();
+/// let policy = Policy::new("free", Algorithm::TokenBucket, Quota::per_minute(60, 10).unwrap());
+/// let key = store.key_of(&Key::new("secret-api-key"), &policy);
+/// assert!(key.starts_with("shop:{") && key.ends_with("}:free"));
+/// assert!(!key.contains("secret"));
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Lazy,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    on_error: OnError,
+    breaker: Breaker,
+    blocked: Blocked,
+    fallback: Option<MemoryStore<SystemClock>>,
+    clock: SystemClock,
+    counters: Counters,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("RedisStore")
+            .field("conn", &inner.conn)
+            .field("prefix", &inner.prefix)
+            .field("timeout", &inner.timeout)
+            .field("on_error", &inner.on_error)
+            .field("breaker_open", &inner.breaker.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS when redis-rs is built with it).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Endpoint::Node(url.into()))
+    }
+
+    /// A store on the Redis Cluster reachable at any of `nodes` (URLs).
+    ///
+    /// ```
+    /// use tollgate::store::RedisStore;
+    /// let store = RedisStore::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]).build();
+    /// assert!(store.is_ok());
+    /// assert!(RedisStore::cluster(Vec::<String>::new()).build().is_err());
+    /// ```
+    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Endpoint::Cluster(nodes.into_iter().map(Into::into).collect()))
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The Redis key holding `key`'s state for `policy`.
+    pub fn key_of(&self, key: &Key, policy: &Policy) -> String {
+        let mut name = self.inner.client_prefix(key);
+        name.push_str(policy.name());
+        name
+    }
+
+    /// The counts so far, and whether the breaker is open now.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RedisStats {
+            redis_decisions: get(&c.redis_decisions),
+            errors: get(&c.errors),
+            timeouts: get(&c.timeouts),
+            breaker_opened: get(&c.breaker_opened),
+            breaker_closed: get(&c.breaker_closed),
+            probes: get(&c.probes),
+            short_circuited: get(&c.short_circuited),
+            local_decisions: get(&c.local_decisions),
+            cached_rejections: get(&c.cached_rejections),
+            breaker_open: self.inner.breaker.is_open(),
+        }
+    }
+
+    /// Clients rejected locally until their deadline (expired entries included until swept).
+    pub fn blocked_len(&self) -> usize {
+        self.inner.blocked.len()
+    }
+}
+
+/// The script's arguments for one request.
+struct Call {
+    keys: Vec<String>,
+    charge: Charge,
+    policies: Vec<(u8, u64, u64)>,
+    limits: Vec<u64>,
+}
+
+impl Inner {
+    /// `<prefix>:{<digest>}:`
+    fn client_prefix(&self, key: &Key) -> String {
+        let digest = sha1_smol::Sha1::from(key.to_string()).digest().bytes();
+        let mut name = String::with_capacity(self.prefix.len() + 48);
+        name.push_str(&self.prefix);
+        name.push_str(":{");
+        for byte in &digest[..16] {
+            use fmt::Write;
+            let _ = write!(name, "{byte:02x}");
+        }
+        name.push_str("}:");
+        name
+    }
+
+    fn call(&self, key: &Key, tier: &Tier, charge: Charge) -> Call {
+        let client = self.client_prefix(key);
+        let policies = tier.policies();
+        Call {
+            keys: policies.iter().map(|p| format!("{client}{}", p.name())).collect(),
+            charge,
+            policies: policies
+                .iter()
+                .map(|p| {
+                    let algorithm = match p.algorithm() {
+                        Algorithm::TokenBucket => 0,
+                        Algorithm::SlidingWindow => 1,
+                    };
+                    let emission = u64::try_from(p.quota().emission_interval().as_nanos())
+                        .unwrap_or(u64::MAX)
+                        .div_ceil(1_000);
+                    (algorithm, emission, p.quota().burst())
+                })
+                .collect(),
+            limits: policies.iter().map(|p| p.quota().burst()).collect(),
+        }
+    }
+
+    async fn ask(&self, call: &Call) -> Result<Decision, Fault> {
+        let mut conn = self.conn.get().map_err(Fault::Redis)?;
+        let mut invocation = self.script.prepare_invoke();
+        for key in &call.keys {
+            invocation.key(key);
+        }
+        invocation.arg(call.charge.cost).arg(call.charge.reduced_below).arg(call.charge.reduced_cost);
+        for &(algorithm, emission, burst) in &call.policies {
+            invocation.arg(algorithm).arg(emission).arg(burst);
+        }
+        let reply = match tokio::time::timeout(self.timeout, conn.invoke(&invocation)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => return Err(Fault::Redis(error)),
+            Err(_) => return Err(Fault::Timeout(self.timeout)),
+        };
+        parse(&reply, &call.limits).ok_or(Fault::BadReply)
+    }
+
+    fn succeeded(&self) {
+        bump(&self.counters.redis_decisions);
+        if self.breaker.success() == Some(Transition::Closed) {
+            bump(&self.counters.breaker_closed);
+            tracing::info!(prefix = %self.prefix, "tollgate: Redis answers again; circuit breaker closed");
+        }
+    }
+
+    fn failed(&self, fault: &Fault, now: u64) {
+        bump(&self.counters.errors);
+        if matches!(fault, Fault::Timeout(_)) {
+            bump(&self.counters.timeouts);
+        }
+        tracing::debug!(error = %fault, "tollgate: Redis call failed");
+        if self.breaker.failure(now) == Some(Transition::Opened) {
+            bump(&self.counters.breaker_opened);
+            tracing::warn!(
+                error = %fault,
+                on_error = ?self.on_error,
+                prefix = %self.prefix,
+                "tollgate: Redis unreachable; circuit breaker open",
+            );
+        }
+    }
+
+    /// The answer when Redis cannot give one.
+    fn without_redis(
+        &self,
+        key: &Key,
+        tier: &Tier,
+        charge: Charge,
+        fault: Fault,
+    ) -> Result<Decision, StoreError> {
+        match &self.fallback {
+            Some(local) => {
+                bump(&self.counters.local_decisions);
+                Ok(local.decide(key, tier, charge))
+            }
+            None => Err(fault.into_error()),
+        }
+    }
+
+    fn decided(&self, digest: u64, charge: Charge, decision: &Decision) {
+        if decision.outcome() == Outcome::Rejected {
+            self.blocked.insert(digest, charge, decision, self.clock.now());
+        }
+    }
+}
+
+/// Why Redis gave no decision.
+#[derive(Debug)]
+enum Fault {
+    Redis(redis::RedisError),
+    Timeout(Duration),
+    BadReply,
+    Open,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Redis(error) => write!(f, "{error}"),
+            Self::Timeout(after) => write!(f, "no answer within {} ms", after.as_millis()),
+            Self::BadReply => f.write_str("unexpected reply from the rate-limit script"),
+            Self::Open => f.write_str("circuit breaker open (Redis recently unreachable)"),
+        }
+    }
+}
+
+impl Fault {
+    fn into_error(self) -> StoreError {
+        match self {
+            Self::Redis(error) => StoreError::new("Redis call failed", Some(Box::new(error) as _)),
+            other => StoreError::new(format!("Redis call failed: {other}"), None),
+        }
+    }
+}
+
+/// Reads the script's reply: outcome, now (s, µs), charged, then five numbers per policy.
+fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
+    const HEAD: usize = 4;
+    if reply.len() != HEAD + 5 * limits.len() {
+        return None;
+    }
+    let nonneg = |v: i64| u64::try_from(v).ok();
+    let outcome = match reply[0] {
+        0 => Outcome::Admitted,
+        1 => Outcome::Rejected,
+        2 => Outcome::Exceeds,
+        _ => return None,
+    };
+    let now =
+        nonneg(reply[1])?.checked_mul(1_000_000_000)?.checked_add(nonneg(reply[2])?.checked_mul(1_000)?)?;
+    let charged = nonneg(reply[3])?;
+    let micros = |v: i64| nonneg(v)?.checked_mul(1_000);
+    let mut fraction = 1.0_f64;
+    let mut states = Vec::with_capacity(limits.len());
+    for (index, (chunk, &limit)) in reply[HEAD..].chunks_exact(5).zip(limits).enumerate() {
+        let (num, den) = (u128::from(nonneg(chunk[3])?) * 1_000, u128::from(nonneg(chunk[4])?) * 1_000);
+        if den > 0 {
+            fraction = fraction.min(num as f64 / den as f64);
+        }
+        states.push(PolicyState {
+            index: u8::try_from(index).ok()?,
+            limit,
+            remaining: nonneg(chunk[0])?,
+            reset_after: micros(chunk[1])?,
+            retry_after: micros(chunk[2])?,
+        });
+    }
+    Some(states.into_iter().fold(Decision::new(outcome, now, fraction, charged), Decision::with))
+}
+
+impl Store for RedisStore {
+    fn check(&self, key: &Key, tier: &Tier, charge: Charge) -> StoreFuture {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let digest = inner.blocked.digest(key, tier);
+        if let Some(decision) = inner.blocked.get(digest, charge, now) {
+            bump(&inner.counters.cached_rejections);
+            return StoreFuture::ready(Ok(decision));
+        }
+        match inner.breaker.permit(now) {
+            Permit::Ask => {}
+            Permit::Probe => bump(&inner.counters.probes),
+            Permit::Refuse => {
+                bump(&inner.counters.short_circuited);
+                return StoreFuture::ready(inner.without_redis(key, tier, charge, Fault::Open));
+            }
+        }
+        let call = inner.call(key, tier, charge);
+        // The fallback needs the client and tier after the round trip.
+        let fallback = inner.fallback.is_some().then(|| (key.clone(), tier.clone()));
+        let inner = Arc::clone(&self.inner);
+        StoreFuture::boxed(async move {
+            match inner.ask(&call).await {
+                Ok(decision) => {
+                    inner.succeeded();
+                    inner.decided(digest, charge, &decision);
+                    Ok(decision)
+                }
+                Err(fault) => {
+                    inner.failed(&fault, inner.clock.now());
+                    match &fallback {
+                        Some((key, tier)) => inner.without_redis(key, tier, charge, fault),
+                        None => Err(fault.into_error()),
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_reply() {
+        let reply =
+            [1, 1_700_000_000, 250_000, 0, 0, 5_000_000, 1_500_000, 0, 10_000_000, 9, 86_400_000, 0, 9, 10];
+        let d = parse(&reply, &[10, 10]).unwrap();
+        assert_eq!(d.outcome(), Outcome::Rejected);
+        assert_eq!(d.now(), 1_700_000_000_250_000_000);
+        assert_eq!(d.policies()[0].reset_after, 5_000_000_000);
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(1_500)));
+        assert_eq!(d.policies()[1].remaining, 9);
+        assert_eq!(d.fraction_before(), 0.0);
+        assert!(parse(&reply[..5], &[10, 10]).is_none());
+        assert!(parse(&[7, 0, 0, 0], &[]).is_none());
+    }
+
+    #[test]
+    fn keys_hide_the_client_and_share_a_hash_tag() {
+        let store = RedisStore::builder("redis://127.0.0.1:1").prefix("p").build().unwrap();
+        let quota = crate::algorithm::Quota::per_minute(60, 10).unwrap();
+        let a = Policy::new("free", Algorithm::TokenBucket, quota);
+        let b = Policy::new("free-daily", Algorithm::TokenBucket, quota);
+        let key = Key::new("sk_live_secret");
+        let (ka, kb) = (store.key_of(&key, &a), store.key_of(&key, &b));
+        assert_eq!(ka.len(), "p:{".len() + 32 + "}:free".len());
+        assert!(!ka.contains("sk_live"));
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+        assert_eq!(tag(&ka), tag(&kb));
+        assert_ne!(tag(&ka), tag(&store.key_of(&Key::new("other"), &a)));
+        // Stable across stores and processes (no random seed): instances agree.
+        let again = RedisStore::builder("redis://127.0.0.1:1").prefix("p").build().unwrap();
+        assert_eq!(again.key_of(&key, &a), ka);
+        // Pinned: changing the digest would split every deployed limit in two.
+        let demo = RedisStore::builder("redis://127.0.0.1:1").build().unwrap();
+        let daily = Policy::new("free-daily", Algorithm::TokenBucket, quota);
+        assert_eq!(
+            demo.key_of(&Key::new("free-demo-key"), &daily),
+            "tollgate:{c0ad4a26e71e75542cedbafa7f2e1c62}:free-daily"
+        );
+    }
+}
