@@ -31,7 +31,11 @@
 //!   variables, through figment.
 //! * `client` (default): [`client::RetryLayer`], the other side of the conversation: a Tower
 //!   layer for HTTP clients that honours `Retry-After` and paces itself from rate-limit headers.
+//! * `redis` (default): [`store::RedisStore`], one limit shared by every instance of a
+//!   service, with an explicit failure policy (`on_error`).
 //! * `reqwest`: the same behaviour as `reqwest-middleware` middleware.
+//!
+//! For the leanest build, `default-features = false, features = ["axum", "config"]`.
 //!
 //! [Tower]: https://docs.rs/tower
 
