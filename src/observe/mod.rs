@@ -21,6 +21,14 @@
 //! }
 //! # let _ = CountRejections::default();
 //! ```
+//!
+//! Ready observers:
+//! * [`NearQuota`]: tells an [`OnNearQuota`] hook when a client's usage of a policy crosses
+//!   a threshold (`[alerts] near_quota`): [`LogNearQuota`] logs it.
+
+mod near_quota;
+
+pub use near_quota::{LogNearQuota, NearQuota, NearQuotaEvent, OnNearQuota, DEFAULT_NEAR_QUOTA};
 
 use http::Method;
 
