@@ -24,11 +24,16 @@
 //!
 //! Ready observers:
 //! * [`NearQuota`]: tells an [`OnNearQuota`] hook when a client's usage of a policy crosses
-//!   a threshold (`[alerts] near_quota`): [`LogNearQuota`] logs it.
+//!   a threshold (`[alerts] near_quota`): [`LogNearQuota`] logs it, [`Webhook`] (feature
+//!   `webhook`) POSTs it as JSON from a background task.
 
 mod near_quota;
+#[cfg(feature = "webhook")]
+mod webhook;
 
 pub use near_quota::{LogNearQuota, NearQuota, NearQuotaEvent, OnNearQuota, DEFAULT_NEAR_QUOTA};
+#[cfg(feature = "webhook")]
+pub use webhook::{Webhook, WebhookBuilder, WebhookError, WebhookStats};
 
 use http::Method;
 

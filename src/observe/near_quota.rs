@@ -100,7 +100,8 @@ fn serialize_client<S: serde::Serializer>(key: &Key, serializer: S) -> Result<S:
 
 /// Told when a client nears a policy's quota: the hook [`NearQuota`] calls.
 ///
-/// Implemented by [`LogNearQuota`], by closures `Fn(&NearQuotaEvent)`, by `()` (does nothing) and by
+/// Implemented by [`LogNearQuota`], by the webhook sender ([`Webhook`](super::Webhook), with
+/// the `webhook` feature), by closures `Fn(&NearQuotaEvent)`, by `()` (does nothing) and by
 /// pairs `(A, B)` (both are told). Called on the request's path: it must return at once.
 ///
 /// ```
