@@ -7,6 +7,7 @@
 //! * `GET /policy`: every tier's limits and every route's cost ([`PublishedLimits`]).
 //! * `GET /dashboard`: the caller's standing as a self-contained HTML page (inline CSS, no
 //!   script): a bar per policy, when it is full again, and the upgrade link.
+//! * `GET /metrics` (feature `prometheus`): the Prometheus text format.
 //!
 //! The handlers read the caller's standing with [`RateLimitLayer::standing`], which charges
 //! nothing; the limiter in front of them charges the route's cost as for any route. Give
@@ -60,9 +61,14 @@
 //!
 //! ## Feature flags
 //! * `usage` (default): this module (needs `axum`).
+//! * `prometheus`: the `/metrics` route, [`install_prometheus`], and the
+//!   [`MetricsObserver`](crate::observe::MetricsObserver) (`metrics`) that feeds it.
+//! * `webhook`: [`Webhook`](crate::observe::Webhook), near-quota alerts POSTed as JSON.
 
 mod handlers;
 mod page;
+#[cfg(feature = "prometheus")]
+mod prometheus;
 mod report;
 
 use axum::routing::get;
@@ -70,6 +76,8 @@ use axum::Router;
 
 pub use handlers::{dashboard, policy, usage};
 pub use page::escape_html;
+#[cfg(feature = "prometheus")]
+pub use prometheus::{install_prometheus, metrics, MetricsState};
 pub use report::{KeyedBy, PolicyLimits, PolicyUsage, PublishedLimits, RouteCost, TierLimits, UsageReport};
 
 use crate::key::KeyExtractor;
@@ -96,20 +104,43 @@ pub fn routes<K: KeyExtractor, S: Clone + Send + Sync + 'static>(layer: RateLimi
 #[derive(Debug)]
 pub struct UsageRoutes<K> {
     layer: RateLimitLayer<K>,
+    #[cfg(feature = "prometheus")]
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl<K: KeyExtractor> UsageRoutes<K> {
     /// The routes of `layer`'s clients.
     pub fn new(layer: RateLimitLayer<K>) -> Self {
-        Self { layer }
+        Self {
+            layer,
+            #[cfg(feature = "prometheus")]
+            prometheus: None,
+        }
+    }
+
+    /// Adds `GET /metrics`, rendered from `handle` (see [`install_prometheus`]).
+    #[cfg(feature = "prometheus")]
+    pub fn prometheus(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.prometheus = Some(handle);
+        self
     }
 
     /// The router.
     pub fn into_router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
-        Router::new()
+        let router = Router::new()
             .route("/usage", get(usage::<K>))
             .route("/policy", get(policy::<K>))
             .route("/dashboard", get(dashboard::<K>))
-            .with_state(self.layer)
+            .with_state(self.layer.clone());
+        #[cfg(feature = "prometheus")]
+        let router = match self.prometheus {
+            Some(handle) => router.merge(
+                Router::new()
+                    .route("/metrics", get(metrics::<K>))
+                    .with_state(MetricsState { handle, layer: self.layer }),
+            ),
+            None => router,
+        };
+        router
     }
 }
