@@ -26,15 +26,8 @@ const REMEMBERED: usize = 10_000;
 /// use tollgate::key::Key;
 /// use tollgate::observe::NearQuotaEvent;
 ///
-/// let event = NearQuotaEvent {
-///     key: Key::new("sk_live_0123456789abcdef"),
-///     tier: "free".into(),
-///     policy: "free".into(),
-///     used: 0.8,
-///     limit: 10,
-///     remaining: 2,
-///     reset: 1_700_000_010,
-/// };
+/// let event = NearQuotaEvent::new(Key::new("sk_live_0123456789abcdef"), "free", "free", 10, 2, 1_700_000_010);
+/// assert_eq!(event.used, 0.8);
 /// let json = serde_json::to_value(&event).unwrap();
 /// assert_eq!(json["tier"], "free");
 /// assert_eq!(json["remaining"], 2);
@@ -62,6 +55,20 @@ pub struct NearQuotaEvent {
 }
 
 impl NearQuotaEvent {
+    /// The event for `key` of `tier`, whose `policy` of capacity `limit` has `remaining` whole
+    /// tokens left and is full again at `reset` (Unix epoch seconds). `used` is computed.
+    pub fn new(
+        key: Key,
+        tier: impl Into<String>,
+        policy: impl Into<String>,
+        limit: u64,
+        remaining: u64,
+        reset: u64,
+    ) -> Self {
+        let used = if limit == 0 { 1.0 } else { limit.saturating_sub(remaining) as f64 / limit as f64 };
+        Self { key, tier: tier.into(), policy: policy.into(), used, limit, remaining, reset }
+    }
+
     /// The client as it may be shown outside the process: `ip:ADDR` for a client keyed by
     /// address, and for a named key (perhaps a secret API key) only its last four characters,
     /// `key:…abcd`, or `key:…` when the key is shorter than 12 characters.
@@ -69,7 +76,7 @@ impl NearQuotaEvent {
     /// ```
     /// use tollgate::key::Key;
     /// # use tollgate::observe::NearQuotaEvent;
-    /// # let mut e = NearQuotaEvent { key: Key::new("short"), tier: "t".into(), policy: "p".into(), used: 0.9, limit: 10, remaining: 1, reset: 0 };
+    /// let mut e = NearQuotaEvent::new(Key::new("short"), "free", "free", 10, 1, 0);
     /// assert_eq!(e.client(), "key:…");
     /// e.key = Key::from_ip("192.0.2.1".parse().unwrap());
     /// assert_eq!(e.client(), "ip:192.0.2.1");
@@ -101,8 +108,8 @@ fn serialize_client<S: serde::Serializer>(key: &Key, serializer: S) -> Result<S:
 /// Told when a client nears a policy's quota: the hook [`NearQuota`] calls.
 ///
 /// Implemented by [`LogNearQuota`], by the webhook sender ([`Webhook`](super::Webhook), with
-/// the `webhook` feature), by closures `Fn(&NearQuotaEvent)`, by `()` (does nothing) and by
-/// pairs `(A, B)` (both are told). Called on the request's path: it must return at once.
+/// the `webhook` feature), by closures `Fn(&NearQuotaEvent)`, by `()` and `None` (do
+/// nothing), by `Some(hook)`, by `Arc`s, and by pairs `(A, B)` (both are told). Called on the request's path: it must return at once.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,6 +144,24 @@ impl<A: OnNearQuota, B: OnNearQuota> OnNearQuota for (A, B) {
     fn on_near_quota(&self, event: &NearQuotaEvent) {
         self.0.on_near_quota(event);
         self.1.on_near_quota(event);
+    }
+}
+
+/// An optional hook: `None` does nothing. Handy for a webhook that only some configurations
+/// name.
+///
+/// ```
+/// use tollgate::observe::{LogNearQuota, NearQuota, OnNearQuota};
+/// let webhook_url: Option<&str> = None; // e.g. config.alerts.webhook
+/// let optional = webhook_url.map(|_| LogNearQuota);
+/// let alerts = NearQuota::new((LogNearQuota, optional));
+/// # let _ = alerts;
+/// ```
+impl<H: OnNearQuota> OnNearQuota for Option<H> {
+    fn on_near_quota(&self, event: &NearQuotaEvent) {
+        if let Some(hook) = self {
+            hook.on_near_quota(event);
+        }
     }
 }
 
@@ -252,9 +277,9 @@ impl<H: OnNearQuota> NearQuota<H> {
         &self.hook
     }
 
-    /// Policies of `decision` whose usage this charge took across the threshold, as
-    /// `(index in the tier, used fraction after)`.
-    fn crossings<'d>(&self, decision: &'d Decision) -> impl Iterator<Item = (usize, f64)> + 'd {
+    /// Indexes (in the tier) of the policies of `decision` whose usage this charge took
+    /// across the threshold.
+    fn crossings<'d>(&self, decision: &'d Decision) -> impl Iterator<Item = usize> + 'd {
         let charged = decision.charged();
         let threshold = self.threshold;
         decision.policies().iter().filter_map(move |p| {
@@ -264,7 +289,7 @@ impl<H: OnNearQuota> NearQuota<H> {
             let limit = p.limit as f64;
             let after = p.limit.saturating_sub(p.remaining) as f64 / limit;
             let before = p.limit.saturating_sub(p.remaining.saturating_add(charged)) as f64 / limit;
-            (before < threshold && after >= threshold).then_some((usize::from(p.index), after))
+            (before < threshold && after >= threshold).then_some(usize::from(p.index))
         })
     }
 
@@ -295,22 +320,21 @@ impl<H: OnNearQuota> Observer for NearQuota<H> {
             Outcome::Admitted(d) | Outcome::Degraded(d, _) => d,
             _ => return,
         };
-        for (index, used) in self.crossings(decision) {
+        for index in self.crossings(decision) {
             let Some(policy) = event.tier.policies().get(index) else { continue };
             let state = decision.policies()[index];
             let period = policy.quota().refill_time().as_nanos().min(u128::from(u64::MAX)) as u64;
             if !self.first_in_period(event.key, policy.uid(), decision.now(), period.max(NANOS_PER_SEC)) {
                 continue;
             }
-            self.hook.on_near_quota(&NearQuotaEvent {
-                key: event.key.clone(),
-                tier: event.tier.name().to_owned(),
-                policy: policy.name().to_owned(),
-                used,
-                limit: state.limit,
-                remaining: state.remaining,
-                reset: decision.reset_epoch_secs(&state),
-            });
+            self.hook.on_near_quota(&NearQuotaEvent::new(
+                event.key.clone(),
+                event.tier.name(),
+                policy.name(),
+                state.limit,
+                state.remaining,
+                decision.reset_epoch_secs(&state),
+            ));
         }
     }
 }
