@@ -55,6 +55,8 @@ pub mod layer;
 pub mod observe;
 pub mod policy;
 pub mod store;
+#[cfg(feature = "usage")]
+pub mod usage;
 
 pub use config::{Config, ConfigError};
 pub use layer::{RateLimit, RateLimitLayer};

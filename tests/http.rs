@@ -13,7 +13,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::Value;
 use tollgate::clock::ManualClock;
 use tollgate::store::MemoryStore;
-use tollgate::{Config, RateLimitLayer};
+use tollgate::Config;
 
 struct Server {
     base: String,
@@ -23,7 +23,7 @@ struct Server {
 
 async fn start_with(config: Config) -> Server {
     let clock = ManualClock::new(Duration::from_secs(1_800_000_000));
-    let layer = RateLimitLayer::try_new(config).unwrap().with_store(MemoryStore::with_clock(clock.clone()));
+    let layer = app::layer(config).unwrap().with_store(MemoryStore::with_clock(clock.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = app::router(layer).into_make_service_with_connect_info::<SocketAddr>();

@@ -5,16 +5,33 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query, State};
-use axum::http::request::Parts;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use std::sync::OnceLock;
+
+use axum::extract::Query;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tollgate::degrade::Band;
-use tollgate::RateLimitLayer;
+use tollgate::observe::{LogNearQuota, MetricsObserver, NearQuota, Webhook};
+use tollgate::usage::{install_prometheus, UsageRoutes};
+use tollgate::{Config, RateLimitLayer};
+
+/// The demo's limiter: the configuration's limits, with metrics and near-quota alerts (logged,
+/// and POSTed to `[alerts] webhook` when one is set) watching every decision.
+pub fn layer(config: Config) -> Result<RateLimitLayer, Box<dyn std::error::Error>> {
+    let webhook = config.alerts.webhook.as_deref().map(Webhook::new).transpose()?;
+    let layer = RateLimitLayer::try_new(config)?;
+    let alerts = NearQuota::new((LogNearQuota, webhook)).threshold(layer.limits().near_quota());
+    Ok(layer.observer((MetricsObserver::new(), alerts)))
+}
+
+/// The process-wide Prometheus recorder (a process has one).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| install_prometheus().expect("no other metrics recorder is installed")).clone()
+}
 
 /// The demo router with `layer` applied to every route.
 pub fn router(layer: RateLimitLayer) -> Router {
@@ -23,11 +40,7 @@ pub fn router(layer: RateLimitLayer) -> Router {
         .route("/api/simple", get(simple))
         .route("/api/search", get(search))
         .route("/api/generate", post(generate))
-        .route("/usage", get(usage))
-        .route("/policy", get(policy))
-        .route("/dashboard", get(not_yet))
-        .route("/metrics", get(not_yet))
-        .with_state(layer.clone())
+        .merge(UsageRoutes::new(layer.clone()).prometheus(prometheus()).into_router())
         .layer(layer)
 }
 
@@ -68,63 +81,4 @@ async fn search(band: Band, Query(params): Query<SearchParams>) -> Json<Value> {
 
 async fn generate() -> Json<Value> {
     Json(json!({ "served_at_ms": now_ms(), "generated": "a very expensive paragraph" }))
-}
-
-async fn usage(State(layer): State<RateLimitLayer>, parts: Parts) -> Response {
-    match layer.standing(&parts).await {
-        Ok(standing) => {
-            let decision = standing.decision;
-            let headline = decision.headline();
-            let policies: Vec<Value> = decision
-                .policies()
-                .iter()
-                .map(|p| {
-                    let policy = &standing.tier.policies()[usize::from(p.index)];
-                    json!({
-                        "name": policy.name(),
-                        "limit": p.limit,
-                        "remaining": p.remaining,
-                        "reset": decision.reset_epoch_secs(p),
-                        "window_secs": policy.quota().window_secs(),
-                    })
-                })
-                .collect();
-            Json(json!({
-                "tier": standing.tier.name(),
-                "limit": headline.limit,
-                "remaining": headline.remaining,
-                "reset": decision.reset_epoch_secs(&headline),
-                "policies": policies,
-                "upgrade_url": standing.tier.upgrade_url(),
-            }))
-            .into_response()
-        }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "rate-limit store unavailable").into_response(),
-    }
-}
-
-async fn policy(State(layer): State<RateLimitLayer>) -> Json<Value> {
-    let limits = layer.limits();
-    let tiers: Vec<Value> = limits
-        .tiers()
-        .iter()
-        .map(|t| {
-            let policies: Vec<Value> = t
-                .policies()
-                .iter()
-                .map(|p| json!({ "name": p.name(), "burst": p.quota().burst(), "window_secs": p.quota().window_secs() }))
-                .collect();
-            json!({ "name": t.name(), "policies": policies, "upgrade_url": t.upgrade_url() })
-        })
-        .collect();
-    let routes: Vec<Value> = limits
-        .routes()
-        .entries()
-        .map(|(route, rule)| json!({ "route": route, "cost": rule.cost, "exempt": rule.exempt }))
-        .collect();
-    Json(json!({ "default_tier": limits.default_tier().name(), "tiers": tiers, "routes": routes }))
-}
-
-async fn not_yet() -> (StatusCode, &'static str) {
-    (StatusCode::NOT_IMPLEMENTED, "not implemented yet")
 }

@@ -13,7 +13,7 @@ mod app;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use tollgate::{Config, RateLimitLayer};
+use tollgate::Config;
 
 struct Args {
     config: String,
@@ -58,7 +58,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let layer = match Config::load(&args.config).and_then(RateLimitLayer::try_new) {
+    let layer = match Config::load(&args.config).map_err(Into::into).and_then(app::layer) {
         Ok(layer) => layer,
         Err(error) => {
             let message = error.to_string();

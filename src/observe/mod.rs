@@ -21,6 +21,29 @@
 //! }
 //! # let _ = CountRejections::default();
 //! ```
+//!
+//! Ready observers:
+//! * [`NearQuota`]: tells an [`OnNearQuota`] hook when a client's usage of a policy crosses
+//!   a threshold (`[alerts] near_quota`): [`LogNearQuota`] logs it, [`Webhook`] (feature
+//!   `webhook`) POSTs it as JSON from a background task.
+//! * [`MetricsObserver`] (feature `metrics`): counters and histograms through the `metrics`
+//!   facade.
+//!
+//! Combine them with a tuple: `layer.observer((MetricsObserver::new(), NearQuota::new(LogNearQuota)))`.
+
+#[cfg(feature = "metrics")]
+mod metrics;
+mod near_quota;
+#[cfg(feature = "webhook")]
+mod webhook;
+
+#[cfg(feature = "metrics")]
+pub use self::metrics::{
+    MetricsObserver, DECISIONS, DEGRADED, KEYS_TRACKED, REMAINING_RATIO, STORE_FAULTS, TOKENS_CHARGED,
+};
+pub use near_quota::{LogNearQuota, NearQuota, NearQuotaEvent, OnNearQuota, DEFAULT_NEAR_QUOTA};
+#[cfg(feature = "webhook")]
+pub use webhook::{Webhook, WebhookBuilder, WebhookError, WebhookStats};
 
 use http::Method;
 
