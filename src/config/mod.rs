@@ -29,7 +29,7 @@ mod error;
 mod store;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -233,7 +233,7 @@ pub const ENV_PREFIX: &str = "TOLLGATE_";
 impl Config {
     /// Loads `path`, applies `TOLLGATE_` environment overrides, and validates the result.
     #[cfg(feature = "config")]
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
         use figment::providers::{Env, Format, Toml};
         let path = path.as_ref();
         let figment =
@@ -442,5 +442,5 @@ impl TierConfig {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "config"))]
 mod tests;
