@@ -36,6 +36,7 @@ const EPOCH_THRESHOLD: u64 = 1_000_000_000;
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// How long the server asks us to wait, from its `Retry-After` header (RFC 9110 §10.2.3).
 ///
@@ -94,6 +95,9 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 pub struct Quota {
     remaining: u64,
     reset: Duration,
+    /// Time for one unit to come back (`w / q` of the matching `RateLimit-Policy` item), when
+    /// the server publishes its policy.
+    per_unit: Option<Duration>,
 }
 
 impl Quota {
@@ -105,7 +109,21 @@ impl Quota {
     /// assert_eq!(q.remaining(), 3);
     /// ```
     pub fn new(remaining: u64, reset: Duration) -> Self {
-        Self { remaining, reset }
+        Self { remaining, reset, per_unit: None }
+    }
+
+    /// The same quota, known to give back one unit every `per_unit` (from `RateLimit-Policy`:
+    /// `w` seconds to restore `q` units).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use tollgate::client::headers::Quota;
+    /// let q = Quota::new(0, Duration::from_secs(10)).per_unit(Duration::from_secs(1));
+    /// assert_eq!(q.pace(2), Duration::from_secs(1));
+    /// ```
+    pub fn per_unit(mut self, per_unit: Duration) -> Self {
+        self.per_unit = Some(per_unit);
+        self
     }
 
     /// Requests left in this quota (`r`, `X-RateLimit-Remaining`).
@@ -132,9 +150,11 @@ impl Quota {
 
     /// How long to wait before the next request so as not to run out.
     ///
-    /// - nothing remains: wait until the reset;
-    /// - fewer than `spread_below` remain: spread them evenly over the time to the reset, so
-    ///   the next request waits `reset / (remaining + 1)`;
+    /// - nothing remains: wait until the reset, or, when the server publishes how fast units
+    ///   come back ([`per_unit`](Quota::per_unit)), only until the next one does;
+    /// - fewer than `spread_below` remain: spread them evenly over the time to the reset (or to
+    ///   the time those units take to come back, if shorter), so the next request waits
+    ///   `reset / (remaining + 1)`;
     /// - otherwise: no wait.
     ///
     /// ```
@@ -147,12 +167,16 @@ impl Quota {
     /// assert_eq!(Quota::new(2, t).pace(2), Duration::ZERO);
     /// ```
     pub fn pace(&self, spread_below: u64) -> Duration {
+        // remaining + 1 cannot overflow here: remaining < spread_below <= u64::MAX, or 0.
+        let slots = u32::try_from(self.remaining.saturating_add(1)).unwrap_or(u32::MAX);
+        let horizon = match self.per_unit {
+            Some(unit) => self.reset.min(unit.saturating_mul(slots)),
+            None => self.reset,
+        };
         if self.remaining == 0 {
-            self.reset
+            horizon
         } else if self.remaining < spread_below {
-            // remaining + 1 cannot overflow here: remaining < spread_below <= u64::MAX.
-            let slots = u32::try_from(self.remaining + 1).unwrap_or(u32::MAX);
-            self.reset / slots
+            horizon / slots
         } else {
             Duration::ZERO
         }
@@ -213,16 +237,53 @@ fn ietf_quotas(headers: &HeaderMap) -> Vec<Quota> {
     let Ok(list) = Parser::new(&joined).parse::<sfv::List>() else {
         return Vec::new();
     };
+    let policies = policy_units(headers);
     list.iter()
         .filter_map(|entry| match entry {
-            ListEntry::Item(item) => Some(&item.params),
+            ListEntry::Item(item) => Some(item),
             ListEntry::InnerList(_) => None,
         })
-        .filter_map(|params| {
+        .filter_map(|item| {
+            let params = &item.params;
             let remaining = non_negative(params.get("r")?)?;
             let reset = non_negative(params.get("t")?)?;
             let reset = Duration::from_secs(reset);
-            (reset <= MAX_DELAY).then(|| Quota::new(remaining, reset))
+            let quota = (reset <= MAX_DELAY).then(|| Quota::new(remaining, reset))?;
+            let unit = policies.iter().find(|(name, _)| Some(name.as_str()) == item_name(&item.bare_item));
+            Some(match unit {
+                Some((_, per_unit)) => quota.per_unit(*per_unit),
+                None => quota,
+            })
+        })
+        .take(MAX_ITEMS)
+        .collect()
+}
+
+fn item_name(item: &BareItem) -> Option<&str> {
+    match item {
+        BareItem::String(s) => Some(s.as_str()),
+        BareItem::Token(t) => Some(t.as_str()),
+        _ => None,
+    }
+}
+
+/// `RateLimit-Policy` items as (name, time for one unit to come back): `w / q`.
+fn policy_units(headers: &HeaderMap) -> Vec<(String, Duration)> {
+    let Some(value) = headers.get(&RATELIMIT_POLICY) else { return Vec::new() };
+    if value.len() > MAX_HEADER_LEN {
+        return Vec::new();
+    }
+    let Ok(list) = Parser::new(value.as_bytes()).parse::<sfv::List>() else { return Vec::new() };
+    list.iter()
+        .filter_map(|entry| match entry {
+            ListEntry::Item(item) => {
+                let name = item_name(&item.bare_item)?.to_owned();
+                let q = non_negative(item.params.get("q")?)?;
+                let w = non_negative(item.params.get("w")?)?;
+                (q > 0 && w > 0 && w <= MAX_DELAY.as_secs())
+                    .then(|| (name, Duration::from_secs(w) / u32::try_from(q).unwrap_or(u32::MAX)))
+            }
+            ListEntry::InnerList(_) => None,
         })
         .take(MAX_ITEMS)
         .collect()
@@ -438,5 +499,31 @@ mod tests {
         assert_eq!(Quota::new(1, t).pace(3), Duration::from_secs(5));
         assert_eq!(Quota::new(4, t).pace(5), Duration::from_secs(2));
         assert_eq!(Quota::new(u64::MAX - 1, t).pace(u64::MAX), t / u32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn a_published_policy_paces_by_the_unit_not_the_full_reset() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = HeaderMap::new();
+        headers
+            .insert("ratelimit", HeaderValue::from_static(r#""free";r=0;t=10, "free-daily";r=9950;t=41000"#));
+        headers.insert(
+            "ratelimit-policy",
+            HeaderValue::from_static(r#""free";q=10;w=10, "free-daily";q=10000;w=86400"#),
+        );
+        let found = quotas(&headers, now);
+        assert_eq!(found[0].pace(2), Duration::from_secs(1), "one unit back every second");
+        assert_eq!(found[0].reset(), Duration::from_secs(10));
+        // One left: spread over the time two units take, not over the full reset.
+        let one_left = Quota::new(1, Duration::from_secs(9)).per_unit(Duration::from_secs(1));
+        assert_eq!(one_left.pace(2), Duration::from_secs(1));
+        // A garbage policy is ignored: back to the reset.
+        headers.insert("ratelimit-policy", HeaderValue::from_static("\"free\";q=0;w=10"));
+        assert_eq!(quotas(&headers, now)[0].pace(2), Duration::from_secs(10));
     }
 }
