@@ -33,6 +33,12 @@
 //!   layer for HTTP clients that honours `Retry-After` and paces itself from rate-limit headers.
 //! * `redis` (default): [`store::RedisStore`], one limit shared by every instance of a
 //!   service, with an explicit failure policy (`on_error`).
+//! * `usage` (default): `tollgate::usage`, ready-made axum handlers for `/usage`, `/policy`
+//!   and `/dashboard`.
+//! * `metrics` (default, through `prometheus`): `observe::MetricsObserver`, counting every
+//!   decision through the `metrics` facade.
+//! * `prometheus` (default): a `/metrics` route in the Prometheus text format.
+//! * `webhook` (default): `observe::Webhook`, near-quota alerts POSTed off the request path.
 //! * `reqwest`: the same behaviour as `reqwest-middleware` middleware.
 //!
 //! For the leanest build, `default-features = false, features = ["axum", "config"]`.
