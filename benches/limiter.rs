@@ -1,0 +1,144 @@
+//! tollgate's `MemoryStore::decide` against governor's keyed limiter (`RateLimiter::keyed`, a
+//! DashMap on a quanta clock), same keys, same quotas, same run.
+//!
+//! `cargo bench --bench limiter` — ends with a table of ns/op and the ratio tollgate / governor.
+//!
+//! Keys are IPv4 addresses for both (tollgate: `Key::from_ip`, governor: `IpAddr`), built before
+//! timing; each operation checks the next key of the set, cost 1. The cases:
+//! * key sets of 1 (one hot key), 10 000 and 1 048 576 keys, all present before timing;
+//! * *admitted*: a quota of 10⁹ per second with a burst of 10⁹, so every check admits and
+//!   writes; *rejected*: 1 per hour with a burst of 1, every key spent before timing, so every
+//!   check is refused;
+//! * one thread, and two threads at once (two threads start half the key set apart; on the hot
+//!   key both hammer the same state). Times are per operation per thread.
+//!
+//! tollgate does more per check than governor: its `Decision` carries remaining tokens, reset
+//! time and the fraction of the burst left (everything the headers need), where governor's
+//! `check_key` answers yes or "not until".
+
+mod common;
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use common::{record, run_threads, Pair};
+use criterion::Criterion;
+use governor::{DefaultKeyedRateLimiter, Quota as GQuota, RateLimiter};
+use tollgate::algorithm::Quota;
+use tollgate::key::Key;
+use tollgate::policy::{Limits, TierSpec};
+use tollgate::store::{Charge, MemoryStore};
+
+const SAMPLES: usize = 20;
+
+#[derive(Clone, Copy)]
+enum Path {
+    Admitted,
+    Rejected,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Admitted => "admitted",
+            Path::Rejected => "rejected",
+        }
+    }
+
+    fn quotas(self) -> (Quota, GQuota) {
+        match self {
+            Path::Admitted => (
+                Quota::per_second(1_000_000_000, 1_000_000_000).unwrap(),
+                GQuota::per_second(NonZeroU32::new(1_000_000_000).unwrap())
+                    .allow_burst(NonZeroU32::new(1_000_000_000).unwrap()),
+            ),
+            Path::Rejected => (
+                Quota::per_hour(1, 1).unwrap(),
+                GQuota::per_hour(NonZeroU32::new(1).unwrap()).allow_burst(NonZeroU32::new(1).unwrap()),
+            ),
+        }
+    }
+}
+
+fn ip(i: usize) -> IpAddr {
+    // 10.x.y.z, spread over the whole space of the index.
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i as u32))
+}
+
+fn label(keys: usize) -> String {
+    match keys {
+        1 => "hot key".into(),
+        n if n >= 1 << 20 => "1M keys".into(),
+        n => format!("{}k keys", n / 1000),
+    }
+}
+
+fn bench_case(c: &mut Criterion, pairs: &mut Vec<Pair>, keys: usize, path: Path) {
+    let (quota, gquota) = path.quotas();
+    let limits = Limits::builder().tier("anonymous", TierSpec::new(quota)).build().unwrap();
+    let tier = limits.default_tier();
+    let store = MemoryStore::new();
+    let governor: DefaultKeyedRateLimiter<IpAddr> = RateLimiter::keyed(gquota);
+
+    let ours: Vec<Key> = (0..keys).map(|i| Key::from_ip(ip(i))).collect();
+    let theirs: Vec<IpAddr> = (0..keys).map(ip).collect();
+    // Every key present (and, on the rejected path, spent) before timing.
+    for (k, g) in ours.iter().zip(&theirs) {
+        let _ = store.decide(k, tier, Charge::new(1));
+        let _ = governor.check_key(g);
+    }
+
+    for threads in [1usize, 2] {
+        let group_name = format!("{} {} {}t", label(keys), path.name(), threads);
+        let mut group = c.benchmark_group(&group_name);
+        let offset = |t: usize, i: u64| (t * keys / 2 + i as usize) % keys;
+
+        let id = format!("{group_name}/tollgate");
+        group.bench_function("tollgate", |b| {
+            b.iter_custom(|iters| {
+                let elapsed = run_threads(threads, iters, |t, i| {
+                    let key = &ours[offset(t, i)];
+                    black_box(store.decide(black_box(key), tier, Charge::new(1)));
+                });
+                record(&id, iters, elapsed)
+            })
+        });
+        let peer = format!("{group_name}/governor");
+        group.bench_function("governor", |b| {
+            b.iter_custom(|iters| {
+                let elapsed = run_threads(threads, iters, |t, i| {
+                    let key = &theirs[offset(t, i)];
+                    let _ = black_box(governor.check_key(black_box(key)));
+                });
+                record(&peer, iters, elapsed)
+            })
+        });
+        group.finish();
+        pairs.push(Pair::new(format!("{}, {}, {} thread(s)", label(keys), path.name(), threads), id, peer));
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(SAMPLES)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let mut pairs = Vec::new();
+    for keys in [1, 10_000, 1 << 20] {
+        for path in [Path::Admitted, Path::Rejected] {
+            bench_case(&mut c, &mut pairs, keys, path);
+        }
+    }
+    c.final_summary();
+    common::print_ratios(
+        "MemoryStore::decide vs governor keyed check_key (median of samples)",
+        "tollgate",
+        "governor",
+        &pairs,
+        SAMPLES,
+        0.8,
+    );
+}
