@@ -210,22 +210,88 @@ impl<C: Clock> MemoryStore<C> {
         let digest = self.hasher.hash_one(key);
         // The map uses the low bits (bucket) and the top 7 (tag): shard by bits in between.
         let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
-        let policies = tier.policies();
+        match tier.policies() {
+            [policy] => self.decide_one(shard, digest, policy, now, charge),
+            policies => self.decide_all(shard, digest, policies, tier.max_cost(), now, charge),
+        }
+    }
+
+    /// At capacity, new keys share the overflow states, except when a sweep (at most one a
+    /// second) might make room: then the insert path tries.
+    #[inline]
+    fn at_cap(&self, data: &ShardData, now: u64) -> bool {
+        data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) < NANOS_PER_SEC
+    }
+
+    /// The state of `digest` under policy `uid`: its own, or the shared overflow state when the
+    /// shard is full; `None` when it has to be inserted.
+    #[inline]
+    fn slot<'a>(&self, data: &'a ShardData, uid: usize, digest: u64, now: u64) -> Option<&'a AtomicU64> {
+        match data.maps.get(uid).and_then(|map| map.get(&digest)) {
+            Some(slot) => Some(slot),
+            None if self.at_cap(data, now) => data.overflow.get(uid),
+            None => None,
+        }
+    }
+
+    /// [`decide`](Self::decide) for a tier of one policy (most tiers): the same decisions as
+    /// [`decide_all`](Self::decide_all), without the bookkeeping that several policies need
+    /// (no refunds, and a refusal reports the check that refused instead of loading again).
+    #[inline]
+    fn decide_one(&self, shard: &Shard, digest: u64, policy: &Policy, now: u64, charge: Charge) -> Decision {
+        let rule = policy.rule();
         loop {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
-                // At capacity, new keys share the overflow states, except when a sweep (at
-                // most one a second) might make room: then the insert path tries.
-                let at_cap =
-                    data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) < NANOS_PER_SEC;
+                let slot = self.slot(&data, policy.uid(), digest, now);
+                let mut current = slot.map_or(0, |s| s.load(Ordering::Acquire));
+                let fraction = rule.fraction(current, now);
+                let cost = charge.cost_for(fraction);
+                if cost == 0 || cost > policy.quota().burst() {
+                    return standing(std::slice::from_ref(policy), &[current], now, cost, fraction);
+                }
+                if let Some(slot) = slot {
+                    loop {
+                        let check = rule.check(current, now, cost);
+                        let Some(next) = check.new_state() else {
+                            return Decision::new(Outcome::Rejected, now, fraction, 0).with(policy_state(
+                                0,
+                                policy,
+                                &check,
+                                Outcome::Rejected,
+                            ));
+                        };
+                        match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                            Ok(_) => {
+                                return Decision::new(Outcome::Admitted, now, fraction, cost)
+                                    .with(policy_state(0, policy, &check, Outcome::Admitted))
+                            }
+                            Err(actual) => current = actual,
+                        }
+                    }
+                }
+            }
+            self.insert(shard, digest, std::slice::from_ref(policy), now);
+        }
+    }
+
+    /// [`decide`](Self::decide) for any number of policies, charged all or none.
+    fn decide_all(
+        &self,
+        shard: &Shard,
+        digest: u64,
+        policies: &[Policy],
+        max_cost: u64,
+        now: u64,
+        charge: Charge,
+    ) -> Decision {
+        loop {
+            {
+                let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
                 let mut slots: [Option<&AtomicU64>; MAX_POLICIES] = [None; MAX_POLICIES];
                 let mut missing = false;
                 for (slot, policy) in slots.iter_mut().zip(policies) {
-                    let uid = policy.uid();
-                    *slot = data.maps.get(uid).and_then(|map| map.get(&digest));
-                    if slot.is_none() && at_cap {
-                        *slot = data.overflow.get(uid);
-                    }
+                    *slot = self.slot(&data, policy.uid(), digest, now);
                     missing |= slot.is_none();
                 }
                 let mut states = [0u64; MAX_POLICIES];
@@ -238,7 +304,7 @@ impl<C: Clock> MemoryStore<C> {
                     .map(|(p, &s)| p.rule().fraction(s, now))
                     .fold(1.0_f64, f64::min);
                 let cost = charge.cost_for(fraction);
-                if cost == 0 || cost > tier.max_cost() {
+                if cost == 0 || cost > max_cost {
                     return standing(policies, &states, now, cost, fraction);
                 }
                 if !missing {

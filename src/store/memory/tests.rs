@@ -177,3 +177,32 @@ proptest! {
         prop_assert_eq!(standing.policies()[0].remaining, 10 - charged.min(10));
     }
 }
+
+proptest! {
+    /// The one-policy fast path decides exactly as the general path: same outcomes, standings,
+    /// fractions and charges, over streams of costs (reduced below half the burst), time steps
+    /// and keys, on a store small enough to hit its capacity and share the overflow state.
+    #[test]
+    fn one_policy_fast_path_matches_the_general_path(
+        steps in prop::collection::vec((0u64..12, 0u64..4_000, 0usize..6), 1..150),
+        tier in prop::sample::select(vec!["anonymous", "window"]),
+    ) {
+        let limits = limits();
+        let tier = limits.tier(tier).unwrap();
+        prop_assert_eq!(tier.policies().len(), 1);
+        let clock = ManualClock::new(START);
+        let fast = MemoryStore::with_clock(clock.clone()).shards(1).capacity(3);
+        let general = MemoryStore::with_clock(clock.clone()).shards(1).capacity(3);
+        for (cost, advance_ms, key) in steps {
+            clock.advance(Duration::from_millis(advance_ms));
+            let key = Key::new(format!("k{key}"));
+            let charge = Charge::new(cost).reduced(0.5, 1);
+            let a = fast.decide(&key, tier, charge);
+            let digest = general.hasher.hash_one(&key);
+            let shard = &general.shards[((digest >> 32) & general.shard_mask) as usize];
+            let b = general.decide_all(shard, digest, tier.policies(), tier.max_cost(), clock.now(), charge);
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(fast.len(), general.len());
+        }
+    }
+}
