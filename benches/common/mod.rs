@@ -10,6 +10,8 @@
 
 #![allow(dead_code)] // each bench uses part of it
 
+pub mod apps;
+
 use std::collections::BTreeMap;
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -85,7 +87,14 @@ impl Pair {
 
 /// Prints the medians of each pair and their ratio, and whether it meets `target`
 /// (ours / peer ≤ target).
-pub fn print_ratios(title: &str, ours_name: &str, peer_name: &str, pairs: &[Pair], samples: usize, target: f64) {
+pub fn print_ratios(
+    title: &str,
+    ours_name: &str,
+    peer_name: &str,
+    pairs: &[Pair],
+    samples: usize,
+    target: f64,
+) {
     println!();
     println!("## {title}");
     println!();
