@@ -1,7 +1,7 @@
 use std::cell::RefCell;
 
 use bytes::BytesMut;
-use http::header::{HeaderName, RETRY_AFTER};
+use http::header::{Entry, HeaderName, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sfv::{integer, KeyRef, ListSerializer, StringRef};
@@ -54,25 +54,44 @@ pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("rateli
 const CHUNK: usize = 16 * 1024;
 
 thread_local! {
-    static SCRATCH: RefCell<(BytesMut, String)> = RefCell::new((BytesMut::new(), String::with_capacity(256)));
+    /// Header values are written here and sliced off, so a value costs no allocation of its own.
+    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// A header value holding `text`, sliced out of the per-thread buffer (no allocation but one
-/// per chunk).
-fn shared_value(text: &[u8]) -> HeaderValue {
-    SCRATCH.with_borrow_mut(|(buf, _)| shared_in(buf, text))
-}
-
-fn shared_in(buf: &mut BytesMut, text: &[u8]) -> HeaderValue {
-    if buf.capacity() < text.len() {
-        *buf = BytesMut::with_capacity(CHUNK.max(text.len()));
+/// Makes room for `need` more bytes in the per-thread buffer. When the chunk is used up, it is
+/// reclaimed in place if every value sliced from it has been dropped (the usual case: responses
+/// are written and freed long before 16 KiB of headers later), so a steady stream of requests
+/// allocates nothing; only while older values are still alive is a fresh chunk allocated.
+#[inline]
+fn room(buf: &mut BytesMut, need: usize) {
+    if buf.capacity() - buf.len() < need {
+        // `reserve` reclaims the shared chunk when this handle is its last owner, and otherwise
+        // allocates a new one of the same size.
+        buf.reserve(CHUNK.max(need));
     }
-    buf.extend_from_slice(text);
+}
+
+/// A header value holding what was written to `buf` since the last value, sliced off.
+#[inline]
+fn take(buf: &mut BytesMut) -> HeaderValue {
     HeaderValue::from_maybe_shared(buf.split().freeze()).expect("header text is visible ASCII")
 }
 
+/// The longest decimal `u64`.
+const MAX_DIGITS: usize = 20;
+
+/// A decimal number; the caller made room for [`MAX_DIGITS`] bytes.
+fn number_in(buf: &mut BytesMut, n: u64) -> HeaderValue {
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    take(buf)
+}
+
+#[cfg(test)]
 fn number(n: u64) -> HeaderValue {
-    shared_value(itoa::Buffer::new().format(n).as_bytes())
+    SCRATCH.with_borrow_mut(|buf| {
+        room(buf, MAX_DIGITS);
+        number_in(buf, n)
+    })
 }
 
 /// An sfv string for a policy name; names are validated by the configuration, and anything
@@ -129,21 +148,34 @@ impl RateLimitHeaders {
 
     pub(crate) fn new(mode: HeaderMode, tier: &Tier, decision: &Decision) -> Self {
         let mut out = Self::default();
-        if mode.legacy() {
-            let headline = decision.headline();
+        let legacy = mode.legacy().then(|| decision.headline());
+        if let Some(headline) = &legacy {
             if let Some(policy) = tier.policies().get(usize::from(headline.index)) {
                 out.limit = Some(policy.limit_value.clone());
             }
-            out.remaining = Some(number(headline.remaining));
-            out.reset = Some(number(decision.reset_epoch_secs(&headline)));
         }
         if mode.ietf() {
             out.policy = tier.policy_header.clone();
-            out.ratelimit = ratelimit_value(tier, decision);
         }
-        if let Some(wait) = decision.retry_after() {
-            out.retry_after = Some(number(retry_after_secs(wait.as_nanos() as u64)));
-        }
+        let retry_after = decision.retry_after();
+        // One visit to the per-thread buffer for every value of this answer, with room made
+        // for all of them first: a chunk is used up only between answers, when no value of
+        // this answer holds on to it, so it can be reclaimed.
+        let ratelimit_need = if mode.ietf() { ratelimit_room(tier, decision) } else { 0 };
+        let need = 3 * MAX_DIGITS + ratelimit_need;
+        SCRATCH.with_borrow_mut(|buf| {
+            room(buf, need);
+            if let Some(headline) = &legacy {
+                out.remaining = Some(number_in(buf, headline.remaining));
+                out.reset = Some(number_in(buf, decision.reset_epoch_secs(headline)));
+            }
+            if mode.ietf() {
+                out.ratelimit = ratelimit_in(buf, tier, decision);
+            }
+            if let Some(wait) = retry_after {
+                out.retry_after = Some(number_in(buf, retry_after_secs(wait.as_nanos() as u64)));
+            }
+        });
         out
     }
 
@@ -158,10 +190,13 @@ impl RateLimitHeaders {
             (&RETRY_AFTER, self.retry_after),
             (&X_RATELIMIT_DEGRADED, self.degraded),
         ];
+        // Grow the map at most once, and hash each name once (an entry, not a lookup and an
+        // insert).
+        headers.reserve(pairs.iter().filter(|(_, value)| value.is_some()).count());
         for (name, value) in pairs {
             if let Some(value) = value {
-                if !headers.contains_key(name) {
-                    headers.insert(name.clone(), value);
+                if let Entry::Vacant(slot) = headers.entry(name) {
+                    slot.insert(value);
                 }
             }
         }
@@ -174,19 +209,46 @@ pub(crate) fn retry_after_secs(wait_nanos: u64) -> u64 {
     secs_ceil(wait_nanos).max(1)
 }
 
-fn ratelimit_value(tier: &Tier, decision: &Decision) -> Option<HeaderValue> {
-    SCRATCH.with_borrow_mut(|(buf, text)| {
-        text.clear();
-        let mut list = ListSerializer::with_buffer(text);
-        for state in decision.policies() {
-            let policy = tier.policies().get(usize::from(state.index))?;
-            list.bare_item(&*policy.sf_name as &StringRef)
-                .parameter(key("r"), integer(clamp(state.remaining)))
-                .parameter(key("t"), integer(clamp(secs_ceil(state.reset_after))));
+/// The most bytes [`ratelimit_in`] may write for this answer.
+fn ratelimit_room(tier: &Tier, decision: &Decision) -> usize {
+    let names: usize = decision
+        .policies()
+        .iter()
+        .filter_map(|state| tier.policies().get(usize::from(state.index)))
+        .map(|policy| policy.sf_name.as_str().len())
+        .sum();
+    // Per item: quotes, an escape per character at most, ";r=", ";t=", ", " and two numbers.
+    2 * names + decision.policies().len() * (2 + 8 + 2 * MAX_DIGITS)
+}
+
+/// `RateLimit` for one answer, written straight into the per-thread buffer (the caller made
+/// [`ratelimit_room`]): one sf-list item per policy, `"name";r=R;t=T`, exactly as sfv's
+/// serializer writes it (policy names are already valid sf-strings: printable ASCII, with `"`
+/// and `\\` escaped on output).
+fn ratelimit_in(buf: &mut BytesMut, tier: &Tier, decision: &Decision) -> Option<HeaderValue> {
+    let states = decision.policies();
+    if states.is_empty() || states.iter().any(|s| usize::from(s.index) >= tier.policies().len()) {
+        return None; // an empty sf-list (or a foreign decision) is no header at all
+    }
+    let mut digits = itoa::Buffer::new();
+    for (i, state) in states.iter().enumerate() {
+        let policy = &tier.policies()[usize::from(state.index)];
+        if i > 0 {
+            buf.extend_from_slice(b", ");
         }
-        list.finish()?;
-        Some(shared_in(buf, text.as_bytes()))
-    })
+        buf.extend_from_slice(b"\"");
+        for &byte in policy.sf_name.as_str().as_bytes() {
+            if byte == b'"' || byte == b'\\' {
+                buf.extend_from_slice(b"\\");
+            }
+            buf.extend_from_slice(&[byte]);
+        }
+        buf.extend_from_slice(b"\";r=");
+        buf.extend_from_slice(digits.format(clamp(state.remaining)).as_bytes());
+        buf.extend_from_slice(b";t=");
+        buf.extend_from_slice(digits.format(clamp(secs_ceil(state.reset_after))).as_bytes());
+    }
+    Some(take(buf))
 }
 
 #[cfg(test)]
@@ -273,6 +335,63 @@ mod tests {
         assert_eq!(retry_after_secs(NANOS_PER_SEC), 1);
         assert_eq!(retry_after_secs(NANOS_PER_SEC + 1), 2);
         assert_eq!(retry_after_secs(0), 1);
+    }
+
+    /// The hand-written `RateLimit` value is byte for byte what sfv's serializer makes, for
+    /// names that need escaping and numbers at the clamp.
+    #[test]
+    fn ratelimit_matches_the_sfv_serializer() {
+        let limits = Limits::builder()
+            .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+            .tier("we\"ird\\name", TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(10_000))
+            .build()
+            .unwrap();
+        let reference = |tier: &Tier, decision: &Decision| {
+            let mut list = ListSerializer::new();
+            for state in decision.policies() {
+                let policy = &tier.policies()[usize::from(state.index)];
+                list.bare_item(&*policy.sf_name as &StringRef)
+                    .parameter(key("r"), integer(clamp(state.remaining)))
+                    .parameter(key("t"), integer(clamp(secs_ceil(state.reset_after))));
+            }
+            list.finish()
+        };
+        for tier in limits.tiers() {
+            for (remaining, reset_after) in [(0, 0), (3, 7 * NANOS_PER_SEC + 1), (u64::MAX, u64::MAX)] {
+                let mut decision = Decision::new(Outcome::Admitted, 0, 1.0, 1);
+                for index in 0..tier.policies().len() {
+                    decision = decision.with(PolicyState {
+                        index: index as u8,
+                        limit: 10,
+                        remaining,
+                        reset_after,
+                        retry_after: 0,
+                    });
+                }
+                let ours = SCRATCH
+                    .with_borrow_mut(|buf| {
+                        room(buf, ratelimit_room(tier, &decision));
+                        ratelimit_in(buf, tier, &decision)
+                    })
+                    .unwrap();
+                assert_eq!(ours.to_str().unwrap(), reference(tier, &decision).unwrap());
+            }
+        }
+        let empty = Decision::new(Outcome::Admitted, 0, 1.0, 1);
+        assert!(SCRATCH.with_borrow_mut(|buf| ratelimit_in(buf, limits.default_tier(), &empty)).is_none());
+    }
+
+    /// Once every value of a used-up chunk is dropped, the chunk is reused in place.
+    #[test]
+    fn a_used_up_chunk_is_reclaimed_when_its_values_are_gone() {
+        let first = number(1);
+        let base = first.as_bytes().as_ptr() as usize;
+        drop(first);
+        for i in 0..10 * CHUNK as u64 {
+            let value = number(i);
+            let at = value.as_bytes().as_ptr() as usize;
+            assert!((base..base + CHUNK).contains(&at), "value {i} left the first chunk");
+        }
     }
 
     #[test]
