@@ -39,6 +39,7 @@ const VARIANTS: &[&str] = &[
     "layer/bare",
     "layer/tollgate",
     "layer/tower_governor",
+    "layer/tollgate headers=legacy",
     "layer/tollgate headers=none",
 ];
 
@@ -95,6 +96,9 @@ fn run_layer(variant: &str, n: u64) {
         "bare" => apps::bare(),
         "tollgate" => apps::tollgate(),
         "tower_governor" => apps::tower_governor(),
+        "tollgate headers=legacy" => {
+            apps::tollgate_with(&apps::CONFIG.replace("headers = \"both\"", "headers = \"legacy\""))
+        }
         "tollgate headers=none" => {
             apps::tollgate_with(&apps::CONFIG.replace("headers = \"both\"", "headers = \"none\""))
         }

@@ -3,13 +3,14 @@
 //! every request admitted) and behind tower_governor's `GovernorLayer` (same key header, rate
 //! and burst, `use_headers`), driven as Tower services without sockets, in one run.
 //!
-//! `cargo bench --bench layer` — ends with a table: ns per request, what each layer adds to the
+//! `cargo bench --bench layer` — Criterion's report, then a table from an interleaved run (the
+//! variants take turns in ~5 ms blocks, 31 rounds): ns per request, what each layer adds to the
 //! bare request, and tollgate's addition against tower_governor's.
 //!
 //! Each operation builds the request (`GET /api/simple`, `X-API-Key: enterprise-demo-key`),
-//! serves it to completion and drops the response; the same for every variant. The variant
-//! "tollgate, headers = none" is the same configuration without rate-limit headers, to show what
-//! the five header values cost.
+//! serves it to completion and drops the response; the same for every variant. The variants
+//! "tollgate, headers = legacy" (three `X-RateLimit-*` headers, closest to tower_governor's
+//! two) and "headers = none" show what the header values cost.
 
 mod common;
 
@@ -17,10 +18,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use common::apps;
-use common::{median_ns, record};
+use common::{interleaved, median};
 use criterion::Criterion;
 
-const SAMPLES: usize = 30;
+const SAMPLES: usize = 20;
 
 fn main() {
     let mut c = Criterion::default()
@@ -29,57 +30,68 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     let no_headers = apps::CONFIG.replace("headers = \"both\"", "headers = \"none\"");
-    let variants: [(&str, axum::Router); 4] = [
+    let legacy = apps::CONFIG.replace("headers = \"both\"", "headers = \"legacy\"");
+    let variants: [(&str, axum::Router); 5] = [
         ("bare", apps::bare()),
         ("tollgate", apps::tollgate()),
         ("tower_governor", apps::tower_governor()),
+        ("tollgate, headers = legacy", apps::tollgate_with(&legacy)),
         ("tollgate, headers = none", apps::tollgate_with(&no_headers)),
     ];
-    let mut group = c.benchmark_group("layer");
-    for (name, app) in &variants {
-        // Sanity: every variant answers 200 (and the limiters admit).
-        let mut svc = app.clone();
-        assert_eq!(apps::serve(&mut svc, apps::request()).status(), 200, "{name}");
-        let id = format!("layer/{name}");
-        group.bench_function(*name, |b| {
-            b.iter_custom(|iters| {
+    let runs: Vec<_> = variants
+        .iter()
+        .map(|(_, app)| {
+            move |iters: u64| {
                 let mut svc = app.clone();
                 let start = Instant::now();
                 for _ in 0..iters {
                     black_box(apps::serve(&mut svc, black_box(apps::request())));
                 }
-                record(&id, iters, start.elapsed())
-            })
-        });
+                start.elapsed()
+            }
+        })
+        .collect();
+    let mut group = c.benchmark_group("layer");
+    for ((name, app), run) in variants.iter().zip(&runs) {
+        // Sanity: every variant answers 200 (and the limiters admit).
+        let mut svc = app.clone();
+        assert_eq!(apps::serve(&mut svc, apps::request()).status(), 200, "{name}");
+        group.bench_function(*name, |b| b.iter_custom(run));
     }
     group.finish();
     c.final_summary();
 
-    let ns = |name: &str| median_ns(&format!("layer/{name}"), SAMPLES);
+    // The comparison: the variants take turns, 31 rounds of ~5 ms blocks each.
+    let dyn_runs: Vec<&dyn Fn(u64) -> Duration> =
+        runs.iter().map(|r| r as &dyn Fn(u64) -> Duration).collect();
+    let rounds = interleaved(31, Duration::from_millis(5), &dyn_runs);
+    let bare = &rounds[0];
     println!();
-    println!("## In-process layer overhead (median of samples)");
+    println!("## In-process layer overhead (interleaved, median of 31 rounds)");
     println!();
-    println!("| variant | ns/request | added to bare | added % of bare |");
+    println!("| variant | ns/request | added to bare | added % of bare (median of rounds) |");
     println!("| --- | ---: | ---: | ---: |");
-    let Some(bare) = ns("bare") else {
-        println!("(bare not run: no table)");
-        return;
-    };
-    for (name, _) in &variants {
-        if let Some(t) = ns(name) {
-            println!("| {name} | {t:.0} | {:+.0} ns | {:+.1}% |", t - bare, 100.0 * (t - bare) / bare);
-        }
-    }
-    if let (Some(ours), Some(peer)) = (ns("tollgate"), ns("tower_governor")) {
-        let (ours, peer) = (ours - bare, peer - bare);
-        println!();
+    for ((name, _), per_op) in variants.iter().zip(&rounds) {
+        let added: Vec<f64> = per_op.iter().zip(bare).map(|(t, b)| (t - b) / b).collect();
         println!(
-            "tollgate adds {:.1}% to the bare request (target ≤ 3%: {}); tower_governor adds {:.1}% \
-             (tollgate adds less: {})",
-            100.0 * ours / bare,
-            if ours / bare <= 0.03 { "met" } else { "NOT met" },
-            100.0 * peer / bare,
-            if ours < peer { "yes" } else { "no" },
+            "| {name} | {:.0} | {:+.0} ns | {:+.1}% |",
+            median(per_op),
+            median(per_op) - median(bare),
+            100.0 * median(&added)
         );
     }
+    let added = |i: usize| -> f64 {
+        let per_round: Vec<f64> = rounds[i].iter().zip(bare).map(|(t, b)| (t - b) / b).collect();
+        median(&per_round)
+    };
+    let (ours, peer) = (added(1), added(2));
+    println!();
+    println!(
+        "tollgate adds {:.1}% to the bare request (target ≤ 3%: {}); tower_governor adds {:.1}% \
+         (tollgate adds less: {})",
+        100.0 * ours,
+        if ours <= 0.03 { "met" } else { "NOT met" },
+        100.0 * peer,
+        if ours < peer { "yes" } else { "no" },
+    );
 }

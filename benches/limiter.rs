@@ -1,7 +1,9 @@
 //! tollgate's `MemoryStore::decide` against governor's keyed limiter (`RateLimiter::keyed`, a
 //! DashMap on a quanta clock), same keys, same quotas, same run.
 //!
-//! `cargo bench --bench limiter` — ends with a table of ns/op and the ratio tollgate / governor.
+//! `cargo bench --bench limiter` — Criterion's report, then a table of ns/op and the ratio
+//! tollgate / governor from an interleaved run (the two take turns in 3 ms blocks, 31 rounds;
+//! the ratio is the median of the per-round ratios, robust to load that comes and goes).
 //!
 //! Keys are IPv4 addresses for both (tollgate: `Key::from_ip`, governor: `IpAddr`), built before
 //! timing; each operation checks the next key of the set, cost 1. The cases:
@@ -23,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use common::{record, run_threads, Pair};
+use common::{interleaved, run_threads, Pair};
 use criterion::Criterion;
 use governor::{DefaultKeyedRateLimiter, Quota as GQuota, RateLimiter};
 use tollgate::algorithm::Quota;
@@ -32,6 +34,16 @@ use tollgate::policy::{Limits, TierSpec};
 use tollgate::store::{Charge, MemoryStore};
 
 const SAMPLES: usize = 20;
+/// Rounds of the interleaved comparison, and the length of each side's block in a round.
+const ROUNDS: usize = 31;
+const BLOCK: Duration = Duration::from_millis(3);
+
+/// True unless a filter on the command line (`cargo bench --bench limiter -- hot`) leaves
+/// `name` out.
+fn filter_matches(name: &str) -> bool {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    filter.is_none_or(|f| name.contains(&f))
+}
 
 #[derive(Clone, Copy)]
 enum Path {
@@ -95,28 +107,30 @@ fn bench_case(c: &mut Criterion, pairs: &mut Vec<Pair>, keys: usize, path: Path)
         let mut group = c.benchmark_group(&group_name);
         let offset = |t: usize, i: u64| (t * keys / 2 + i as usize) % keys;
 
-        let id = format!("{group_name}/tollgate");
-        group.bench_function("tollgate", |b| {
-            b.iter_custom(|iters| {
-                let elapsed = run_threads(threads, iters, |t, i| {
-                    let key = &ours[offset(t, i)];
-                    black_box(store.decide(black_box(key), tier, Charge::new(1)));
-                });
-                record(&id, iters, elapsed)
+        let tollgate = |iters: u64| {
+            run_threads(threads, iters, |t, i| {
+                let key = &ours[offset(t, i)];
+                black_box(store.decide(black_box(key), tier, Charge::new(1)));
             })
-        });
-        let peer = format!("{group_name}/governor");
-        group.bench_function("governor", |b| {
-            b.iter_custom(|iters| {
-                let elapsed = run_threads(threads, iters, |t, i| {
-                    let key = &theirs[offset(t, i)];
-                    let _ = black_box(governor.check_key(black_box(key)));
-                });
-                record(&peer, iters, elapsed)
+        };
+        let peer = |iters: u64| {
+            run_threads(threads, iters, |t, i| {
+                let key = &theirs[offset(t, i)];
+                let _ = black_box(governor.check_key(black_box(key)));
             })
-        });
+        };
+        group.bench_function("tollgate", |b| b.iter_custom(tollgate));
+        group.bench_function("governor", |b| b.iter_custom(peer));
         group.finish();
-        pairs.push(Pair::new(format!("{}, {}, {} thread(s)", label(keys), path.name(), threads), id, peer));
+        if filter_matches(&group_name) {
+            let mut rounds = interleaved(ROUNDS, BLOCK, &[&tollgate, &peer]).into_iter();
+            let (ours, peer) = (rounds.next().unwrap(), rounds.next().unwrap());
+            pairs.push(Pair {
+                label: format!("{}, {}, {threads} thread(s)", label(keys), path.name()),
+                ours,
+                peer,
+            });
+        }
     }
 }
 
@@ -134,11 +148,10 @@ fn main() {
     }
     c.final_summary();
     common::print_ratios(
-        "MemoryStore::decide vs governor keyed check_key (median of samples)",
+        "MemoryStore::decide vs governor keyed check_key (interleaved, median of 31 rounds)",
         "tollgate",
         "governor",
         &pairs,
-        SAMPLES,
         0.8,
     );
 }

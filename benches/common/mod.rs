@@ -3,36 +3,19 @@
 //! These machines are noisy, so no bench claims an absolute time: each prints, at the end, the
 //! ratio of tollgate's time per operation to its peer's, both measured in the same run.
 //!
-//! Every routine runs through `Criterion::iter_custom`, and every call is recorded here. Criterion
-//! calls a routine during warm-up first and then exactly `sample_size` times to measure, so the
-//! last `sample_size` records of a benchmark are its samples; the table uses their median
-//! (time / iterations), which shrugs off the odd descheduled sample.
+//! Two ways to get those ratios:
+//! * [`interleaved`]: the peers take turns, block after block, and the table reports the median
+//!   of the per-round ratios. Load that comes and goes (other builds on the same two cores)
+//!   hits both sides of a round alike, so this is the number the closing tables print.
+//! * Criterion's own runs, one benchmark after the other, for its usual report (and its
+//!   change detection between runs); the same routines, through `Criterion::iter_custom`.
 
 #![allow(dead_code)] // each bench uses part of it
 
 pub mod apps;
 
-use std::collections::BTreeMap;
-use std::sync::{Barrier, Mutex};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
-
-static RECORDS: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
-
-/// Notes one sample of benchmark `id`: `iters` operations took `elapsed`.
-pub fn record(id: &str, iters: u64, elapsed: Duration) -> Duration {
-    let per_op = elapsed.as_nanos() as f64 / iters.max(1) as f64;
-    RECORDS.lock().unwrap().entry(id.to_owned()).or_default().push(per_op);
-    elapsed
-}
-
-/// The median time per operation (ns) over the last `samples` samples of `id`.
-pub fn median_ns(id: &str, samples: usize) -> Option<f64> {
-    let records = RECORDS.lock().unwrap();
-    let all = records.get(id)?;
-    let mut last: Vec<f64> = all[all.len().saturating_sub(samples)..].to_vec();
-    last.sort_by(f64::total_cmp);
-    last.get(last.len() / 2).copied()
-}
 
 /// Runs `op(thread, i)` for `i in 0..iters` on each of `threads` threads at once, and returns
 /// the wall time from the moment all threads are released until the last one finishes
@@ -72,43 +55,64 @@ where
     end - start
 }
 
-/// One line of the closing table: tollgate's benchmark id and its peer's.
+/// Runs the `variants` in turns: `rounds` rounds, each running every variant once for a block
+/// of operations sized to take about `block` (calibrated on the first variant). Each variant
+/// is `f(iters) -> elapsed`. Returns, per variant, the ns per operation of each round.
+pub fn interleaved(rounds: usize, block: Duration, variants: &[&dyn Fn(u64) -> Duration]) -> Vec<Vec<f64>> {
+    let mut iters = 16u64;
+    while variants[0](iters) < block / 2 && iters < 1 << 32 {
+        iters *= 2;
+    }
+    let mut per_op = vec![Vec::with_capacity(rounds); variants.len()];
+    for round in 0..rounds {
+        // Alternate the order, so neither side always runs right after the other.
+        let order: Vec<usize> =
+            if round % 2 == 0 { (0..variants.len()).collect() } else { (0..variants.len()).rev().collect() };
+        for i in order {
+            let elapsed = variants[i](iters);
+            per_op[i].push(elapsed.as_nanos() as f64 / iters as f64);
+        }
+    }
+    per_op
+}
+
+/// The median of `values`.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// The median over rounds of `a[i] / b[i]`.
+pub fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    median(&ratios)
+}
+
+/// One line of a closing table: a case, tollgate's and its peer's ns per operation per round.
 pub struct Pair {
     pub label: String,
-    pub ours: String,
-    pub peer: String,
+    pub ours: Vec<f64>,
+    pub peer: Vec<f64>,
 }
 
-impl Pair {
-    pub fn new(label: impl Into<String>, ours: impl Into<String>, peer: impl Into<String>) -> Self {
-        Self { label: label.into(), ours: ours.into(), peer: peer.into() }
-    }
-}
-
-/// Prints the medians of each pair and their ratio, and whether it meets `target`
-/// (ours / peer ≤ target).
-pub fn print_ratios(
-    title: &str,
-    ours_name: &str,
-    peer_name: &str,
-    pairs: &[Pair],
-    samples: usize,
-    target: f64,
-) {
+/// Prints each pair's medians and the median of its per-round ratios, and whether that meets
+/// `target` (ours / peer ≤ target).
+pub fn print_ratios(title: &str, ours_name: &str, peer_name: &str, pairs: &[Pair], target: f64) {
     println!();
     println!("## {title}");
     println!();
     println!("| case | {ours_name} ns/op | {peer_name} ns/op | ratio | target ≤ {target} |");
     println!("| --- | ---: | ---: | ---: | --- |");
     for pair in pairs {
-        match (median_ns(&pair.ours, samples), median_ns(&pair.peer, samples)) {
-            (Some(ours), Some(peer)) => {
-                let ratio = ours / peer;
-                let verdict = if ratio <= target { "met" } else { "NOT met" };
-                println!("| {} | {ours:.1} | {peer:.1} | {ratio:.2} | {verdict} |", pair.label);
-            }
-            _ => println!("| {} | (not run) | | | |", pair.label),
-        }
+        let ratio = median_ratio(&pair.ours, &pair.peer);
+        let verdict = if ratio <= target { "met" } else { "NOT met" };
+        println!(
+            "| {} | {:.1} | {:.1} | {ratio:.2} | {verdict} |",
+            pair.label,
+            median(&pair.ours),
+            median(&pair.peer)
+        );
     }
     println!();
 }
