@@ -158,6 +158,9 @@ impl RateLimitHeaders {
             out.policy = tier.policy_header.clone();
         }
         let retry_after = decision.retry_after();
+        if legacy.is_none() && !mode.ietf() && retry_after.is_none() {
+            return out; // nothing to write
+        }
         // One visit to the per-thread buffer for every value of this answer, with room made
         // for all of them first: a chunk is used up only between answers, when no value of
         // this answer holds on to it, so it can be reclaimed.
@@ -192,7 +195,11 @@ impl RateLimitHeaders {
         ];
         // Grow the map at most once, and hash each name once (an entry, not a lookup and an
         // insert).
-        headers.reserve(pairs.iter().filter(|(_, value)| value.is_some()).count());
+        let count = pairs.iter().filter(|(_, value)| value.is_some()).count();
+        if count == 0 {
+            return;
+        }
+        headers.reserve(count);
         for (name, value) in pairs {
             if let Some(value) = value {
                 if let Entry::Vacant(slot) = headers.entry(name) {
