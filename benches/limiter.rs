@@ -134,6 +134,40 @@ fn bench_case(c: &mut Criterion, pairs: &mut Vec<Pair>, keys: usize, path: Path)
     }
 }
 
+/// The clock read every check starts with: tollgate's `SystemClock` (the TSC through quanta)
+/// against what it was before, `Instant::elapsed` anchored to the epoch.
+fn bench_clock(c: &mut Criterion, pairs: &mut Vec<Pair>) {
+    use tollgate::clock::{Clock, SystemClock};
+    let clock = SystemClock::new();
+    let start = std::time::Instant::now();
+    let instant = |iters: u64| {
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            let e = black_box(start).elapsed();
+            black_box(
+                1_700_000_000_000_000_000u64 + e.as_secs() * 1_000_000_000 + u64::from(e.subsec_nanos()),
+            );
+        }
+        t.elapsed()
+    };
+    let tsc = |iters: u64| {
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            black_box(black_box(&clock).now());
+        }
+        t.elapsed()
+    };
+    let mut group = c.benchmark_group("clock");
+    group.bench_function("SystemClock (quanta)", |b| b.iter_custom(tsc));
+    group.bench_function("Instant::elapsed", |b| b.iter_custom(instant));
+    group.finish();
+    if filter_matches("clock") {
+        let mut rounds = interleaved(ROUNDS, BLOCK, &[&tsc, &instant]).into_iter();
+        let (ours, peer) = (rounds.next().unwrap(), rounds.next().unwrap());
+        pairs.push(Pair { label: "clock read: SystemClock (TSC) vs Instant::elapsed".into(), ours, peer });
+    }
+}
+
 fn main() {
     let mut c = Criterion::default()
         .sample_size(SAMPLES)
@@ -141,6 +175,8 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
     let mut pairs = Vec::new();
+    let mut clock = Vec::new();
+    bench_clock(&mut c, &mut clock);
     for keys in [1, 10_000, 1 << 20] {
         for path in [Path::Admitted, Path::Rejected] {
             bench_case(&mut c, &mut pairs, keys, path);
@@ -154,4 +190,18 @@ fn main() {
         &pairs,
         0.8,
     );
+    if !clock.is_empty() {
+        println!("Clock read, ns (the old SystemClock was Instant::elapsed):");
+        println!("| case | SystemClock ns | Instant ns | ratio |");
+        println!("| --- | ---: | ---: | ---: |");
+        for pair in &clock {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.2} |",
+                pair.label,
+                common::median(&pair.ours),
+                common::median(&pair.peer),
+                common::median_ratio(&pair.ours, &pair.peer)
+            );
+        }
+    }
 }
