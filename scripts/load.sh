@@ -41,7 +41,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# start NAME BINARY [ARGS...]: starts a server on a free port, prints its base URL.
+# start NAME COMMAND...: starts a server on a free port; sets URL to its base URL.
+URL=
 start() {
     local name=$1
     shift
@@ -50,7 +51,7 @@ start() {
     local pid=$!
     for _ in $(seq 1 100); do
         if grep -q "listening on http://" "$WORK/$name.out" 2>/dev/null; then
-            sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$WORK/$name.out" | head -1
+            URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$WORK/$name.out" | head -1)
             return
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -86,13 +87,13 @@ bench() {
 }
 
 ROWS=()
-URL=$(start bare "$TARGET_DIR/release/examples/bare_server")
+start bare "$TARGET_DIR/release/examples/bare_server"
 ROWS+=("$(bench "bare axum" "$URL" enterprise-demo-key)")
 stop_last
 
-URL=$(TOLLGATE_TIERS__ENTERPRISE__REQUESTS_PER_MINUTE=60000000000 \
+start tollgate env TOLLGATE_TIERS__ENTERPRISE__REQUESTS_PER_MINUTE=60000000000 \
     TOLLGATE_TIERS__ENTERPRISE__BURST=1000000 RUST_LOG=warn \
-    start tollgate "$TARGET_DIR/release/examples/server")
+    "$TARGET_DIR/release/examples/server"
 ROWS+=("$(bench "tollgate, admitted (enterprise-demo-key)" "$URL" enterprise-demo-key)")
 ROWS+=("$(bench "tollgate, rejected (free-demo-key)" "$URL" free-demo-key)")
 stop_last
