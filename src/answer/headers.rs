@@ -228,34 +228,32 @@ fn ratelimit_room(tier: &Tier, decision: &Decision) -> usize {
     2 * names + decision.policies().len() * (2 + 8 + 2 * MAX_DIGITS)
 }
 
-/// `RateLimit` for one answer, written straight into the per-thread buffer (the caller made
-/// [`ratelimit_room`]): one sf-list item per policy, `"name";r=R;t=T`, exactly as sfv's
-/// serializer writes it (policy names are already valid sf-strings: printable ASCII, with `"`
-/// and `\\` escaped on output).
+thread_local! {
+    /// Text the structured-field serializer writes into, reused by every answer of a thread.
+    static SF_TEXT: RefCell<String> = RefCell::new(String::with_capacity(256));
+}
+
+/// `RateLimit` for one answer: one sf-list item per policy, `"name";r=R;t=T`, serialized by
+/// `sfv` into a reused per-thread string, then copied into the per-thread buffer (the caller
+/// made [`ratelimit_room`]), so no allocation happens in steady state.
 fn ratelimit_in(buf: &mut BytesMut, tier: &Tier, decision: &Decision) -> Option<HeaderValue> {
     let states = decision.policies();
     if states.is_empty() || states.iter().any(|s| usize::from(s.index) >= tier.policies().len()) {
         return None; // an empty sf-list (or a foreign decision) is no header at all
     }
-    let mut digits = itoa::Buffer::new();
-    for (i, state) in states.iter().enumerate() {
-        let policy = &tier.policies()[usize::from(state.index)];
-        if i > 0 {
-            buf.extend_from_slice(b", ");
+    SF_TEXT.with_borrow_mut(|text| {
+        text.clear();
+        let mut list = ListSerializer::with_buffer(text);
+        for state in states {
+            let policy = &tier.policies()[usize::from(state.index)];
+            list.bare_item(&*policy.sf_name as &StringRef)
+                .parameter(key("r"), integer(clamp(state.remaining)))
+                .parameter(key("t"), integer(clamp(secs_ceil(state.reset_after))));
         }
-        buf.extend_from_slice(b"\"");
-        for &byte in policy.sf_name.as_str().as_bytes() {
-            if byte == b'"' || byte == b'\\' {
-                buf.extend_from_slice(b"\\");
-            }
-            buf.extend_from_slice(&[byte]);
-        }
-        buf.extend_from_slice(b"\";r=");
-        buf.extend_from_slice(digits.format(clamp(state.remaining)).as_bytes());
-        buf.extend_from_slice(b";t=");
-        buf.extend_from_slice(digits.format(clamp(secs_ceil(state.reset_after))).as_bytes());
-    }
-    Some(take(buf))
+        let text = list.finish()?;
+        buf.extend_from_slice(text.as_bytes());
+        Some(take(buf))
+    })
 }
 
 #[cfg(test)]
@@ -344,7 +342,7 @@ mod tests {
         assert_eq!(retry_after_secs(0), 1);
     }
 
-    /// The hand-written `RateLimit` value is byte for byte what sfv's serializer makes, for
+    /// The `RateLimit` value written through the reused buffers is byte for byte what a fresh sfv serializer makes, for
     /// names that need escaping and numbers at the clamp.
     #[test]
     fn ratelimit_matches_the_sfv_serializer() {
