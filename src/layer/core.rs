@@ -185,7 +185,9 @@ impl Core {
                         } else if fraction < bands.cached_below && prepared.cached.is_some() {
                             Band::Cached
                         } else {
-                            if cache.admits(req.method(), StatusCode::OK, &http::HeaderMap::new()) {
+                            // A full answer to a read is recorded; whether it is kept is
+                            // decided when its status, headers and size are known.
+                            if matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
                                 after.record = Some(Box::new(Pending {
                                     cache: cache.clone(),
                                     owner: key.clone(),
