@@ -3,7 +3,9 @@
 //! * Keyed by (client key, method, path and query); an entry remembers its owner in full and a
 //!   lookup compares it, so a hash collision can never hand one client another's answer.
 //! * Only successful (2xx) answers to GET/HEAD, whose body is at most `max_entry_bytes`, and
-//!   whose `Cache-Control` does not say `no-store` or `private`, are kept.
+//!   whose `Cache-Control` does not say `no-store` or `private`, are kept; never an answer that
+//!   sets a cookie or says `Vary: *`, nor one to a request that carried `Cookie` or
+//!   `Authorization` (it may be personal, and clients keyed by IP may share an address).
 //! * Bounded in entries and bytes (oldest evicted first, per shard) and expired after `ttl`.
 
 use std::collections::{HashMap, VecDeque};
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, SET_COOKIE, TRANSFER_ENCODING, VARY};
 use http::{HeaderMap, Method, StatusCode, Uri};
 
 use crate::key::Key;
@@ -148,11 +150,18 @@ impl ResponseCache {
                 })
             })
         });
+        // A cookie being set, or an answer that varies on everything, is personal or
+        // unpredictable: never replayed.
+        let personal = headers.contains_key(SET_COOKIE)
+            || headers
+                .get_all(VARY)
+                .iter()
+                .any(|v| v.as_bytes().split(|&b| b == b',').any(|d| d.trim_ascii() == b"*"));
         let too_big = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .is_some_and(|n| n > self.limits.max_entry_bytes);
-        cacheable_method && status.is_success() && !forbidden && !too_big
+        cacheable_method && status.is_success() && !forbidden && !personal && !too_big
     }
 
     pub(crate) fn max_entry_bytes(&self) -> usize {
@@ -329,5 +338,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("999999"));
         assert!(!cache.admits(&Method::GET, StatusCode::OK, &h));
+        let mut h = HeaderMap::new();
+        h.insert(SET_COOKIE, HeaderValue::from_static("session=abc"));
+        assert!(!cache.admits(&Method::GET, StatusCode::OK, &h), "a cookie is personal");
+        let mut h = HeaderMap::new();
+        h.insert(VARY, HeaderValue::from_static("accept, *"));
+        assert!(!cache.admits(&Method::GET, StatusCode::OK, &h));
+        h.insert(VARY, HeaderValue::from_static("accept-encoding"));
+        assert!(cache.admits(&Method::GET, StatusCode::OK, &h));
     }
 }

@@ -28,7 +28,9 @@
 //!
 //! The cache is bounded in entries and bytes, expires entries, never shares an answer between
 //! clients, keeps only successful GET/HEAD answers under a size limit, and honours
-//! `Cache-Control: no-store` and `private` from the handler.
+//! `Cache-Control: no-store` and `private` from the handler. It never keeps an answer that sets
+//! a cookie or says `Vary: *`, nor one to a request carrying `Cookie` or `Authorization`: such
+//! answers may be personal, and clients keyed by IP address may share one.
 
 mod cache;
 

@@ -187,7 +187,11 @@ impl Core {
                         } else {
                             // A full answer to a read is recorded; whether it is kept is
                             // decided when its status, headers and size are known.
-                            if matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+                            // A request with credentials of its own may get a personal answer:
+                            // never kept (clients keyed by IP may share an address).
+                            let personal = req.headers().contains_key(http::header::COOKIE)
+                                || req.headers().contains_key(http::header::AUTHORIZATION);
+                            if !personal && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
                                 after.record = Some(Box::new(Pending {
                                     cache: cache.clone(),
                                     owner: key.clone(),

@@ -368,16 +368,31 @@ async fn cached_answers_are_never_shared_and_no_store_is_respected() {
     assert_eq!(body, "Full #7");
     assert!(res.headers().get("x-ratelimit-degraded").is_none());
     assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
+    // `d` sends a cookie: its answers may be personal and are never kept.
+    for _ in 0..3 {
+        let req = Request::get("/search?q=1")
+            .header("x-user", "d")
+            .header("x-tier", "pro")
+            .header("cookie", "session=1")
+            .body(Full::default())
+            .unwrap();
+        send(&mut svc, req).await;
+    }
+    let req =
+        Request::get("/search?q=1").header("x-user", "d").header("x-tier", "pro").header("cookie", "s=1");
+    let (res, _) = send(&mut svc, req.body(Full::default()).unwrap()).await;
+    assert!(res.headers().get("x-ratelimit-degraded").is_none(), "no copy: served in full");
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
     // `c` asks for `a`'s URL: no copy of its own, so it gets its own full answer.
     let (res, body) = send(&mut svc, pro("/search?q=1", "c")).await;
-    assert_eq!(body, "Full #8");
+    assert_eq!(body, "Full #12");
     assert!(res.headers().get("x-ratelimit-degraded").is_none());
     // A different query is a different answer: no copy, so the full cost (5) is due, and `a`
     // has only 4 tokens left.
     let (res, _) = send(&mut svc, pro("/search?q=2", "a")).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["x-ratelimit-remaining"], "4");
-    assert_eq!(calls.load(Ordering::SeqCst), 8);
+    assert_eq!(calls.load(Ordering::SeqCst), 12);
 }
 
 fn concurrency_limits() -> Limits {
