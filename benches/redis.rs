@@ -148,7 +148,7 @@ async fn run(url: String) {
         Algorithm::TokenBucket => 0,
         Algorithm::SlidingWindow => 1,
     };
-    let emission = u64::try_from(policy.quota().emission_interval().as_nanos()).unwrap().div_ceil(1_000);
+    let emission = policy.quota().emission().as_micros_ceil();
     let burst = policy.quota().burst();
     let charge = Charge::new(1);
     let script = Arc::new(redis::Script::new(SCRIPT));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 use support::*;
 use tollgate::algorithm::{Algorithm, Quota};
-use tollgate::clock::ManualClock;
+use tollgate::clock::{ManualClock, Nanos};
 use tollgate::key::Key;
 use tollgate::policy::{Limits, TierSpec};
 use tollgate::store::{Charge, Decision, MemoryStore, Outcome, RedisStore, Store};
@@ -59,7 +59,7 @@ async fn two_instances_admit_exactly_the_burst_token_bucket() {
         assert_eq!(d.outcome(), Outcome::Rejected);
         let wait = d.retry_after().unwrap();
         // One token an hour: every rejected request waits almost all of it.
-        assert!(wait > Duration::from_secs(3_590) && wait <= Duration::from_secs(3_600), "{wait:?}");
+        assert!(wait > Nanos::from_secs(3_590) && wait <= Nanos::from_secs(3_600), "{wait:?}");
     }
 }
 
@@ -76,8 +76,10 @@ async fn two_instances_admit_exactly_the_burst_sliding_window() {
 fn in_micros(d: Decision) -> Decision {
     let mut out = Decision::new(d.outcome(), d.now(), d.fraction_before(), d.charged());
     for p in d.policies() {
-        out = out
-            .with(tollgate::store::PolicyState { retry_after: p.retry_after.next_multiple_of(1_000), ..*p });
+        out = out.with(tollgate::store::PolicyState {
+            retry_after: Nanos::from_micros(p.retry_after.as_micros_ceil()),
+            ..*p
+        });
     }
     out
 }
@@ -97,7 +99,7 @@ async fn compare(spec: TierSpec, charges: &[Charge], test: &str) {
     let mut outcomes = Vec::new();
     for (i, &charge) in charges.iter().enumerate() {
         let from_redis = redis.check(&key, tier, charge).await.unwrap();
-        clock.set(Duration::from_nanos(from_redis.now()));
+        clock.set(from_redis.now());
         let from_memory = in_micros(memory.decide(&key, tier, charge));
         assert_eq!(from_redis, from_memory, "request {i} ({charge:?})");
         outcomes.push(from_redis.outcome());
@@ -151,7 +153,7 @@ async fn a_fast_refill_decides_as_in_memory_across_windows() {
         let key = Key::from_ip("192.0.2.9".parse().unwrap());
         for charge in charges {
             let from_redis = redis.check(&key, tier, charge).await.unwrap();
-            clock.set(Duration::from_nanos(from_redis.now()));
+            clock.set(from_redis.now());
             assert_eq!(from_redis, in_micros(memory.decide(&key, tier, charge)), "{algorithm:?} {charge:?}");
             tokio::time::sleep(Duration::from_millis(7)).await; // real time must pass in Redis
         }
@@ -229,12 +231,15 @@ async fn a_cached_rejection_sends_no_command_to_redis() {
         let d = store.check(&abuser, tier, Charge::new(1)).await.unwrap();
         assert_eq!(d.outcome(), Outcome::Rejected);
         let wait = d.retry_after().unwrap();
-        assert!(wait <= last_wait && wait > Duration::ZERO, "{wait:?} after {last_wait:?}");
+        assert!(wait <= last_wait && wait > Nanos::ZERO, "{wait:?} after {last_wait:?}");
         last_wait = wait;
     }
     // The deadline is the one Redis gave: waits shrink exactly with local time.
     let elapsed = started.elapsed();
-    assert!(first_wait - last_wait <= elapsed + Duration::from_millis(5), "{first_wait:?} {last_wait:?}");
+    assert!(
+        first_wait - last_wait <= Nanos::from(elapsed) + Nanos::from_millis(5),
+        "{first_wait:?} {last_wait:?}"
+    );
     assert_eq!(server.calls("evalsha"), evalsha, "the flood reached Redis");
     // Nothing but this test's own connections and INFO calls in between.
     let all_after = command_calls(&server);

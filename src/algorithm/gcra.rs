@@ -6,11 +6,13 @@
 //! `TAT ← max(TAT, now) + n·T`. A denial leaves the state untouched.
 
 use super::{Check, Quota};
+use crate::clock::Nanos;
 
 #[inline]
-pub(super) fn check(quota: &Quota, tat: u64, now: u64, cost: u64) -> Check {
-    let t = quota.emission_nanos();
-    let tau = quota.refill_nanos();
+pub(super) fn check(quota: &Quota, tat: u64, now: Nanos, cost: u64) -> Check {
+    let now = now.as_nanos();
+    let t = quota.emission().as_nanos();
+    let tau = quota.refill_time().as_nanos();
     let base = tat.max(now);
     let horizon = now + tau;
     // Whole tokens available before this request (only a refusal reports it: one division
@@ -28,13 +30,13 @@ pub(super) fn check(quota: &Quota, tat: u64, now: u64, cost: u64) -> Check {
 }
 
 #[inline]
-pub(super) fn fraction(quota: &Quota, tat: u64, now: u64) -> f64 {
-    let tau = quota.refill_nanos();
-    let used = tat.saturating_sub(now).min(tau);
+pub(super) fn fraction(quota: &Quota, tat: u64, now: Nanos) -> f64 {
+    let tau = quota.refill_time().as_nanos();
+    let used = tat.saturating_sub(now.as_nanos()).min(tau);
     (tau - used) as f64 / tau as f64
 }
 
 #[inline]
 pub(super) fn refund(quota: &Quota, tat: u64, cost: u64) -> u64 {
-    tat.saturating_sub(cost * quota.emission_nanos())
+    tat.saturating_sub(cost * quota.emission().as_nanos())
 }

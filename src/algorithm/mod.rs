@@ -13,10 +13,10 @@
 //!
 //! ```
 //! use tollgate::algorithm::{Algorithm, Quota, Rule};
-//! use std::time::Duration;
+//! use tollgate::clock::Nanos;
 //!
 //! let rule = Rule::new(Algorithm::TokenBucket, Quota::per_minute(60, 10).unwrap());
-//! let now = 1_000_000_000_000;
+//! let now = Nanos::from_secs(1_000);
 //! let first = rule.check(0, now, 3);
 //! assert_eq!(first.new_state().is_some(), true);
 //! assert_eq!(first.remaining, 7);
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::NANOS_PER_SEC;
+use crate::clock::Nanos;
 
 /// Which algorithm a policy uses.
 ///
@@ -58,12 +58,12 @@ pub const SLIDING_WINDOW_MAX_BURST: u64 = (1 << 20) - 1;
 ///
 /// ```
 /// use tollgate::algorithm::Quota;
-/// use std::time::Duration;
+/// use tollgate::clock::Nanos;
 ///
 /// let q = Quota::per_minute(30, 5).unwrap();
 /// assert_eq!(q.burst(), 5);
-/// assert_eq!(q.emission_interval(), Duration::from_secs(2));
-/// assert_eq!(q.refill_time(), Duration::from_secs(10));
+/// assert_eq!(q.emission(), Nanos::from_secs(2));
+/// assert_eq!(q.refill_time(), Nanos::from_secs(10));
 /// assert!(Quota::per_minute(0, 5).is_none());
 /// assert!(Quota::per_minute(30, 0).is_none());
 /// ```
@@ -125,27 +125,19 @@ impl Quota {
         self.burst
     }
 
-    /// The time for one token to come back.
-    pub fn emission_interval(&self) -> Duration {
-        Duration::from_nanos(self.emission)
+    /// The time for one token to come back (the emission interval).
+    pub fn emission(&self) -> Nanos {
+        Nanos::new(self.emission)
     }
 
     /// The time to refill from empty to full.
-    pub fn refill_time(&self) -> Duration {
-        Duration::from_nanos(self.refill_nanos())
-    }
-
-    pub(crate) fn emission_nanos(&self) -> u64 {
-        self.emission
-    }
-
-    pub(crate) fn refill_nanos(&self) -> u64 {
-        self.emission * self.burst
+    pub fn refill_time(&self) -> Nanos {
+        Nanos::new(self.emission * self.burst)
     }
 
     /// Whole seconds to refill from empty, rounded up (the `w` of `RateLimit-Policy`).
     pub fn window_secs(&self) -> u64 {
-        self.refill_nanos().div_ceil(NANOS_PER_SEC)
+        self.refill_time().as_secs_ceil()
     }
 }
 
@@ -155,10 +147,10 @@ pub struct Check {
     verdict: Verdict,
     /// Whole tokens left after this request (when admitted) or now (when not).
     pub remaining: u64,
-    /// Nanoseconds until the bucket is full again (after this request, when admitted).
-    pub reset_after: u64,
-    /// Nanoseconds until this request would be admitted; 0 when it is.
-    pub retry_after: u64,
+    /// Until the bucket is full again (after this request, when admitted).
+    pub reset_after: Nanos,
+    /// Until this request would be admitted; zero when it is.
+    pub retry_after: Nanos,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,16 +161,33 @@ enum Verdict {
 }
 
 impl Check {
+    // The algorithms compute in raw nanoseconds; these wrap their answers.
+
     pub(crate) fn admit(state: u64, remaining: u64, reset_after: u64) -> Self {
-        Self { verdict: Verdict::Admit(state), remaining, reset_after, retry_after: 0 }
+        Self {
+            verdict: Verdict::Admit(state),
+            remaining,
+            reset_after: Nanos::new(reset_after),
+            retry_after: Nanos::ZERO,
+        }
     }
 
     pub(crate) fn deny(remaining: u64, reset_after: u64, retry_after: u64) -> Self {
-        Self { verdict: Verdict::Deny, remaining, reset_after, retry_after: retry_after.max(1) }
+        Self {
+            verdict: Verdict::Deny,
+            remaining,
+            reset_after: Nanos::new(reset_after),
+            retry_after: Nanos::new(retry_after.max(1)),
+        }
     }
 
     pub(crate) fn never(remaining: u64, reset_after: u64) -> Self {
-        Self { verdict: Verdict::Exceeds, remaining, reset_after, retry_after: 0 }
+        Self {
+            verdict: Verdict::Exceeds,
+            remaining,
+            reset_after: Nanos::new(reset_after),
+            retry_after: Nanos::ZERO,
+        }
     }
 
     /// The state to store when the request is admitted; `None` when it is not.
@@ -201,7 +210,7 @@ impl Check {
 /// use tollgate::algorithm::{Algorithm, Quota, Rule};
 ///
 /// let rule = Rule::new(Algorithm::SlidingWindow, Quota::per_second(1, 2).unwrap());
-/// let now = 5_000_000_000;
+/// let now = tollgate::clock::Nanos::from_secs(5);
 /// let a = rule.check(0, now, 1).new_state().unwrap();
 /// let b = rule.check(a, now, 1).new_state().unwrap();
 /// assert!(rule.check(b, now, 1).new_state().is_none());
@@ -238,7 +247,7 @@ impl Rule {
 
     /// Decides whether `cost` tokens can be taken from `state` at `now`.
     #[inline]
-    pub fn check(&self, state: u64, now: u64, cost: u64) -> Check {
+    pub fn check(&self, state: u64, now: Nanos, cost: u64) -> Check {
         match self.algorithm {
             Algorithm::TokenBucket => gcra::check(&self.quota, state, now, cost),
             Algorithm::SlidingWindow => sliding_window::check(&self.quota, state, now, cost),
@@ -247,7 +256,7 @@ impl Rule {
 
     /// The fraction of the burst available at `now` (before any charge), in `[0, 1]`.
     #[inline]
-    pub fn fraction(&self, state: u64, now: u64) -> f64 {
+    pub fn fraction(&self, state: u64, now: Nanos) -> f64 {
         match self.algorithm {
             Algorithm::TokenBucket => gcra::fraction(&self.quota, state, now),
             Algorithm::SlidingWindow => sliding_window::fraction(&self.quota, state, now),
@@ -257,7 +266,7 @@ impl Rule {
     /// Gives back `cost` tokens taken from a state (when a later policy of the same tier
     /// refused the request). Never gives back more than was taken.
     #[inline]
-    pub fn refund(&self, state: u64, now: u64, cost: u64) -> u64 {
+    pub fn refund(&self, state: u64, now: Nanos, cost: u64) -> u64 {
         match self.algorithm {
             Algorithm::TokenBucket => gcra::refund(&self.quota, state, cost),
             Algorithm::SlidingWindow => sliding_window::refund(&self.quota, state, now, cost),
@@ -267,9 +276,9 @@ impl Rule {
     /// True when `state` at `now` is indistinguishable from a never-seen key, so a store can
     /// forget it.
     #[inline]
-    pub fn is_idle(&self, state: u64, now: u64) -> bool {
+    pub fn is_idle(&self, state: u64, now: Nanos) -> bool {
         match self.algorithm {
-            Algorithm::TokenBucket => state <= now,
+            Algorithm::TokenBucket => state <= now.as_nanos(),
             Algorithm::SlidingWindow => sliding_window::is_idle(&self.quota, state, now),
         }
     }

@@ -6,6 +6,7 @@
 //! `now / W`) and both counters (20 bits each) into one `u64`.
 
 use super::{Check, Quota};
+use crate::clock::Nanos;
 
 const COUNT_BITS: u32 = 20;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
@@ -23,8 +24,9 @@ struct Window {
 }
 
 #[inline]
-fn unpack(quota: &Quota, state: u64, now: u64) -> Window {
-    let w = quota.refill_nanos();
+fn unpack(quota: &Quota, state: u64, now: Nanos) -> Window {
+    let now = now.as_nanos();
+    let w = quota.refill_time().as_nanos();
     let tag = (now / w) & INDEX_MASK;
     let elapsed = now % w;
     let index = state >> (2 * COUNT_BITS);
@@ -66,8 +68,8 @@ fn reset_after(win: &Window, w: u64, cur: u64) -> u64 {
 }
 
 #[inline]
-pub(super) fn check(quota: &Quota, state: u64, now: u64, cost: u64) -> Check {
-    let w = quota.refill_nanos();
+pub(super) fn check(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Check {
+    let w = quota.refill_time().as_nanos();
     let limit = quota.burst();
     let win = unpack(quota, state, now);
     let capacity = u128::from(limit) * u128::from(w);
@@ -99,8 +101,8 @@ pub(super) fn check(quota: &Quota, state: u64, now: u64, cost: u64) -> Check {
 }
 
 #[inline]
-pub(super) fn fraction(quota: &Quota, state: u64, now: u64) -> f64 {
-    let w = quota.refill_nanos();
+pub(super) fn fraction(quota: &Quota, state: u64, now: Nanos) -> f64 {
+    let w = quota.refill_time().as_nanos();
     let win = unpack(quota, state, now);
     let capacity = u128::from(quota.burst()) * u128::from(w);
     let left = capacity.saturating_sub(scaled_estimate(&win, w));
@@ -108,7 +110,7 @@ pub(super) fn fraction(quota: &Quota, state: u64, now: u64) -> f64 {
 }
 
 #[inline]
-pub(super) fn refund(quota: &Quota, state: u64, now: u64, cost: u64) -> u64 {
+pub(super) fn refund(quota: &Quota, state: u64, now: Nanos, cost: u64) -> u64 {
     let win = unpack(quota, state, now);
     // Only the current window's count can be given back; if the window rolled meanwhile the
     // charge stays (conservative: never admits more).
@@ -120,7 +122,7 @@ pub(super) fn refund(quota: &Quota, state: u64, now: u64, cost: u64) -> u64 {
 }
 
 #[inline]
-pub(super) fn is_idle(quota: &Quota, state: u64, now: u64) -> bool {
+pub(super) fn is_idle(quota: &Quota, state: u64, now: Nanos) -> bool {
     let win = unpack(quota, state, now);
     win.prev == 0 && win.cur == 0
 }

@@ -1,9 +1,11 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::clock::Nanos;
 
-const SEC: u64 = NANOS_PER_SEC;
-const START: u64 = 1_700_000_000 * SEC;
+const SEC: Nanos = Nanos::SECOND;
+const NS: Nanos = Nanos::new(1);
+const START: Nanos = Nanos::from_secs(1_700_000_000);
 
 fn bucket(per_minute: u64, burst: u64) -> Rule {
     Rule::new(Algorithm::TokenBucket, Quota::per_minute(per_minute, burst).unwrap())
@@ -38,7 +40,7 @@ fn token_bucket_retry_after_is_exact() {
     }
     let wait = rule.check(state, START, 2).retry_after;
     assert_eq!(wait, 2 * SEC);
-    assert!(rule.check(state, START + wait - 1, 2).new_state().is_none());
+    assert!(rule.check(state, START + wait - NS, 2).new_state().is_none());
     assert!(rule.check(state, START + wait, 2).new_state().is_some());
 }
 
@@ -86,7 +88,7 @@ fn idle_states_can_be_forgotten() {
     let rule = bucket(60, 10);
     let state = rule.check(0, START, 2).new_state().unwrap();
     assert!(!rule.is_idle(state, START));
-    assert!(!rule.is_idle(state, START + 2 * SEC - 1));
+    assert!(!rule.is_idle(state, START + 2 * SEC - NS));
     assert!(rule.is_idle(state, START + 2 * SEC));
     let rule = window(60, 10); // 10 s windows
     let state = rule.check(0, START, 2).new_state().unwrap();
@@ -124,7 +126,7 @@ fn sliding_window_retry_after_in_the_next_window() {
     let denied = rule.check(state, aligned + 2 * SEC, 4);
     // Next window starts in 8 s; there 10·(W−e)/W ≤ 6 needs e ≥ 4 s.
     assert_eq!(denied.retry_after, 12 * SEC);
-    assert!(rule.check(state, aligned + 14 * SEC - 1, 4).new_state().is_none());
+    assert!(rule.check(state, aligned + 14 * SEC - NS, 4).new_state().is_none());
     assert!(rule.check(state, aligned + 14 * SEC, 4).new_state().is_some());
 }
 
@@ -134,29 +136,29 @@ fn quota_rejects_nonsense() {
     assert!(Quota::per_second(1, 0).is_none());
     assert!(Quota::new(1, Duration::ZERO, 1).is_none());
     assert!(Quota::new(1, Duration::from_secs(u64::MAX / 4), u64::MAX).is_none());
-    assert_eq!(Quota::per_second(3, 1).unwrap().emission_interval(), Duration::from_nanos(333_333_334));
+    assert_eq!(Quota::per_second(3, 1).unwrap().emission(), Nanos::new(333_333_334));
     assert_eq!(Quota::per_day(10_000).unwrap().window_secs(), 86_400);
     assert_eq!(Quota::per_minute(60, 10).unwrap().window_secs(), 10);
 }
 
 /// A request stream: gaps between requests and their costs.
 fn requests() -> impl Strategy<Value = Vec<(u64, u64)>> {
-    prop::collection::vec((0..3 * SEC, 0u64..4), 1..150)
+    prop::collection::vec((0..3 * SEC.as_nanos(), 0u64..4), 1..150)
 }
 
 /// Runs a stream through a rule; returns (time, cost) of every admitted request.
-fn admitted(rule: &Rule, stream: &[(u64, u64)]) -> Vec<(u64, u64)> {
+fn admitted(rule: &Rule, stream: &[(u64, u64)]) -> Vec<(Nanos, u64)> {
     let mut state = 0;
     let mut now = START;
     let mut out = Vec::new();
     for &(gap, cost) in stream {
-        now += gap;
+        now += Nanos::new(gap);
         let check = rule.check(state, now, cost);
         if let Some(next) = check.new_state() {
             state = next;
             out.push((now, cost));
         } else {
-            assert!(check.exceeds() || check.retry_after > 0, "a denial says when to retry");
+            assert!(check.exceeds() || check.retry_after > Nanos::ZERO, "a denial says when to retry");
         }
     }
     out
@@ -169,14 +171,14 @@ proptest! {
         per_minute in 1u64..600, burst in 1u64..20, stream in requests()
     ) {
         let rule = bucket(per_minute, burst);
-        let emission = rule.quota().emission_nanos();
+        let emission = rule.quota().emission();
         let admitted = admitted(&rule, &stream);
         for (i, &(start, _)) in admitted.iter().enumerate() {
             let mut total = 0;
             for &(at, cost) in &admitted[i..] {
                 total += cost;
                 let allowed = burst + (at - start) / emission;
-                prop_assert!(total <= allowed, "{total} tokens in {} ns, allowed {allowed}", at - start);
+                prop_assert!(total <= allowed, "{total} tokens in {:?}, allowed {allowed}", at - start);
             }
         }
     }
@@ -192,7 +194,7 @@ proptest! {
         let mut state = 0;
         let mut now = START;
         for &(gap, c) in &stream {
-            now += gap;
+            now += Nanos::new(gap);
             if let Some(next) = rule.check(state, now, c).new_state() {
                 state = next;
             }
@@ -201,7 +203,7 @@ proptest! {
         if check.new_state().is_none() && !check.exceeds() {
             let wait = check.retry_after;
             prop_assert!(rule.check(state, now + wait, cost).new_state().is_some());
-            prop_assert!(rule.check(state, now + wait - 1, cost).new_state().is_none());
+            prop_assert!(rule.check(state, now + wait - NS, cost).new_state().is_none());
         }
     }
 
@@ -212,13 +214,13 @@ proptest! {
         per_minute in 1u64..600, burst in 1u64..20, stream in requests()
     ) {
         let rule = window(per_minute, burst);
-        let w = rule.quota().refill_nanos();
+        let w = rule.quota().refill_time();
         let admitted = admitted(&rule, &stream);
         for (i, &(start, _)) in admitted.iter().enumerate() {
             let mut total = 0;
             for &(at, cost) in &admitted[i..] {
                 total += cost;
-                let windows = (at - start).div_ceil(w) + 1;
+                let windows = (at - start).as_nanos().div_ceil(w.as_nanos()) + 1;
                 prop_assert!(total <= burst * windows);
             }
         }
@@ -237,7 +239,7 @@ proptest! {
         let mut state = 0;
         let mut now = START;
         for &(gap, cost) in &stream {
-            now += gap;
+            now += Nanos::new(gap);
             let fraction = rule.fraction(state, now);
             prop_assert!((0.0..=1.0).contains(&fraction));
             let check = rule.check(state, now, cost);

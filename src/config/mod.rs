@@ -326,7 +326,7 @@ impl Config {
                 max_entries: degrade.cache_max_entries,
                 max_bytes: degrade.cache_max_bytes,
                 max_entry_bytes: degrade.cache_max_entry_bytes,
-                ttl: Duration::from_secs(degrade.cache_ttl_secs),
+                ttl: crate::clock::Nanos::from_secs(degrade.cache_ttl_secs),
             });
             builder = builder.degrade(
                 degrade.routes.iter().map(String::as_str),

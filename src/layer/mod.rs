@@ -148,6 +148,7 @@ impl<K> RateLimitLayer<K> {
             self.core.on_error,
         );
         core.observer = self.core.observer.clone();
+        core.clock = self.core.clock.clone();
         f(&mut core);
         Self { core: Arc::new(core), extractor: self.extractor }
     }
@@ -181,6 +182,12 @@ impl<K> RateLimitLayer<K> {
     /// Does this when the store faults.
     pub fn on_error(self, policy: OnError) -> Self {
         self.rebuild(|c| c.on_error = policy)
+    }
+
+    /// Reads the time from `clock` for the layer's own needs (its stores keep their own
+    /// clocks): tests pass a [`ManualClock`](crate::clock::ManualClock).
+    pub fn clock(self, clock: impl crate::clock::Clock) -> Self {
+        self.rebuild(|c| c.clock = Arc::new(clock))
     }
 
     /// Tells `observer` of every decision (replacing any earlier observer; combine several

@@ -236,7 +236,7 @@ impl TierLimits {
 impl PolicyLimits {
     fn new(policy: &Policy) -> Self {
         let quota = policy.quota();
-        let per_second = 1.0 / quota.emission_interval().as_secs_f64();
+        let per_second = 1.0 / quota.emission().as_secs_f64();
         Self {
             name: policy.name().to_owned(),
             algorithm: policy.algorithm(),
