@@ -7,6 +7,7 @@
 #[path = "redis_support.rs"]
 mod support;
 
+use nonzero_ext::nonzero;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,9 @@ fn store(url: &str, prefix: &str) -> RedisStore {
 async fn admitted_under_concurrency(algorithm: Algorithm, test: &str) -> Option<(usize, Vec<Decision>)> {
     shared_redis()?;
     let prefix = unique_prefix(test);
-    let limits = Arc::new(limits(TierSpec::new(Quota::per_hour(1, 20).unwrap()).algorithm(algorithm)));
+    let limits = Arc::new(limits(
+        TierSpec::new(Quota::per_hour(nonzero!(1u32)).allow_burst(nonzero!(20u32))).algorithm(algorithm),
+    ));
     let stores = [store(SHARED_URL, &prefix), store(SHARED_URL, &prefix)];
     let mut tasks = Vec::new();
     for i in 0..64 {
@@ -120,14 +123,14 @@ fn mixed_charges() -> Vec<Charge> {
 #[tokio::test]
 async fn costs_reduced_costs_and_daily_quotas_decide_as_in_memory_token_bucket() {
     // 10 per minute, burst 10, plus 12 a day: the daily quota bites first.
-    let spec = TierSpec::new(Quota::per_minute(10, 10).unwrap()).daily(12);
+    let spec = TierSpec::new(Quota::per_minute(nonzero!(10u32))).daily(12);
     compare(spec, &mixed_charges(), "compare-tb").await;
 }
 
 #[tokio::test]
 async fn costs_reduced_costs_and_daily_quotas_decide_as_in_memory_sliding_window() {
     let spec =
-        TierSpec::new(Quota::per_minute(10, 10).unwrap()).daily(12).algorithm(Algorithm::SlidingWindow);
+        TierSpec::new(Quota::per_minute(nonzero!(10u32))).daily(12).algorithm(Algorithm::SlidingWindow);
     compare(spec, &mixed_charges(), "compare-sw").await;
 }
 
@@ -135,7 +138,8 @@ async fn costs_reduced_costs_and_daily_quotas_decide_as_in_memory_sliding_window
 async fn a_fast_refill_decides_as_in_memory_across_windows() {
     // Windows of 100 ms: the requests below straddle several, and refill between them.
     for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow] {
-        let spec = TierSpec::new(Quota::per_second(50, 5).unwrap()).algorithm(algorithm);
+        let spec = TierSpec::new(Quota::per_second(nonzero!(50u32)).allow_burst(nonzero!(5u32)))
+            .algorithm(algorithm);
         let mut charges: Vec<Charge> = (0..40).map(|i| Charge::new(1 + i % 3)).collect();
         charges.push(Charge::new(6));
         if shared_redis().is_none() {
@@ -164,7 +168,8 @@ async fn a_fast_refill_decides_as_in_memory_across_windows() {
 async fn a_rejection_charges_nothing_and_keys_expire_when_full_again() {
     let Some(mut conn) = shared_redis() else { return };
     let prefix = unique_prefix("expire");
-    let limits = limits(TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(100));
+    let limits =
+        limits(TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(100));
     let tier = limits.default_tier();
     let store = store(SHARED_URL, &prefix);
     let key = Key::new("sk_live_very_secret");
@@ -196,7 +201,7 @@ async fn a_rejection_charges_nothing_and_keys_expire_when_full_again() {
 
     // A sliding window's key lives until its estimate is zero: at most two windows (2 s here).
     let limits =
-        self::limits(TierSpec::new(Quota::per_second(5, 5).unwrap()).algorithm(Algorithm::SlidingWindow));
+        self::limits(TierSpec::new(Quota::per_second(nonzero!(5u32))).algorithm(Algorithm::SlidingWindow));
     let tier = limits.default_tier();
     let key = Key::new("window-client");
     assert!(store.check(&key, tier, Charge::new(1)).await.unwrap().is_admitted());
@@ -210,7 +215,7 @@ async fn a_cached_rejection_sends_no_command_to_redis() {
         return;
     }
     let server = RedisServer::start(&[]);
-    let limits = limits(TierSpec::new(Quota::per_minute(6, 2).unwrap()));
+    let limits = limits(TierSpec::new(Quota::per_minute(nonzero!(6u32)).allow_burst(nonzero!(2u32))));
     let tier = limits.default_tier();
     let store = store(&server.url(), "cache");
     let abuser = Key::new("abuser");

@@ -12,10 +12,11 @@
 //! A state of `0` is "never seen": a full bucket, an empty window.
 //!
 //! ```
+//! use nonzero_ext::nonzero;
 //! use tollgate::algorithm::{Algorithm, Quota, Rule};
 //! use tollgate::clock::Nanos;
 //!
-//! let rule = Rule::new(Algorithm::TokenBucket, Quota::per_minute(60, 10).unwrap());
+//! let rule = Rule::new(Algorithm::TokenBucket, Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)));
 //! let now = Nanos::from_secs(1_000);
 //! let first = rule.check(0, now, 3);
 //! assert_eq!(first.new_state().is_some(), true);
@@ -27,7 +28,7 @@
 mod gcra;
 mod sliding_window;
 
-use std::time::Duration;
+use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,90 +55,170 @@ pub enum Algorithm {
 pub const SLIDING_WINDOW_MAX_BURST: u64 = (1 << 20) - 1;
 
 /// How much a policy lets through: `burst` tokens of capacity, one token back every
-/// [`emission_interval`](Quota::emission_interval).
+/// [`emission`](Quota::emission).
+///
+/// The common forms are `const` and cannot fail, as governor's are: a rate per second, minute,
+/// hour or day over [`NonZeroU32`] (the burst starts equal to the rate), then
+/// [`allow_burst`](Quota::allow_burst). [`Quota::new`] takes any count, period and burst and
+/// says `None` for nonsense.
 ///
 /// ```
+/// use std::num::NonZeroU32;
 /// use tollgate::algorithm::Quota;
 /// use tollgate::clock::Nanos;
 ///
-/// let q = Quota::per_minute(30, 5).unwrap();
-/// assert_eq!(q.burst(), 5);
-/// assert_eq!(q.emission(), Nanos::from_secs(2));
-/// assert_eq!(q.refill_time(), Nanos::from_secs(10));
-/// assert!(Quota::per_minute(0, 5).is_none());
-/// assert!(Quota::per_minute(30, 0).is_none());
+/// const THIRTY: NonZeroU32 = NonZeroU32::new(30).unwrap();
+/// const FIVE: NonZeroU32 = NonZeroU32::new(5).unwrap();
+/// const Q: Quota = Quota::per_minute(THIRTY).allow_burst(FIVE);
+/// assert_eq!(Q.burst(), 5);
+/// assert_eq!(Q.emission(), Nanos::from_secs(2));
+/// assert_eq!(Q.refill_time(), Nanos::from_secs(10));
+///
+/// assert_eq!(Quota::new(30, Nanos::from_secs(60), 5), Some(Q));
+/// assert_eq!(Quota::new(0, Nanos::from_secs(60), 5), None);
+/// assert_eq!(Quota::new(30, Nanos::from_secs(60), 0), None);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {
     burst: u64,
     /// Nanoseconds per token, rounded up so the rate is never exceeded.
     emission: u64,
+    /// Nanoseconds to refill from empty at the nominal rate, before the emission interval was
+    /// rounded (rounded up to a nanosecond): what `w` shows, so a daily quota says 86400, never
+    /// the 86401 that `emission × burst` would round to.
+    window: u64,
 }
 
 /// The longest time a bucket may take to refill from empty (about 146 years): keeps all
 /// arithmetic on nanosecond timestamps far from overflow.
 const MAX_REFILL_NANOS: u64 = 1 << 62;
 
+const SECOND: u64 = 1_000_000_000;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+
 impl Quota {
-    /// `count` tokens every `period`, with a capacity of `burst`. `None` when any is zero, when
-    /// the rate is faster than one token per nanosecond, or the refill time absurdly long.
-    pub fn new(count: u64, period: Duration, burst: u64) -> Option<Self> {
-        let period = u64::try_from(period.as_nanos()).ok()?;
+    /// `count` tokens every `period`, with a capacity of `burst`. `None` when any is zero, or
+    /// when the refill time is absurdly long (over 146 years). A rate faster than one token per
+    /// nanosecond is held to one per nanosecond.
+    pub fn new(count: u64, period: impl Into<Nanos>, burst: u64) -> Option<Self> {
+        let period = period.into().as_nanos();
         if count == 0 || burst == 0 || period == 0 {
             return None;
         }
-        let emission = period.div_ceil(count);
-        Self::from_emission(emission, burst)
+        let window = u128::from(burst) * u128::from(period);
+        let window = u64::try_from(window.div_ceil(u128::from(count))).ok()?;
+        Self::checked(period.div_ceil(count), burst, window)
     }
 
-    /// A quota from the interval between two tokens, in nanoseconds.
-    pub(crate) fn from_emission(emission: u64, burst: u64) -> Option<Self> {
-        if emission == 0 || burst == 0 {
+    /// `rate` tokens (any positive number) every `period`, capacity `burst`: the configuration
+    /// file's `requests_per_minute = 0.5`.
+    pub(crate) fn from_rate(rate: f64, period: Nanos, burst: u64) -> Option<Self> {
+        if !(rate.is_finite() && rate > 0.0) {
             return None;
         }
+        if rate.fract() == 0.0 && rate <= u64::MAX as f64 {
+            return Self::new(rate as u64, period, burst); // exact integer arithmetic
+        }
+        let period = period.as_nanos() as f64;
+        let emission = (period / rate).ceil();
+        let window = (burst as f64 * period / rate).round();
+        if !(emission >= 1.0 && emission < MAX_REFILL_NANOS as f64 && window < MAX_REFILL_NANOS as f64) {
+            return None;
+        }
+        Self::checked(emission as u64, burst, window as u64)
+    }
+
+    fn checked(emission: u64, burst: u64, window: u64) -> Option<Self> {
         let refill = emission.checked_mul(burst)?;
-        (refill <= MAX_REFILL_NANOS).then_some(Self { burst, emission })
+        (burst > 0 && refill <= MAX_REFILL_NANOS).then_some(Self { burst, emission, window })
     }
 
-    /// `count` per second, capacity `burst`.
-    pub fn per_second(count: u64, burst: u64) -> Option<Self> {
-        Self::new(count, Duration::from_secs(1), burst)
+    /// `rate` tokens every `period` nanoseconds, capacity `rate`.
+    const fn per(rate: NonZeroU32, period: u64) -> Self {
+        let rate = rate.get() as u64;
+        // `period` is at most a day and `rate` at most 2³²: the refill stays far below the cap.
+        Self { burst: rate, emission: period.div_ceil(rate), window: period }
     }
 
-    /// `count` per minute, capacity `burst`.
-    pub fn per_minute(count: u64, burst: u64) -> Option<Self> {
-        Self::new(count, Duration::from_secs(60), burst)
+    /// `count` per rolling day, with a capacity of `count`: the `requests_per_day` policy.
+    pub(crate) fn daily(count: u64) -> Option<Self> {
+        Self::new(count, Nanos::new(DAY), count)
     }
 
-    /// `count` per hour, capacity `burst`.
-    pub fn per_hour(count: u64, burst: u64) -> Option<Self> {
-        Self::new(count, Duration::from_secs(3_600), burst)
+    /// `rate` per second, with a capacity of `rate` (see [`allow_burst`](Self::allow_burst)).
+    pub const fn per_second(rate: NonZeroU32) -> Self {
+        Self::per(rate, SECOND)
     }
 
-    /// `count` per day with a capacity of `count`: a daily quota that refills continuously
-    /// over 24 hours (rolling, no midnight reset).
-    pub fn per_day(count: u64) -> Option<Self> {
-        Self::new(count, Duration::from_secs(86_400), count)
+    /// `rate` per minute, with a capacity of `rate`.
+    pub const fn per_minute(rate: NonZeroU32) -> Self {
+        Self::per(rate, MINUTE)
+    }
+
+    /// `rate` per hour, with a capacity of `rate`.
+    pub const fn per_hour(rate: NonZeroU32) -> Self {
+        Self::per(rate, HOUR)
+    }
+
+    /// `rate` per day with a capacity of `rate`: a daily quota that refills continuously over
+    /// 24 hours (rolling, no midnight reset).
+    pub const fn per_day(rate: NonZeroU32) -> Self {
+        Self::per(rate, DAY)
+    }
+
+    /// The same rate with a capacity of `burst`.
+    ///
+    /// A bucket that would take more than about 146 years to refill from empty (one token a
+    /// day with a burst above 53 000) is held to 146 years' worth of tokens.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use tollgate::algorithm::Quota;
+    ///
+    /// let seven = NonZeroU32::new(7).unwrap();
+    /// let q = Quota::per_minute(seven).allow_burst(NonZeroU32::new(10).unwrap());
+    /// assert_eq!(q.burst(), 10);
+    /// assert_eq!(q.window_secs(), 86); // 10 tokens at 7 a minute: 85.7 s
+    /// assert_eq!(Quota::per_day(seven).window_secs(), 86_400);
+    /// ```
+    pub const fn allow_burst(self, burst: NonZeroU32) -> Self {
+        let mut burst = burst.get() as u64;
+        if burst > MAX_REFILL_NANOS / self.emission {
+            burst = MAX_REFILL_NANOS / self.emission;
+        }
+        // The nominal window scales with the burst: window / burst is the exact time per token.
+        let window = (self.window as u128 * burst as u128).div_ceil(self.burst as u128) as u64;
+        Self { burst, emission: self.emission, window }
     }
 
     /// The capacity: how many cost-1 requests a full bucket admits back to back.
-    pub fn burst(&self) -> u64 {
+    pub const fn burst(&self) -> u64 {
         self.burst
     }
 
-    /// The time for one token to come back (the emission interval).
-    pub fn emission(&self) -> Nanos {
+    /// The time for one token to come back (the emission interval), rounded up to a
+    /// nanosecond so the rate is never exceeded.
+    pub const fn emission(&self) -> Nanos {
         Nanos::new(self.emission)
     }
 
-    /// The time to refill from empty to full.
-    pub fn refill_time(&self) -> Nanos {
+    /// The time the arithmetic takes to refill from empty to full: `emission × burst`.
+    pub const fn refill_time(&self) -> Nanos {
         Nanos::new(self.emission * self.burst)
     }
 
-    /// Whole seconds to refill from empty, rounded up (the `w` of `RateLimit-Policy`).
-    pub fn window_secs(&self) -> u64 {
-        self.refill_time().as_secs_ceil()
+    /// The time to refill from empty at the nominal rate, before any rounding: `burst ÷ rate`.
+    pub const fn window(&self) -> Nanos {
+        Nanos::new(self.window)
+    }
+
+    /// Whole seconds to refill from empty at the nominal rate, rounded up: the `w` of
+    /// `RateLimit-Policy`. Exactly 86400 for a daily quota, 3600 for an hourly one that fills
+    /// in an hour: the nanosecond rounding of the emission interval never adds a second.
+    pub const fn window_secs(&self) -> u64 {
+        self.window().as_secs_ceil()
     }
 }
 
@@ -207,9 +288,10 @@ impl Check {
 /// An algorithm with its quota: everything needed to decide on one policy's state.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::{Algorithm, Quota, Rule};
 ///
-/// let rule = Rule::new(Algorithm::SlidingWindow, Quota::per_second(1, 2).unwrap());
+/// let rule = Rule::new(Algorithm::SlidingWindow, Quota::per_second(nonzero!(1u32)).allow_burst(nonzero!(2u32)));
 /// let now = tollgate::clock::Nanos::from_secs(5);
 /// let a = rule.check(0, now, 1).new_state().unwrap();
 /// let b = rule.check(a, now, 1).new_state().unwrap();

@@ -1,3 +1,4 @@
+use nonzero_ext::nonzero;
 use proptest::prelude::*;
 
 use super::*;
@@ -7,12 +8,16 @@ const SEC: Nanos = Nanos::SECOND;
 const NS: Nanos = Nanos::new(1);
 const START: Nanos = Nanos::from_secs(1_700_000_000);
 
+const MINUTE: Nanos = Nanos::from_secs(60);
+const HOUR: Nanos = Nanos::from_secs(3_600);
+const DAY: Nanos = Nanos::from_secs(86_400);
+
 fn bucket(per_minute: u64, burst: u64) -> Rule {
-    Rule::new(Algorithm::TokenBucket, Quota::per_minute(per_minute, burst).unwrap())
+    Rule::new(Algorithm::TokenBucket, Quota::new(per_minute, MINUTE, burst).unwrap())
 }
 
 fn window(per_minute: u64, burst: u64) -> Rule {
-    Rule::new(Algorithm::SlidingWindow, Quota::per_minute(per_minute, burst).unwrap())
+    Rule::new(Algorithm::SlidingWindow, Quota::new(per_minute, MINUTE, burst).unwrap())
 }
 
 #[test]
@@ -132,13 +137,55 @@ fn sliding_window_retry_after_in_the_next_window() {
 
 #[test]
 fn quota_rejects_nonsense() {
-    assert!(Quota::per_second(0, 1).is_none());
-    assert!(Quota::per_second(1, 0).is_none());
-    assert!(Quota::new(1, Duration::ZERO, 1).is_none());
-    assert!(Quota::new(1, Duration::from_secs(u64::MAX / 4), u64::MAX).is_none());
-    assert_eq!(Quota::per_second(3, 1).unwrap().emission(), Nanos::new(333_333_334));
-    assert_eq!(Quota::per_day(10_000).unwrap().window_secs(), 86_400);
-    assert_eq!(Quota::per_minute(60, 10).unwrap().window_secs(), 10);
+    assert!(Quota::new(0, SEC, 1).is_none());
+    assert!(Quota::new(1, SEC, 0).is_none());
+    assert!(Quota::new(1, Nanos::ZERO, 1).is_none());
+    assert!(Quota::new(1, Nanos::from_secs(u64::MAX / 4), u64::MAX).is_none());
+    assert_eq!(
+        Quota::per_second(nonzero!(3u32)).allow_burst(nonzero!(1u32)).emission(),
+        Nanos::new(333_333_334)
+    );
+    assert_eq!(Quota::per_day(nonzero!(10_000u32)).window_secs(), 86_400);
+    assert_eq!(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)).window_secs(), 10);
+}
+
+/// `w` is the nominal time to refill: the emission interval's rounding up to a nanosecond
+/// (7 a day is 12 342 857 142 857.14 ns a token, so 7 tokens take 86 400.000000006 s) never
+/// shows up as an extra second.
+#[test]
+fn window_is_exact_for_day_hour_and_minute() {
+    for (rate, period, secs) in [(7, DAY, 86_400), (7, HOUR, 3_600), (7, MINUTE, 60), (13, DAY, 86_400)] {
+        let quota = Quota::new(rate, period, rate).unwrap();
+        assert!(quota.refill_time() > period, "the arithmetic rounds the emission up");
+        assert_eq!(quota.window_secs(), secs, "{rate} per {period:?}");
+        assert_eq!(quota.window(), period);
+    }
+    let seven = nonzero!(7u32);
+    assert_eq!(Quota::per_day(seven).window_secs(), 86_400);
+    assert_eq!(Quota::per_hour(seven).window_secs(), 3_600);
+    assert_eq!(Quota::per_minute(seven).window_secs(), 60);
+    assert_eq!(Quota::daily(7).unwrap().window_secs(), 86_400);
+    // A burst that is not the rate: 10 tokens at 7 a minute take 85.71 s, shown as 86.
+    assert_eq!(Quota::per_minute(seven).allow_burst(nonzero!(10u32)).window_secs(), 86);
+    assert_eq!(Quota::per_hour(seven).allow_burst(nonzero!(14u32)).window_secs(), 7_200);
+    // Rates from the configuration file, whole or not.
+    assert_eq!(Quota::from_rate(7.0, DAY, 7).unwrap().window_secs(), 86_400);
+    assert_eq!(Quota::from_rate(0.5, SEC, 2).unwrap().window_secs(), 4);
+    assert_eq!(Quota::from_rate(2.5, MINUTE, 5).unwrap().window_secs(), 120);
+    assert!(Quota::from_rate(f64::NAN, SEC, 1).is_none());
+    assert!(Quota::from_rate(-1.0, SEC, 1).is_none());
+}
+
+#[test]
+fn const_constructors_match_the_general_one() {
+    const Q: Quota = Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32));
+    assert_eq!(Some(Q), Quota::new(30, MINUTE, 5));
+    assert_eq!(Some(Quota::per_second(nonzero!(4u32))), Quota::new(4, SEC, 4));
+    assert_eq!(Some(Quota::per_hour(nonzero!(100u32))), Quota::new(100, HOUR, 100));
+    assert_eq!(Some(Quota::per_day(nonzero!(10_000u32))), Quota::daily(10_000));
+    // A burst whose refill would exceed 146 years is held there, never an overflow.
+    let huge = Quota::per_day(nonzero!(1u32)).allow_burst(NonZeroU32::MAX);
+    assert!(huge.refill_time() <= Nanos::new(1 << 62) && huge.burst() > 50_000);
 }
 
 /// A request stream: gaps between requests and their costs.
@@ -190,7 +237,7 @@ proptest! {
         cost in 1u64..20, sliding in any::<bool>()
     ) {
         let algorithm = if sliding { Algorithm::SlidingWindow } else { Algorithm::TokenBucket };
-        let rule = Rule::new(algorithm, Quota::per_minute(per_minute, burst).unwrap());
+        let rule = Rule::new(algorithm, Quota::new(per_minute, MINUTE, burst).unwrap());
         let mut state = 0;
         let mut now = START;
         for &(gap, c) in &stream {
@@ -235,7 +282,7 @@ proptest! {
     #[test]
     fn standing_stays_in_range(per_minute in 1u64..600, burst in 1u64..20, stream in requests(), sliding in any::<bool>()) {
         let algorithm = if sliding { Algorithm::SlidingWindow } else { Algorithm::TokenBucket };
-        let rule = Rule::new(algorithm, Quota::per_minute(per_minute, burst).unwrap());
+        let rule = Rule::new(algorithm, Quota::new(per_minute, MINUTE, burst).unwrap());
         let mut state = 0;
         let mut now = START;
         for &(gap, cost) in &stream {

@@ -258,11 +258,15 @@ mod tests {
     use crate::algorithm::Quota;
     use crate::policy::{Limits, TierSpec};
     use crate::store::{Outcome, PolicyState};
+    use nonzero_ext::nonzero;
 
     fn free() -> Limits {
         Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
-            .tier("free", TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(10_000))
+            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
+            .tier(
+                "free",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(10_000),
+            )
             .build()
             .unwrap()
     }
@@ -275,6 +279,22 @@ mod tests {
             tier.policy_header.as_ref().unwrap(),
             "\"free\";q=10;w=10, \"free-daily\";q=10000;w=86400"
         );
+    }
+
+    /// `w` is exact for daily, hourly and per-minute policies whose emission interval had to be
+    /// rounded (7 a day is not a whole number of nanoseconds per token): never 86401.
+    #[test]
+    fn policy_windows_are_exact_for_day_hour_and_minute() {
+        let limits = Limits::builder()
+            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(7u32))).daily(7))
+            .tier("hourly", TierSpec::new(Quota::per_hour(nonzero!(7u32))))
+            .build()
+            .unwrap();
+        assert_eq!(
+            limits.default_tier().policy_header.as_ref().unwrap(),
+            "\"anonymous\";q=7;w=60, \"anonymous-daily\";q=7;w=86400"
+        );
+        assert_eq!(limits.tier("hourly").unwrap().policy_header.as_ref().unwrap(), "\"hourly\";q=7;w=3600");
     }
 
     #[test]
@@ -343,8 +363,11 @@ mod tests {
     #[test]
     fn ratelimit_matches_the_sfv_serializer() {
         let limits = Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
-            .tier("we\"ird\\name", TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(10_000))
+            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
+            .tier(
+                "we\"ird\\name",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(10_000),
+            )
             .build()
             .unwrap();
         let reference = |tier: &Tier, decision: &Decision| {

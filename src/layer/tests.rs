@@ -1,3 +1,4 @@
+use nonzero_ext::nonzero;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,14 +21,14 @@ const START: Duration = Duration::from_secs(1_700_000_000);
 
 fn limits() -> Limits {
     Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+        .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
         .tier(
             "free",
-            TierSpec::new(Quota::per_minute(60, 10).unwrap())
+            TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)))
                 .daily(12)
                 .upgrade_url("https://example.com/pricing"),
         )
-        .tier("pro", TierSpec::new(Quota::per_minute(60, 20).unwrap()))
+        .tier("pro", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(20u32))))
         .route("/search", 5)
         .route("POST /generate", 20)
         .route("/usage", 0)
@@ -397,7 +398,7 @@ async fn cached_answers_are_never_shared_and_no_store_is_respected() {
 
 fn concurrency_limits() -> Limits {
     Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_second(1_000, 1_000).unwrap()).concurrency(2))
+        .tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1_000u32))).concurrency(2))
         .route_concurrency("/slow", 1)
         .build()
         .unwrap()

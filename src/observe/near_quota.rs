@@ -212,6 +212,7 @@ impl OnNearQuota for LogNearQuota {
 /// store's clock). [`every_crossing`](Self::every_crossing) turns that off.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use std::sync::{Arc, Mutex};
 /// use tollgate::algorithm::Quota;
 /// use tollgate::observe::{NearQuota, NearQuotaEvent};
@@ -219,7 +220,7 @@ impl OnNearQuota for LogNearQuota {
 /// use tollgate::RateLimitLayer;
 ///
 /// let limits = Limits::builder()
-///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
 ///     .near_quota(0.8)
 ///     .build().unwrap();
 /// let events = Arc::new(Mutex::new(Vec::new()));
@@ -351,10 +352,14 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::policy::{Limits, TierSpec};
     use crate::store::{Charge, MemoryStore, Outcome as StoreOutcome, PolicyState};
+    use nonzero_ext::nonzero;
 
     fn limits() -> Limits {
         Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(1_000))
+            .tier(
+                "anonymous",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(1_000),
+            )
             .build()
             .unwrap()
     }

@@ -101,6 +101,7 @@ struct Shard {
 /// The default store: lock-free per-key state in a sharded, self-cleaning, bounded map.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::Quota;
 /// use tollgate::clock::{ManualClock, Nanos};
 /// use tollgate::key::Key;
@@ -109,7 +110,7 @@ struct Shard {
 /// use std::time::Duration;
 ///
 /// let limits = Limits::builder()
-///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 2).unwrap()))
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(2u32))))
 ///     .build().unwrap();
 /// let tier = limits.default_tier();
 /// let clock = ManualClock::new(Duration::from_secs(1_700_000_000));

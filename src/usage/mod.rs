@@ -123,8 +123,9 @@ pub fn routes<K: KeyExtractor, S: Clone + Send + Sync + 'static>(layer: RateLimi
 ///
 /// ```
 /// use tollgate::usage::UsageRoutes;
+/// # use nonzero_ext::nonzero;
 /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
-/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(1, 1).unwrap())).build().unwrap();
+/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)))).build().unwrap();
 /// let layer = RateLimitLayer::from_limits(limits);
 /// let router: axum::Router = UsageRoutes::new(layer.clone()).into_router();
 /// # let _ = router;

@@ -137,11 +137,15 @@ mod tests {
     use crate::algorithm::Quota;
     use crate::clock::{Clock, ManualClock};
     use crate::policy::{Limits, TierSpec};
+    use nonzero_ext::nonzero;
 
     const SEC: Nanos = Nanos::SECOND;
 
     fn tier() -> Limits {
-        Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(60, 5).unwrap())).build().unwrap()
+        Limits::builder()
+            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(5u32))))
+            .build()
+            .unwrap()
     }
 
     fn rejection(now: Nanos, retry: Nanos) -> Decision {

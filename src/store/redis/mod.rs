@@ -200,10 +200,11 @@ fn bump(counter: &AtomicU64) {
 /// share the connection, breaker, caches and counts.
 ///
 /// ```no_run
+/// # use nonzero_ext::nonzero;
 /// use std::time::Duration;
 /// use tollgate::store::{OnError, RedisStore};
 /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
-/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap())).build().unwrap();
+/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32)))).build().unwrap();
 ///
 /// let store = RedisStore::builder("redis://127.0.0.1:6379")
 ///     .prefix("my-api")
@@ -266,13 +267,14 @@ fn bump(counter: &AtomicU64) {
 ///
 /// # Key names
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::{Algorithm, Quota};
 /// use tollgate::key::Key;
 /// use tollgate::policy::Policy;
 /// use tollgate::store::RedisStore;
 ///
 /// let store = RedisStore::builder("redis://127.0.0.1:6379").prefix("shop").build().unwrap();
-/// let policy = Policy::new("free", Algorithm::TokenBucket, Quota::per_minute(60, 10).unwrap());
+/// let policy = Policy::new("free", Algorithm::TokenBucket, Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)));
 /// let key = store.key_of(&Key::new("secret-api-key"), &policy);
 /// assert!(key.starts_with("shop:{") && key.ends_with("}:free"));
 /// assert!(!key.contains("secret"));
@@ -579,6 +581,7 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nonzero_ext::nonzero;
 
     #[test]
     fn parses_a_reply() {
@@ -598,7 +601,7 @@ mod tests {
     #[test]
     fn keys_hide_the_client_and_share_a_hash_tag() {
         let store = RedisStore::builder("redis://127.0.0.1:1").prefix("p").build().unwrap();
-        let quota = crate::algorithm::Quota::per_minute(60, 10).unwrap();
+        let quota = crate::algorithm::Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32));
         let a = Policy::new("free", Algorithm::TokenBucket, quota);
         let b = Policy::new("free-daily", Algorithm::TokenBucket, quota);
         let key = Key::new("sk_live_secret");
