@@ -15,8 +15,10 @@ use http::{HeaderValue, Method};
 
 use crate::algorithm::{Algorithm, Quota, Rule};
 
-/// The most policies one tier may have.
-pub const MAX_POLICIES: usize = 4;
+/// The most policies one tier may have: its rate and, optionally, a daily quota. A store's
+/// [`Decision`](crate::store::Decision) has room for exactly this many, so it stays small enough
+/// to move cheaply on every request.
+pub const MAX_POLICIES: usize = 2;
 
 /// One limit of a tier: a name (used in `RateLimit` headers and store keys) and a rule.
 ///

@@ -74,13 +74,14 @@ async fn two_instances_admit_exactly_the_burst_sliding_window() {
     assert_eq!(admitted, 20);
 }
 
-/// The memory store's decision as the Redis store gives it: waits rounded up to whole
-/// microseconds (the script's unit; everything else is exact for these quotas).
+/// The memory store's decision as the Redis store gives it: sliding-window waits rounded up to
+/// whole microseconds (the script's unit; everything else is exact for these quotas).
 fn in_micros(d: Decision) -> Decision {
     let mut out = Decision::new(d.outcome(), d.now(), d.fraction_before(), d.charged());
     for p in d.policies() {
         out = out.with(tollgate::store::PolicyState {
             retry_after: Nanos::from_micros(p.retry_after.as_micros_ceil()),
+            next_after: Nanos::from_micros(p.next_after.as_micros_ceil()),
             ..*p
         });
     }

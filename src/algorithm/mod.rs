@@ -232,6 +232,11 @@ pub struct Check {
     pub reset_after: Nanos,
     /// Until this request would be admitted; zero when it is.
     pub retry_after: Nanos,
+    /// Until one more whole token is available than [`remaining`](Self::remaining) says
+    /// (after this request, when admitted): the `t` of the `RateLimit` header. Zero when the
+    /// bucket is full. Never more than [`retry_after`](Self::retry_after) of a refusal: the
+    /// refused request needs at least that one more token.
+    pub next_after: Nanos,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,30 +249,33 @@ enum Verdict {
 impl Check {
     // The algorithms compute in raw nanoseconds; these wrap their answers.
 
-    pub(crate) fn admit(state: u64, remaining: u64, reset_after: u64) -> Self {
+    pub(crate) fn admit(state: u64, remaining: u64, reset_after: u64, next_after: u64) -> Self {
         Self {
             verdict: Verdict::Admit(state),
             remaining,
             reset_after: Nanos::new(reset_after),
             retry_after: Nanos::ZERO,
+            next_after: Nanos::new(next_after),
         }
     }
 
-    pub(crate) fn deny(remaining: u64, reset_after: u64, retry_after: u64) -> Self {
+    pub(crate) fn deny(remaining: u64, reset_after: u64, retry_after: u64, next_after: u64) -> Self {
         Self {
             verdict: Verdict::Deny,
             remaining,
             reset_after: Nanos::new(reset_after),
             retry_after: Nanos::new(retry_after.max(1)),
+            next_after: Nanos::new(next_after),
         }
     }
 
-    pub(crate) fn never(remaining: u64, reset_after: u64) -> Self {
+    pub(crate) fn never(remaining: u64, reset_after: u64, next_after: u64) -> Self {
         Self {
             verdict: Verdict::Exceeds,
             remaining,
             reset_after: Nanos::new(reset_after),
             retry_after: Nanos::ZERO,
+            next_after: Nanos::new(next_after),
         }
     }
 

@@ -188,6 +188,30 @@ fn const_constructors_match_the_general_one() {
     assert!(huge.refill_time() <= Nanos::new(1 << 62) && huge.burst() > 50_000);
 }
 
+/// `t`: the wait for the next whole token, not for a full bucket; zero when full.
+#[test]
+fn next_after_is_the_next_token_and_zero_when_full() {
+    let rule = bucket(30, 5); // a token every 2 s
+    let full = rule.check(0, START, 0);
+    assert_eq!((full.remaining, full.next_after), (5, Nanos::ZERO));
+    let one = rule.check(0, START, 1);
+    assert_eq!((one.remaining, one.next_after, one.reset_after), (4, 2 * SEC, 2 * SEC));
+    let state = rule.check(one.new_state().unwrap(), START, 3).new_state().unwrap();
+    let later = rule.check(state, START + SEC / 2, 0);
+    assert_eq!(later.remaining, 1);
+    assert_eq!(later.next_after, SEC + SEC / 2, "the next token, not the 7.5 s to full");
+    assert_eq!(later.reset_after, 7 * SEC + SEC / 2);
+    // A refusal says when one more token comes, never later than the request's own wait.
+    let denied = rule.check(state, START + SEC / 2, 3);
+    assert_eq!(denied.next_after, SEC + SEC / 2);
+    assert_eq!(denied.retry_after, 3 * SEC + SEC / 2);
+    // Back to full: zero again.
+    assert_eq!(rule.check(state, START + 8 * SEC, 0).next_after, Nanos::ZERO);
+
+    let rule = window(60, 10); // 10 s windows
+    assert_eq!(rule.check(0, START, 0).next_after, Nanos::ZERO);
+}
+
 /// A request stream: gaps between requests and their costs.
 fn requests() -> impl Strategy<Value = Vec<(u64, u64)>> {
     prop::collection::vec((0..3 * SEC.as_nanos(), 0u64..4), 1..150)
@@ -251,6 +275,38 @@ proptest! {
             let wait = check.retry_after;
             prop_assert!(rule.check(state, now + wait, cost).new_state().is_some());
             prop_assert!(rule.check(state, now + wait - NS, cost).new_state().is_none());
+        }
+    }
+
+    /// `next_after` is exactly when one more whole token is there (absent other traffic), it is
+    /// zero only for a full bucket, and a refusal's wait is never shorter.
+    #[test]
+    fn next_after_is_honest(
+        per_minute in 1u64..600, burst in 1u64..20, stream in requests(),
+        cost in 0u64..20, sliding in any::<bool>()
+    ) {
+        let algorithm = if sliding { Algorithm::SlidingWindow } else { Algorithm::TokenBucket };
+        let rule = Rule::new(algorithm, Quota::new(per_minute, MINUTE, burst).unwrap());
+        let mut state = 0;
+        let mut now = START;
+        for &(gap, c) in &stream {
+            now += Nanos::new(gap);
+            if let Some(next) = rule.check(state, now, c).new_state() {
+                state = next;
+            }
+        }
+        let check = rule.check(state, now, cost);
+        if let Some(next) = check.new_state() {
+            state = next;
+        }
+        let next = check.next_after;
+        prop_assert_eq!(next.is_zero(), check.remaining == burst);
+        if !next.is_zero() {
+            prop_assert_eq!(rule.check(state, now + next - NS, 0).remaining, check.remaining);
+            prop_assert_eq!(rule.check(state, now + next, 0).remaining, check.remaining + 1);
+        }
+        if check.new_state().is_none() && !check.exceeds() {
+            prop_assert!(next <= check.retry_after, "t {:?} after Retry-After {:?}", next, check.retry_after);
         }
     }
 

@@ -244,7 +244,7 @@ fn ratelimit_in(buf: &mut BytesMut, tier: &Tier, decision: &Decision) -> Option<
             let policy = &tier.policies()[usize::from(state.index)];
             list.bare_item(&*policy.sf_name as &StringRef)
                 .parameter(key("r"), integer(clamp(state.remaining)))
-                .parameter(key("t"), integer(clamp(state.reset_after.as_secs_ceil())));
+                .parameter(key("t"), integer(clamp(state.next_after.as_secs_ceil())));
         }
         let text = list.finish()?;
         buf.extend_from_slice(text.as_bytes());
@@ -309,6 +309,7 @@ mod tests {
                 remaining: 3,
                 reset_after: Nanos::from_secs(7),
                 retry_after: Nanos::ZERO,
+                next_after: Nanos::from_millis(400),
             })
             .with(PolicyState {
                 index: 1,
@@ -316,13 +317,15 @@ mod tests {
                 remaining: 9_950,
                 reset_after: Nanos::from_secs(41_000),
                 retry_after: Nanos::ZERO,
+                next_after: Nanos::from_millis(2_500),
             });
         let mut map = HeaderMap::new();
         RateLimitHeaders::new(HeaderMode::Both, tier, &decision).apply(&mut map);
         assert_eq!(map["x-ratelimit-limit"], "10");
         assert_eq!(map["x-ratelimit-remaining"], "3");
+        // Reset: when the bucket is full again; t: when the next token is (rounded up).
         assert_eq!(map["x-ratelimit-reset"], "1700000007");
-        assert_eq!(map["ratelimit"], "\"free\";r=3;t=7, \"free-daily\";r=9950;t=41000");
+        assert_eq!(map["ratelimit"], "\"free\";r=3;t=1, \"free-daily\";r=9950;t=3");
         assert!(!map.contains_key("retry-after"));
 
         let mut map = HeaderMap::new();
@@ -343,6 +346,7 @@ mod tests {
             remaining: 3,
             reset_after: Nanos::ZERO,
             retry_after: Nanos::ZERO,
+            next_after: Nanos::ZERO,
         });
         let mut map = HeaderMap::new();
         map.insert("x-ratelimit-remaining", HeaderValue::from_static("mine"));
@@ -376,12 +380,12 @@ mod tests {
                 let policy = &tier.policies()[usize::from(state.index)];
                 list.bare_item(&*policy.sf_name as &StringRef)
                     .parameter(key("r"), integer(clamp(state.remaining)))
-                    .parameter(key("t"), integer(clamp(state.reset_after.as_secs_ceil())));
+                    .parameter(key("t"), integer(clamp(state.next_after.as_secs_ceil())));
             }
             list.finish()
         };
         for tier in limits.tiers() {
-            for (remaining, reset_after) in
+            for (remaining, next_after) in
                 [(0, Nanos::ZERO), (3, Nanos::new(7_000_000_001)), (u64::MAX, Nanos::MAX)]
             {
                 let mut decision = Decision::new(Outcome::Admitted, Nanos::ZERO, 1.0, 1);
@@ -390,8 +394,9 @@ mod tests {
                         index: index as u8,
                         limit: 10,
                         remaining,
-                        reset_after,
+                        reset_after: Nanos::MAX,
                         retry_after: Nanos::ZERO,
+                        next_after,
                     });
                 }
                 let ours = SCRATCH

@@ -371,6 +371,7 @@ mod tests {
             remaining,
             reset_after: Nanos::ZERO,
             retry_after: Nanos::ZERO,
+            next_after: Nanos::ZERO,
         })
     }
 

@@ -369,6 +369,7 @@ fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Outcome) 
         remaining: check.remaining,
         reset_after: check.reset_after,
         retry_after: if outcome == Outcome::Rejected { check.retry_after } else { Nanos::ZERO },
+        next_after: check.next_after,
     }
 }
 

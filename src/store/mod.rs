@@ -115,6 +115,9 @@ pub struct PolicyState {
     pub reset_after: Nanos,
     /// Until the request would fit this policy; zero when it does.
     pub retry_after: Nanos,
+    /// Until one more whole token is there than `remaining` says; zero when full (the `t` of
+    /// the `RateLimit` header).
+    pub next_after: Nanos,
 }
 
 impl PolicyState {
@@ -140,6 +143,7 @@ impl PolicyState {
 ///     remaining: 0,
 ///     reset_after: Nanos::from_secs(5),
 ///     retry_after: Nanos::from_millis(1_500),
+///     next_after: Nanos::from_millis(1_500),
 /// });
 /// assert!(!d.is_admitted());
 /// assert_eq!(d.retry_after(), Some(Nanos::from_millis(1_500)));

@@ -90,7 +90,12 @@ impl Blocked {
         if charge.cost_for(decision.fraction_before()) > charge.reduced_cost.min(charge.cost) {
             return;
         }
-        let entry = Entry { at: now, until: now.saturating_add(wait), charge, decision: *decision };
+        // Until the first token arrives in any policy the standing is exactly the one Redis gave,
+        // aged: no token count changes. Past it, `remaining` and `t` would be stale, so the entry
+        // ends there (for a request of cost 1 that is the deadline itself).
+        let first_token = decision.policies().iter().map(|p| p.next_after).filter(|t| !t.is_zero()).min();
+        let valid = first_token.map_or(wait, |t| t.min(wait));
+        let entry = Entry { at: now, until: now.saturating_add(valid), charge, decision: *decision };
         let mut shard = self.shard(digest).lock().unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= self.per_shard && !shard.contains_key(&digest) {
             shard.retain(|_, e| e.until > now);
@@ -122,6 +127,11 @@ fn aged(decision: &Decision, elapsed: Nanos) -> Decision {
                 Nanos::ZERO
             } else {
                 p.retry_after.saturating_sub(elapsed).max(Nanos::new(1))
+            },
+            next_after: if p.next_after.is_zero() {
+                Nanos::ZERO
+            } else {
+                p.next_after.saturating_sub(elapsed).max(Nanos::new(1))
             },
             ..*p
         });
@@ -155,7 +165,34 @@ mod tests {
             remaining: 0,
             reset_after: 5 * SEC,
             retry_after: retry,
+            next_after: retry,
         })
+    }
+
+    /// A refusal of 2 tokens when the next one is due sooner: the cached answer would tell a
+    /// stale `t` (and `remaining`) once that token arrives, so the entry ends there.
+    #[test]
+    fn an_entry_ends_when_the_first_token_arrives() {
+        let limits = tier();
+        let blocked = Blocked::new(100);
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let digest = blocked.digest(&Key::new("abuser"), limits.default_tier());
+        let charge = Charge::new(2);
+        let decision = Decision::new(Outcome::Rejected, clock.now(), 0.0, 0).with(PolicyState {
+            index: 0,
+            limit: 5,
+            remaining: 0,
+            reset_after: 5 * SEC,
+            retry_after: 2 * SEC,
+            next_after: SEC,
+        });
+        blocked.insert(digest, charge, &decision, clock.now());
+        clock.advance(Duration::from_millis(999));
+        let aged = blocked.get(digest, charge, clock.now()).expect("cached");
+        assert_eq!(aged.policies()[0].next_after, Nanos::from_millis(1));
+        assert_eq!(aged.retry_after(), Some(Nanos::from_millis(1_001)));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(blocked.get(digest, charge, clock.now()), None, "Redis is asked again");
     }
 
     #[test]

@@ -504,10 +504,11 @@ impl Fault {
     }
 }
 
-/// Reads the script's reply: outcome, now (s, µs), charged, then five numbers per policy.
+/// Reads the script's reply: outcome, now (s, µs), charged, then six numbers per policy.
 fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
     const HEAD: usize = 4;
-    if reply.len() != HEAD + 5 * limits.len() {
+    const PER_POLICY: usize = 6;
+    if reply.len() != HEAD + PER_POLICY * limits.len() {
         return None;
     }
     let nonneg = |v: i64| u64::try_from(v).ok();
@@ -522,8 +523,8 @@ fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
     let micros = |v: i64| Some(Nanos::from_micros(nonneg(v)?));
     let mut fraction = 1.0_f64;
     let mut states = Vec::with_capacity(limits.len());
-    for (index, (chunk, &limit)) in reply[HEAD..].chunks_exact(5).zip(limits).enumerate() {
-        let (num, den) = (u128::from(nonneg(chunk[3])?) * 1_000, u128::from(nonneg(chunk[4])?) * 1_000);
+    for (index, (chunk, &limit)) in reply[HEAD..].chunks_exact(PER_POLICY).zip(limits).enumerate() {
+        let (num, den) = (u128::from(nonneg(chunk[4])?) * 1_000, u128::from(nonneg(chunk[5])?) * 1_000);
         if den > 0 {
             fraction = fraction.min(num as f64 / den as f64);
         }
@@ -533,6 +534,7 @@ fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
             remaining: nonneg(chunk[0])?,
             reset_after: micros(chunk[1])?,
             retry_after: micros(chunk[2])?,
+            next_after: micros(chunk[3])?,
         });
     }
     Some(states.into_iter().fold(Decision::new(outcome, now, fraction, charged), Decision::with))
@@ -585,14 +587,31 @@ mod tests {
 
     #[test]
     fn parses_a_reply() {
-        let reply =
-            [1, 1_700_000_000, 250_000, 0, 0, 5_000_000, 1_500_000, 0, 10_000_000, 9, 86_400_000, 0, 9, 10];
+        let reply = [
+            1,
+            1_700_000_000,
+            250_000,
+            0,
+            0,
+            5_000_000,
+            1_500_000,
+            1_500_000,
+            0,
+            10_000_000,
+            9,
+            86_400_000,
+            0,
+            8_640_000,
+            9,
+            10,
+        ];
         let d = parse(&reply, &[10, 10]).unwrap();
         assert_eq!(d.outcome(), Outcome::Rejected);
         assert_eq!(d.now(), Nanos::new(1_700_000_000_250_000_000));
         assert_eq!(d.policies()[0].reset_after, Nanos::from_secs(5));
         assert_eq!(d.retry_after(), Some(Nanos::from_millis(1_500)));
         assert_eq!(d.policies()[1].remaining, 9);
+        assert_eq!(d.policies()[1].next_after, Nanos::from_millis(8_640));
         assert_eq!(d.fraction_before(), 0.0);
         assert!(parse(&reply[..5], &[10, 10]).is_none());
         assert!(parse(&[7, 0, 0, 0], &[]).is_none());
