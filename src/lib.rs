@@ -60,6 +60,8 @@ pub mod key;
 pub mod layer;
 pub mod observe;
 pub mod policy;
+#[cfg(feature = "redis")]
+mod side_redis;
 pub mod store;
 #[cfg(feature = "usage")]
 pub mod usage;
