@@ -56,6 +56,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod degrade;
+pub mod history;
 pub mod key;
 pub mod layer;
 pub mod observe;

@@ -214,7 +214,7 @@ fn http_date(epoch: u64) -> String {
 }
 
 /// A short duration in words: `45 s`, `2 min 5 s`, `3 h 20 min`, `2 d 4 h`.
-pub(crate) fn duration_words(secs: u64) -> String {
+fn duration_words(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s} s"),

@@ -13,7 +13,6 @@ use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::mpsc;
 
-pub(crate) use message::duration_words;
 pub use message::Notice;
 
 use crate::clock::{Clock, SystemClock};
