@@ -93,8 +93,11 @@
 //!   [`MetricsObserver`](crate::observe::MetricsObserver) (`metrics`) that feeds it.
 //! * `webhook`: [`Webhook`](crate::observe::Webhook), near-quota alerts POSTed as JSON.
 
+mod admin_page;
+mod chart;
 mod handlers;
 mod page;
+mod policy_page;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 mod report;
