@@ -398,7 +398,7 @@ impl Inner {
                 let label = client_label(&key, pending.name.as_deref());
                 shown.push((tag, format!("{}\n{label}", pending.tier), pending.sums));
             }
-            anonymous.sort_by(|a, b| b.1.sums.tokens.cmp(&a.1.sums.tokens));
+            anonymous.sort_by_key(|(_, p)| std::cmp::Reverse(p.sums.tokens));
             for (key, pending) in anonymous.into_iter().take(ANONYMOUS_PER_FLUSH) {
                 let label = client_label(&key, pending.name.as_deref());
                 shown.push((client_tag(&key), format!("{}\n{label}", pending.tier), pending.sums));
