@@ -113,13 +113,14 @@ pub use handlers::{dashboard, policy, usage};
 /// from elsewhere). Every interpolated string is escaped.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::Quota;
 /// use tollgate::policy::{Limits, TierSpec};
 /// use tollgate::usage::{policy_page, PublishedLimits};
 ///
 /// let limits = Limits::builder()
-///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
-///     .tier("free", TierSpec::new(Quota::per_minute(60, 10).unwrap()).upgrade_url("https://example.com/pricing"))
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
+///     .tier("free", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).upgrade_url("https://example.com/pricing"))
 ///     .route("/api/search", 5)
 ///     .build().unwrap();
 /// let html = policy_page(&PublishedLimits::new(&limits));
