@@ -116,5 +116,5 @@ async fn transport_errors_carry_the_report() {
     let retry = any.downcast_ref::<RetryError<reqwest_middleware::Error>>().expect("a RetryError");
     assert_eq!(retry.report().attempts, 1);
     assert_eq!(retry.report().stop, StopReason::InnerError);
-    assert!(matches!(retry.inner(), reqwest_middleware::Error::Reqwest(e) if e.is_connect()));
+    assert!(matches!(retry.inner(), Some(reqwest_middleware::Error::Reqwest(e)) if e.is_connect()));
 }
