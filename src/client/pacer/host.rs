@@ -13,6 +13,10 @@ use crate::client::{Quota, RateLimitSignal};
 /// The furthest ahead a mirror may schedule (twice the longest wait a header can name).
 const HORIZON: Duration = RateLimitSignal::MAX_WAIT.saturating_mul(2);
 
+/// After a refusal that no published quota explains, requests go one at a time for this many
+/// times the refusal's wait (counted from the refusal, extended by each new one).
+const SERIAL_HOLDS: u32 = 2;
+
 /// A request waiting for its turn; the queue is ordered by `id` (a retried request keeps the
 /// id of its first attempt, so it goes before requests that arrived after it).
 #[derive(Debug)]
@@ -135,6 +139,9 @@ pub(super) struct Host {
     phase: Phase,
     /// A refusal's wait: nobody goes before this.
     hold_until: Option<Instant>,
+    /// After a refusal that no published quota explains (a "secondary" limit, on concurrency
+    /// or abuse): one request in flight at a time until then.
+    serial_until: Option<Instant>,
     rates: Vec<Rate>,
     windows: Vec<Window>,
     pub(super) touched: Instant,
@@ -149,6 +156,7 @@ impl Host {
             applied: 0,
             phase: Phase::Unknown,
             hold_until: None,
+            serial_until: None,
             rates: Vec::new(),
             windows: Vec::new(),
             touched: now,
@@ -233,6 +241,11 @@ impl Host {
             Phase::Probing { .. } => self.phase = Phase::Known,
             Phase::Known => {}
         }
+        match self.serial_until {
+            Some(until) if now < until && self.in_flight > 0 => return Turn::Wait { until, certain: false },
+            Some(until) if now >= until => self.serial_until = None,
+            _ => {}
+        }
         let rates = self.rates.iter().map(|r| r.next(now));
         match rates.chain(self.windows.iter().map(|w| w.next(now))).max() {
             Some(until) if until > now => Turn::Wait { until, certain: true },
@@ -270,8 +283,15 @@ impl Host {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.touched = now;
         if let Some(hold) = hold.filter(|h| !h.is_zero()) {
-            let until = now + hold.min(HORIZON);
+            let hold = hold.min(HORIZON);
+            let until = now + hold;
             self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+            if !quotas.iter().any(Quota::is_exhausted) {
+                // Refused with quota left (or none published): a limit on concurrency, such as
+                // GitHub's secondary one, whose advice is to send one request at a time.
+                let until = now + hold.saturating_mul(SERIAL_HOLDS);
+                self.serial_until = Some(self.serial_until.map_or(until, |s| s.max(until)));
+            }
         }
         if seq <= self.applied {
             return; // an answer older than what is already known
@@ -477,6 +497,33 @@ mod tests {
             .collect();
         // The server's tokens come at 600, 1200 and 1800 ms; the hold kept the first to 1 s.
         assert_eq!(at, [1000, 1200, 1800]);
+    }
+
+    #[test]
+    fn a_refusal_no_quota_explains_makes_requests_go_one_at_a_time() {
+        let t0 = Instant::now();
+        let mut host = Host::new(t0);
+        let probe = host.release(t0, &config());
+        // 403 + Retry-After: 2 and quota left: a secondary limit.
+        host.answer(probe, t0, &[Quota::new(4000, secs(3000))], Some(secs(2)), &config());
+        assert_eq!(host.turn(t0 + secs(2)), Turn::Now);
+        let one = host.release(t0 + secs(2), &config());
+        // One in flight: the next waits for its answer (at most until 4 s after the refusal).
+        assert_eq!(host.turn(t0 + secs(2)), Turn::Wait { until: t0 + secs(4), certain: false });
+        host.answer(one, t0 + secs(2), &[Quota::new(3999, secs(2998))], None, &config());
+        assert_eq!(host.turn(t0 + secs(2)), Turn::Now);
+        let two = host.release(t0 + secs(2), &config());
+        // Past the serial period, concurrency is back.
+        assert_eq!(host.turn(t0 + secs(4)), Turn::Now);
+        host.abandon(two);
+
+        // A refusal that an exhausted quota explains (a primary limit) does not serialize.
+        let mut host = Host::new(t0);
+        let probe = host.release(t0, &config());
+        host.answer(probe, t0, &[Quota::new(0, secs(1))], Some(secs(1)), &config());
+        assert_eq!(host.turn(t0 + secs(1)), Turn::Now);
+        host.release(t0 + secs(1), &config());
+        assert!(matches!(host.turn(t0 + secs(1)), Turn::Wait { certain: false, .. }), "only the probe");
     }
 
     #[test]

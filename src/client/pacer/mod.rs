@@ -35,6 +35,9 @@ use self::host::{Host, Turn};
 ///   nothing until the reset, then a probe again.
 /// - **A refusal's wait** (`Retry-After`, or the reset of an exhausted quota) holds every
 ///   request to the host that long; then the published rate resumes, or a probe goes first.
+///   A refusal that no exhausted quota explains (GitHub's secondary limit: a 403 with
+///   `Retry-After` while quota remains) is a limit on concurrency: for twice its wait, the
+///   host gets one request in flight at a time, as GitHub advises.
 ///
 /// Answers to requests older than the newest one applied are ignored, so answers that come
 /// back out of order never loosen the pace.
