@@ -8,7 +8,7 @@
 //! `--concurrency` of them in flight at once through the one client (its pacer queues them per
 //! host), and prints one line: `completed N/M requests, saw K 429s, waited S.S s`, where K
 //! counts every 429 the server sent (retried ones included) and S sums every request's waits.
-//! Exits 0 when every request got a 2xx.
+//! Exits 0 when every request got a 2xx. `RUST_LOG=tollgate=debug` shows every wait on stderr.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +55,13 @@ struct Outcome {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Every wait is a `tracing` event: `RUST_LOG=tollgate=info` shows them on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let path = if args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
     let uri = format!("{}{path}", args.url.trim_end_matches('/'));
     if let Err(e) = uri.parse::<http::Uri>() {

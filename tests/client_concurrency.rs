@@ -102,7 +102,7 @@ async fn without_the_pacer_the_same_run_comes_in_bursts() {
     let refused = server.seen().len() - ok;
 
     assert_eq!(ok, 20);
-    assert!(refused > 2, "{refused} 429s: {at:?}");
+    assert!(refused >= 24, "{refused} 429s: {at:?}");
     assert!(densest(&at, 100) >= 8, "{at:?}");
     assert!(densest(&at[5..], 600) > 2, "{at:?}");
 }

@@ -123,6 +123,15 @@ impl Window {
     }
 }
 
+/// Spread the last few only when the quota publishes no rate.
+fn spread_below(quota: &Quota, config: &Config) -> u64 {
+    if quota.interval().is_some() {
+        0
+    } else {
+        config.spread_below
+    }
+}
+
 fn nanos(n: u128) -> Duration {
     Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX)).min(HORIZON)
 }
@@ -293,8 +302,16 @@ impl Host {
                 self.serial_until = Some(self.serial_until.map_or(until, |s| s.max(until)));
             }
         }
+        // Every other request in flight may be one the server had not counted when it answered
+        // this one: those sent after it, and, as connections reorder requests, some sent before.
+        let uncounted = self.in_flight;
         if seq <= self.applied {
-            return; // an answer older than what is already known
+            // Older than an answer already applied: it may only tighten the pace (a server
+            // that took the requests in another order than they were sent), never loosen it.
+            if !quotas.is_empty() {
+                self.tighten(quotas, now, uncounted, config);
+            }
+            return;
         }
         if quotas.is_empty() {
             if self.phase != Phase::Known {
@@ -306,17 +323,28 @@ impl Host {
             return;
         }
         self.applied = seq;
-        // The server answered `seq` before seeing the releases made after it.
-        let uncounted = self.released.saturating_sub(seq);
         self.rates = quotas.iter().filter_map(|q| Rate::mirror(q, now, uncounted)).collect();
-        self.windows = quotas
-            .iter()
-            .map(|q| {
-                let spread_below = if q.interval().is_some() { 0 } else { config.spread_below };
-                Window::mirror(q, now, uncounted, spread_below)
-            })
-            .collect();
+        self.windows =
+            quotas.iter().map(|q| Window::mirror(q, now, uncounted, spread_below(q, config))).collect();
         self.phase = Phase::Known;
+    }
+
+    /// Merges an older answer: fewer permits, later resets and fuller buckets win.
+    fn tighten(&mut self, quotas: &[Quota], now: Instant, uncounted: u64, config: &Config) {
+        let rates: Vec<Rate> = quotas.iter().filter_map(|q| Rate::mirror(q, now, uncounted)).collect();
+        if rates.len() == self.rates.len() {
+            for (current, older) in self.rates.iter_mut().zip(rates) {
+                current.tat = current.tat.max(older.tat);
+            }
+        }
+        if quotas.len() == self.windows.len() {
+            for (current, quota) in self.windows.iter_mut().zip(quotas) {
+                let older = Window::mirror(quota, now, uncounted, spread_below(quota, config));
+                if older.permits < current.permits {
+                    *current = Window { reset_at: current.reset_at.max(older.reset_at), ..older };
+                }
+            }
+        }
     }
 
     /// Release `seq` ended without an answer (an error, or the caller gave up).
@@ -420,15 +448,35 @@ mod tests {
             })
             .collect();
         host.answer(seqs[0], t0, &[Quota::new(2, secs(10))], None, &config());
-        // 2 − 2 uncounted = 0: wait for the reset.
+        // 2 − 2 still in flight = 0: wait for the reset.
         assert_eq!(host.turn(t0), Turn::Wait { until: t0 + secs(10), certain: true });
-        // An older answer (the probe's again) changes nothing.
+        // An older answer that would loosen the pace changes nothing.
         host.answer(probe, t0, &[Quota::new(50, secs(1))], None, &config());
         assert_eq!(host.turn(t0), Turn::Wait { until: t0 + secs(10), certain: true });
         // Past the reset of a window with no published rate: probe again.
         assert_eq!(host.turn(t0 + secs(10)), Turn::Now);
         host.release(t0 + secs(10), &config());
         assert!(matches!(host.turn(t0 + secs(10)), Turn::Wait { certain: false, .. }));
+    }
+
+    #[test]
+    fn answers_in_another_order_than_the_releases_only_tighten() {
+        // Three released at once; the server takes the third first.
+        let t0 = Instant::now();
+        let mut host = Host::new(t0);
+        let probe = host.release(t0, &config());
+        host.answer(probe, t0, &[Quota::new(6, secs(10))], None, &config());
+        let seqs: Vec<u64> = (0..3).map(|_| host.release(t0, &config())).collect();
+        // The third's answer: 5 left (it alone was counted); two others are still in flight.
+        host.answer(seqs[2], t0, &[Quota::new(5, secs(10))], None, &config());
+        let permits = |host: &Host| host.windows[0].permits;
+        assert_eq!(permits(&host), 3);
+        // The first's answer, older by sequence, says 4 left with one still in flight: tighter.
+        host.answer(seqs[0], t0, &[Quota::new(4, secs(10))], None, &config());
+        assert_eq!(permits(&host), 3);
+        host.answer(seqs[1], t0, &[Quota::new(0, secs(10))], None, &config());
+        assert_eq!(permits(&host), 0, "an older answer that tightens is taken");
+        assert_eq!(host.turn(t0), Turn::Wait { until: t0 + secs(10), certain: true });
     }
 
     #[test]

@@ -28,7 +28,7 @@ use self::host::{Host, Turn};
 ///   the pacer mirrors the server's bucket (GCRA with one unit every `w / q`): what remains goes
 ///   at once, then one request every `w / q`, the first when the quota's reset says more is
 ///   available (`t`, "seconds until additional quota", draft-ietf-httpapi-ratelimit-headers-10).
-///   Releases made after the answered request, which the server had not yet counted, are taken
+///   The other requests still in flight, which the server may not have counted yet, are taken
 ///   off what it says remains.
 /// - **Only "R left until the reset"** (GitHub's `x-ratelimit-*`): the R go (spread over the
 ///   time to the reset when fewer than [`spread_below`](Pacer::spread_below) remain), then
@@ -39,8 +39,8 @@ use self::host::{Host, Turn};
 ///   `Retry-After` while quota remains) is a limit on concurrency: for twice its wait, the
 ///   host gets one request in flight at a time, as GitHub advises.
 ///
-/// Answers to requests older than the newest one applied are ignored, so answers that come
-/// back out of order never loosen the pace.
+/// An answer to a request older than the newest one applied may only tighten the pace (the
+/// server took requests in another order than they were sent), never loosen it.
 ///
 /// Bounds: at most [`max_queue`](Pacer::max_queue) waiters per host (past that,
 /// [`AcquireError::QueueFull`]) and [`max_hosts`](Pacer::max_hosts) hosts (past that, the idle
