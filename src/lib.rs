@@ -56,10 +56,13 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod degrade;
+pub mod history;
 pub mod key;
 pub mod layer;
 pub mod observe;
 pub mod policy;
+#[cfg(feature = "redis")]
+mod side_redis;
 pub mod store;
 #[cfg(feature = "usage")]
 pub mod usage;

@@ -31,6 +31,8 @@
 //!
 //! Combine them with a tuple: `layer.observer((MetricsObserver::new(), NearQuota::new(LogNearQuota)))`.
 
+#[cfg(feature = "email")]
+mod email;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod near_quota;
@@ -41,6 +43,8 @@ mod webhook;
 pub use self::metrics::{
     MetricsObserver, DECISIONS, DEGRADED, KEYS_TRACKED, REMAINING_RATIO, STORE_FAULTS, TOKENS_CHARGED,
 };
+#[cfg(feature = "email")]
+pub use email::{EmailAlerts, EmailAlertsBuilder, EmailError, EmailStats, Notice};
 pub use near_quota::{LogNearQuota, NearQuota, NearQuotaEvent, OnNearQuota, DEFAULT_NEAR_QUOTA};
 #[cfg(feature = "webhook")]
 pub use webhook::{Webhook, WebhookBuilder, WebhookError, WebhookStats};

@@ -93,8 +93,11 @@
 //!   [`MetricsObserver`](crate::observe::MetricsObserver) (`metrics`) that feeds it.
 //! * `webhook`: [`Webhook`](crate::observe::Webhook), near-quota alerts POSTed as JSON.
 
+mod admin_page;
+mod chart;
 mod handlers;
 mod page;
+mod policy_page;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 mod report;
@@ -103,6 +106,53 @@ use axum::routing::get;
 use axum::Router;
 
 pub use handlers::{dashboard, policy, usage};
+
+/// The `/policy` page for people: every tier of `limits` side by side like a pricing table
+/// (rates per minute and per day, burst, quotas, upgrade link, cheapest tier first) and what
+/// each route costs, as one self-contained HTML document (inline CSS, no script, no asset
+/// from elsewhere). Every interpolated string is escaped.
+///
+/// ```
+/// use nonzero_ext::nonzero;
+/// use tollgate::algorithm::Quota;
+/// use tollgate::policy::{Limits, TierSpec};
+/// use tollgate::usage::{policy_page, PublishedLimits};
+///
+/// let limits = Limits::builder()
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
+///     .tier("free", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).upgrade_url("https://example.com/pricing"))
+///     .route("/api/search", 5)
+///     .build().unwrap();
+/// let html = policy_page(&PublishedLimits::new(&limits));
+/// assert!(html.contains("60 per minute"));
+/// assert!(html.contains("href=\"https://example.com/pricing\""));
+/// assert!(html.contains("<code>/api/search</code>"));
+/// ```
+pub fn policy_page(limits: &PublishedLimits) -> String {
+    policy_page::render(limits)
+}
+
+/// The operator's page: a chart of everyone's requests in the last hour, the busiest clients
+/// (by name, address or key prefix: never a whole key), and rejections by tier and by route,
+/// as of `now` (Unix epoch seconds). One self-contained HTML document.
+///
+/// ```
+/// use tollgate::history::{History, Visit};
+/// use tollgate::key::Key;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let history = History::memory();
+/// let key = Key::new("sk_live_0123456789abcdef");
+/// history.record(&Visit::new(&key, "pro", "/api", 1_700_000_000, true, 3).name("Acme Corp"));
+/// let report = history.report(1_700_000_000, 20).await.unwrap();
+/// let html = tollgate::usage::admin_page(&report, 1_700_000_000);
+/// assert!(html.contains("Acme Corp") && html.contains("<svg"));
+/// assert!(!html.contains("sk_live"));
+/// # });
+/// ```
+pub fn admin_page(report: &crate::history::AdminReport, now: u64) -> String {
+    admin_page::render(report, now)
+}
 pub use page::escape_html;
 #[cfg(feature = "prometheus")]
 pub use prometheus::{install_prometheus, metrics, MetricsState};
@@ -123,8 +173,9 @@ pub fn routes<K: KeyExtractor, S: Clone + Send + Sync + 'static>(layer: RateLimi
 ///
 /// ```
 /// use tollgate::usage::UsageRoutes;
+/// # use nonzero_ext::nonzero;
 /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
-/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(1, 1).unwrap())).build().unwrap();
+/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)))).build().unwrap();
 /// let layer = RateLimitLayer::from_limits(limits);
 /// let router: axum::Router = UsageRoutes::new(layer.clone()).into_router();
 /// # let _ = router;
