@@ -369,7 +369,8 @@ async fn ietf_headers_with_string_and_token_policy_names() {
 #[tokio::test(start_paused = true)]
 async fn a_refusal_without_retry_after_waits_for_the_dialects_reset() {
     type Script = Box<dyn Fn(usize, &Request<Incoming>) -> Reply + Send + Sync>;
-    let dialects: [(&str, fn(Wall) -> Script); 3] = [
+    type MakeScript = fn(Wall) -> Script;
+    let dialects: [(&str, MakeScript); 3] = [
         ("draft-6", |wall| Box::new(express_draft6(&FixedWindow::new(wall, 2, 3, true), false))),
         ("draft-7", |wall| Box::new(express_draft7(&FixedWindow::new(wall, 2, 3, true), false))),
         ("ietf", |_| {
