@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{interleaved, median, median_ratio, run_threads};
+use nonzero_ext::nonzero;
 use tollgate::algorithm::Quota;
 use tollgate::history::{History, Visit};
 use tollgate::key::Key;
@@ -60,7 +61,12 @@ const REDIS_ROUNDS: usize = 9;
 
 fn limits() -> Limits {
     Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_second(1_000_000_000, 1_000_000_000).unwrap()))
+        .tier(
+            "anonymous",
+            TierSpec::new(
+                Quota::per_second(nonzero!(1_000_000_000u32)).allow_burst(nonzero!(1_000_000_000u32)),
+            ),
+        )
         .build()
         .unwrap()
 }
@@ -164,7 +170,7 @@ async fn redis_table(url: String) {
                                 key,
                                 "pro",
                                 "/api/search",
-                                d.now() / 1_000_000_000,
+                                d.now().as_secs(),
                                 d.is_admitted(),
                                 d.charged(),
                             ));

@@ -14,6 +14,7 @@
 
 mod common;
 
+use nonzero_ext::nonzero;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
@@ -58,13 +59,13 @@ fn ip(i: usize) -> IpAddr {
 fn run_decide(peer: &str, keys: usize, admitted: bool, n: u64) {
     let (quota, gquota) = if admitted {
         (
-            Quota::per_second(1_000_000_000, 1_000_000_000).unwrap(),
+            Quota::per_second(nonzero!(1_000_000_000u32)),
             GQuota::per_second(NonZeroU32::new(1_000_000_000).unwrap())
                 .allow_burst(NonZeroU32::new(1_000_000_000).unwrap()),
         )
     } else {
         (
-            Quota::per_hour(1, 1).unwrap(),
+            Quota::per_hour(nonzero!(1u32)),
             GQuota::per_hour(NonZeroU32::new(1).unwrap()).allow_burst(NonZeroU32::new(1).unwrap()),
         )
     };

@@ -7,6 +7,7 @@
 //! (`IpAddr`, 17 bytes); tollgate keeps only a 64-bit digest of it, so "beyond the key" is the
 //! total minus 17 bytes for governor and the total for tollgate (its digest stands in for the key).
 
+use nonzero_ext::nonzero;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
@@ -66,7 +67,7 @@ fn main() {
         return; // nothing for `cargo bench -- --list` to list
     }
     // A quota under which no key is idle during the run (so none is swept).
-    let quota = Quota::per_hour(1, 10).unwrap();
+    let quota = Quota::per_hour(nonzero!(1u32)).allow_burst(nonzero!(10u32));
     let gquota = GQuota::per_hour(NonZeroU32::new(1).unwrap()).allow_burst(NonZeroU32::new(10).unwrap());
     let limits = Limits::builder().tier("anonymous", TierSpec::new(quota)).build().unwrap();
     let tier = limits.default_tier();

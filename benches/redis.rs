@@ -19,6 +19,7 @@
 //! Then the flood: one client spent (burst 1 per hour), then `FLOOD` checks of it from 64 tasks;
 //! EVALSHA calls counted by Redis before and after.
 
+use nonzero_ext::nonzero;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -133,7 +134,7 @@ async fn run(url: String) {
 
     // Every check admitted: 10⁶ tokens a second, burst 10⁶.
     let limits = Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_second(1_000_000, 1_000_000).unwrap()))
+        .tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1_000_000u32))))
         .build()
         .unwrap();
     let tier: Tier = limits.default_tier().clone();
@@ -148,7 +149,7 @@ async fn run(url: String) {
         Algorithm::TokenBucket => 0,
         Algorithm::SlidingWindow => 1,
     };
-    let emission = u64::try_from(policy.quota().emission_interval().as_nanos()).unwrap().div_ceil(1_000);
+    let emission = policy.quota().emission().as_micros_ceil();
     let burst = policy.quota().burst();
     let charge = Charge::new(1);
     let script = Arc::new(redis::Script::new(SCRIPT));
@@ -205,7 +206,7 @@ async fn run(url: String) {
 
     // The flood: one client rejected by Redis once, then FLOOD more checks.
     let flood_limits =
-        Limits::builder().tier("anonymous", TierSpec::new(Quota::per_hour(1, 1).unwrap())).build().unwrap();
+        Limits::builder().tier("anonymous", TierSpec::new(Quota::per_hour(nonzero!(1u32)))).build().unwrap();
     let flood_tier = flood_limits.default_tier().clone();
     let abuser = Key::new("abusive-client");
     assert!(store.check(&abuser, &flood_tier, charge).await.unwrap().is_admitted());

@@ -15,16 +15,19 @@ use http::{HeaderValue, Method};
 
 use crate::algorithm::{Algorithm, Quota, Rule};
 
-/// The most policies one tier may have.
-pub const MAX_POLICIES: usize = 4;
+/// The most policies one tier may have: its rate and, optionally, a daily quota. A store's
+/// [`Decision`](crate::store::Decision) has room for exactly this many, so it stays small enough
+/// to move cheaply on every request.
+pub const MAX_POLICIES: usize = 2;
 
 /// One limit of a tier: a name (used in `RateLimit` headers and store keys) and a rule.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::{Algorithm, Quota};
 /// use tollgate::policy::Policy;
 ///
-/// let p = Policy::new("free", Algorithm::TokenBucket, Quota::per_minute(60, 10).unwrap());
+/// let p = Policy::new("free", Algorithm::TokenBucket, Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)));
 /// assert_eq!(p.name(), "free");
 /// assert_eq!(p.quota().burst(), 10);
 /// ```
@@ -124,10 +127,11 @@ impl Tier {
 /// A tier being defined in code; see [`Limits::builder`].
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::Quota;
 /// use tollgate::policy::TierSpec;
 ///
-/// let free = TierSpec::new(Quota::per_minute(60, 10).unwrap())
+/// let free = TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)))
 ///     .daily(10_000)
 ///     .upgrade_url("https://example.com/pricing");
 /// # let _ = free;
@@ -348,12 +352,13 @@ impl Limits {
     /// Starts defining limits in code.
     ///
     /// ```
+    /// use nonzero_ext::nonzero;
     /// use tollgate::algorithm::Quota;
     /// use tollgate::policy::{Limits, TierSpec};
     ///
     /// let limits = Limits::builder()
-    ///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
-    ///     .tier("pro", TierSpec::new(Quota::per_minute(600, 100).unwrap()).daily(100_000))
+    ///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
+    ///     .tier("pro", TierSpec::new(Quota::per_minute(nonzero!(600u32)).allow_burst(nonzero!(100u32))).daily(100_000))
     ///     .route("POST /api/generate", 20)
     ///     .exempt("/health")
     ///     .build()
@@ -379,7 +384,7 @@ impl Limits {
         for (index, (name, spec)) in specs.into_iter().enumerate() {
             let algorithm = spec.algorithm.unwrap_or(default_algorithm);
             let mut policies = vec![Policy::new(name.as_str(), algorithm, spec.quota)];
-            if let Some(daily) = spec.daily.and_then(Quota::per_day) {
+            if let Some(daily) = spec.daily.and_then(Quota::daily) {
                 policies.push(Policy::new(format!("{name}-daily"), algorithm, daily));
             }
             for policy in &mut policies {

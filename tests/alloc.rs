@@ -18,6 +18,7 @@
 //!   layer that does nothing pays too (3 allocations); the limiter pays 2 more there, small
 //!   boxes made as axum turns the limiter's `ResponseBody<Body>` back into its own `Body`.
 
+use nonzero_ext::nonzero;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -121,7 +122,10 @@ fn added(layered: f64, bare: f64) -> f64 {
 #[test]
 fn decide_allocates_nothing() {
     let limits = Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_second(1_000_000_000, 1_000).unwrap()))
+        .tier(
+            "anonymous",
+            TierSpec::new(Quota::per_second(nonzero!(1_000_000_000u32)).allow_burst(nonzero!(1_000u32))),
+        )
         .build()
         .unwrap();
     let tier = limits.default_tier();

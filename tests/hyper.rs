@@ -1,5 +1,6 @@
 //! The layer outside axum's comfort: plain hyper, and axum's `route_layer`.
 
+use nonzero_ext::nonzero;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -16,7 +17,7 @@ use tower::{Layer, Service, ServiceExt};
 
 fn limits() -> Limits {
     Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_minute(60, 3).unwrap()))
+        .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(3u32))))
         .route("/costly", 2)
         .build()
         .unwrap()

@@ -1,6 +1,7 @@
 //! Near-quota alerts: exactly once per crossing, also under concurrency, and once per period
 //! for a client hovering at the threshold.
 
+use nonzero_ext::nonzero;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,10 @@ async fn fires_exactly_once_per_crossing_under_concurrency() {
     // crossing is reported (no holding back), so only the crossing check keeps it to one.
     let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
     let limits = Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_minute(60, 100).unwrap()).daily(100_000))
+        .tier(
+            "anonymous",
+            TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(100u32))).daily(100_000),
+        )
         .build()
         .unwrap();
     let (events, hook) = recorder();
@@ -93,7 +97,7 @@ async fn fires_exactly_once_per_crossing_under_concurrency() {
 async fn a_client_hovering_at_the_threshold_is_told_once_per_period() {
     let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
     let limits = Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_second(1, 10).unwrap()))
+        .tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)).allow_burst(nonzero!(10u32))))
         .build()
         .unwrap();
     let (events, hook) = recorder();

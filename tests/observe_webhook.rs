@@ -3,6 +3,7 @@
 
 #![cfg(feature = "webhook")]
 
+use nonzero_ext::nonzero;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -139,7 +140,7 @@ async fn a_full_queue_never_blocks_requests() {
     let stats = webhook.clone();
 
     let limits =
-        Limits::builder().tier("anonymous", TierSpec::new(Quota::per_hour(1, 1).unwrap())).build().unwrap();
+        Limits::builder().tier("anonymous", TierSpec::new(Quota::per_hour(nonzero!(1u32)))).build().unwrap();
     let layer = RateLimitLayer::from_limits(limits).extractor(by_user).observer(NearQuota::new(webhook));
     let service = layer.layer(service_fn(|_: Request<()>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))

@@ -5,6 +5,7 @@
 #[path = "redis_support.rs"]
 mod support;
 
+use nonzero_ext::nonzero;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +51,10 @@ async fn two_instances_share_exact_limits_on_a_cluster() {
     // Two policies per client (burst 5, daily 8): the script touches both keys in one slot.
     let limits = Arc::new(
         Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_hour(1, 5).unwrap()).daily(8))
+            .tier(
+                "anonymous",
+                TierSpec::new(Quota::per_hour(nonzero!(1u32)).allow_burst(nonzero!(5u32))).daily(8),
+            )
             .build()
             .unwrap(),
     );

@@ -7,13 +7,14 @@
 #[path = "redis_support.rs"]
 mod support;
 
+use nonzero_ext::nonzero;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
 use support::*;
 use tollgate::algorithm::{Algorithm, Quota};
-use tollgate::clock::ManualClock;
+use tollgate::clock::{ManualClock, Nanos};
 use tollgate::key::Key;
 use tollgate::policy::{Limits, TierSpec};
 use tollgate::store::{Charge, Decision, MemoryStore, Outcome, RedisStore, Store};
@@ -30,7 +31,9 @@ fn store(url: &str, prefix: &str) -> RedisStore {
 async fn admitted_under_concurrency(algorithm: Algorithm, test: &str) -> Option<(usize, Vec<Decision>)> {
     shared_redis()?;
     let prefix = unique_prefix(test);
-    let limits = Arc::new(limits(TierSpec::new(Quota::per_hour(1, 20).unwrap()).algorithm(algorithm)));
+    let limits = Arc::new(limits(
+        TierSpec::new(Quota::per_hour(nonzero!(1u32)).allow_burst(nonzero!(20u32))).algorithm(algorithm),
+    ));
     let stores = [store(SHARED_URL, &prefix), store(SHARED_URL, &prefix)];
     let mut tasks = Vec::new();
     for i in 0..64 {
@@ -59,7 +62,7 @@ async fn two_instances_admit_exactly_the_burst_token_bucket() {
         assert_eq!(d.outcome(), Outcome::Rejected);
         let wait = d.retry_after().unwrap();
         // One token an hour: every rejected request waits almost all of it.
-        assert!(wait > Duration::from_secs(3_590) && wait <= Duration::from_secs(3_600), "{wait:?}");
+        assert!(wait > Nanos::from_secs(3_590) && wait <= Nanos::from_secs(3_600), "{wait:?}");
     }
 }
 
@@ -71,13 +74,16 @@ async fn two_instances_admit_exactly_the_burst_sliding_window() {
     assert_eq!(admitted, 20);
 }
 
-/// The memory store's decision as the Redis store gives it: waits rounded up to whole
-/// microseconds (the script's unit; everything else is exact for these quotas).
+/// The memory store's decision as the Redis store gives it: sliding-window waits rounded up to
+/// whole microseconds (the script's unit; everything else is exact for these quotas).
 fn in_micros(d: Decision) -> Decision {
     let mut out = Decision::new(d.outcome(), d.now(), d.fraction_before(), d.charged());
     for p in d.policies() {
-        out = out
-            .with(tollgate::store::PolicyState { retry_after: p.retry_after.next_multiple_of(1_000), ..*p });
+        out = out.with(tollgate::store::PolicyState {
+            retry_after: Nanos::from_micros(p.retry_after.as_micros_ceil()),
+            next_after: Nanos::from_micros(p.next_after.as_micros_ceil()),
+            ..*p
+        });
     }
     out
 }
@@ -97,7 +103,7 @@ async fn compare(spec: TierSpec, charges: &[Charge], test: &str) {
     let mut outcomes = Vec::new();
     for (i, &charge) in charges.iter().enumerate() {
         let from_redis = redis.check(&key, tier, charge).await.unwrap();
-        clock.set(Duration::from_nanos(from_redis.now()));
+        clock.set(from_redis.now());
         let from_memory = in_micros(memory.decide(&key, tier, charge));
         assert_eq!(from_redis, from_memory, "request {i} ({charge:?})");
         outcomes.push(from_redis.outcome());
@@ -118,14 +124,14 @@ fn mixed_charges() -> Vec<Charge> {
 #[tokio::test]
 async fn costs_reduced_costs_and_daily_quotas_decide_as_in_memory_token_bucket() {
     // 10 per minute, burst 10, plus 12 a day: the daily quota bites first.
-    let spec = TierSpec::new(Quota::per_minute(10, 10).unwrap()).daily(12);
+    let spec = TierSpec::new(Quota::per_minute(nonzero!(10u32))).daily(12);
     compare(spec, &mixed_charges(), "compare-tb").await;
 }
 
 #[tokio::test]
 async fn costs_reduced_costs_and_daily_quotas_decide_as_in_memory_sliding_window() {
     let spec =
-        TierSpec::new(Quota::per_minute(10, 10).unwrap()).daily(12).algorithm(Algorithm::SlidingWindow);
+        TierSpec::new(Quota::per_minute(nonzero!(10u32))).daily(12).algorithm(Algorithm::SlidingWindow);
     compare(spec, &mixed_charges(), "compare-sw").await;
 }
 
@@ -133,7 +139,8 @@ async fn costs_reduced_costs_and_daily_quotas_decide_as_in_memory_sliding_window
 async fn a_fast_refill_decides_as_in_memory_across_windows() {
     // Windows of 100 ms: the requests below straddle several, and refill between them.
     for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow] {
-        let spec = TierSpec::new(Quota::per_second(50, 5).unwrap()).algorithm(algorithm);
+        let spec = TierSpec::new(Quota::per_second(nonzero!(50u32)).allow_burst(nonzero!(5u32)))
+            .algorithm(algorithm);
         let mut charges: Vec<Charge> = (0..40).map(|i| Charge::new(1 + i % 3)).collect();
         charges.push(Charge::new(6));
         if shared_redis().is_none() {
@@ -151,7 +158,7 @@ async fn a_fast_refill_decides_as_in_memory_across_windows() {
         let key = Key::from_ip("192.0.2.9".parse().unwrap());
         for charge in charges {
             let from_redis = redis.check(&key, tier, charge).await.unwrap();
-            clock.set(Duration::from_nanos(from_redis.now()));
+            clock.set(from_redis.now());
             assert_eq!(from_redis, in_micros(memory.decide(&key, tier, charge)), "{algorithm:?} {charge:?}");
             tokio::time::sleep(Duration::from_millis(7)).await; // real time must pass in Redis
         }
@@ -162,7 +169,8 @@ async fn a_fast_refill_decides_as_in_memory_across_windows() {
 async fn a_rejection_charges_nothing_and_keys_expire_when_full_again() {
     let Some(mut conn) = shared_redis() else { return };
     let prefix = unique_prefix("expire");
-    let limits = limits(TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(100));
+    let limits =
+        limits(TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(100));
     let tier = limits.default_tier();
     let store = store(SHARED_URL, &prefix);
     let key = Key::new("sk_live_very_secret");
@@ -194,7 +202,7 @@ async fn a_rejection_charges_nothing_and_keys_expire_when_full_again() {
 
     // A sliding window's key lives until its estimate is zero: at most two windows (2 s here).
     let limits =
-        self::limits(TierSpec::new(Quota::per_second(5, 5).unwrap()).algorithm(Algorithm::SlidingWindow));
+        self::limits(TierSpec::new(Quota::per_second(nonzero!(5u32))).algorithm(Algorithm::SlidingWindow));
     let tier = limits.default_tier();
     let key = Key::new("window-client");
     assert!(store.check(&key, tier, Charge::new(1)).await.unwrap().is_admitted());
@@ -208,7 +216,7 @@ async fn a_cached_rejection_sends_no_command_to_redis() {
         return;
     }
     let server = RedisServer::start(&[]);
-    let limits = limits(TierSpec::new(Quota::per_minute(6, 2).unwrap()));
+    let limits = limits(TierSpec::new(Quota::per_minute(nonzero!(6u32)).allow_burst(nonzero!(2u32))));
     let tier = limits.default_tier();
     let store = store(&server.url(), "cache");
     let abuser = Key::new("abuser");
@@ -229,12 +237,15 @@ async fn a_cached_rejection_sends_no_command_to_redis() {
         let d = store.check(&abuser, tier, Charge::new(1)).await.unwrap();
         assert_eq!(d.outcome(), Outcome::Rejected);
         let wait = d.retry_after().unwrap();
-        assert!(wait <= last_wait && wait > Duration::ZERO, "{wait:?} after {last_wait:?}");
+        assert!(wait <= last_wait && wait > Nanos::ZERO, "{wait:?} after {last_wait:?}");
         last_wait = wait;
     }
     // The deadline is the one Redis gave: waits shrink exactly with local time.
     let elapsed = started.elapsed();
-    assert!(first_wait - last_wait <= elapsed + Duration::from_millis(5), "{first_wait:?} {last_wait:?}");
+    assert!(
+        first_wait - last_wait <= Nanos::from(elapsed) + Nanos::from_millis(5),
+        "{first_wait:?} {last_wait:?}"
+    );
     assert_eq!(server.calls("evalsha"), evalsha, "the flood reached Redis");
     // Nothing but this test's own connections and INFO calls in between.
     let all_after = command_calls(&server);

@@ -4,37 +4,52 @@
 //! full again. With `T` the emission interval and `τ = T · burst` the refill time, a request of
 //! cost `n` at `now` is admitted iff `max(TAT, now) + n·T ≤ now + τ`, and then
 //! `TAT ← max(TAT, now) + n·T`. A denial leaves the state untouched.
+//!
+//! The standing is read from `x = now + τ − max(TAT, now)`, the room left in nanoseconds:
+//! `⌊x / T⌋` whole tokens, and the next one arrives in `T − x mod T` (none is awaited when the
+//! bucket is full). Quotient and remainder come from one division.
 
 use super::{Check, Quota};
+use crate::clock::Nanos;
 
 #[inline]
-pub(super) fn check(quota: &Quota, tat: u64, now: u64, cost: u64) -> Check {
-    let t = quota.emission_nanos();
-    let tau = quota.refill_nanos();
+pub(super) fn check(quota: &Quota, tat: u64, now: Nanos, cost: u64) -> Check {
+    let now = now.as_nanos();
+    let t = quota.emission().as_nanos();
+    let tau = quota.refill_time().as_nanos();
+    let burst = quota.burst();
     let base = tat.max(now);
     let horizon = now + tau;
-    // Whole tokens available before this request (only a refusal reports it: one division
-    // saved on the admitted path).
-    let available = || horizon.saturating_sub(base) / t;
-    if cost > quota.burst() {
-        return Check::never(available(), base - now);
+    // The standing at `tat`: whole tokens, and the wait for the next one. Only a refusal
+    // reports the standing before the request (one division saved on the admitted path).
+    let standing = |tat: u64| {
+        let room = horizon.saturating_sub(tat);
+        let (tokens, part) = (room / t, room % t);
+        let next = if tokens >= burst { 0 } else { t - part };
+        (tokens, next)
+    };
+    if cost > burst {
+        let (available, next) = standing(base);
+        return Check::never(available, base - now, next);
     }
     let new_tat = base + cost * t;
     if new_tat <= horizon {
-        Check::admit(new_tat, (horizon - new_tat) / t, new_tat - now)
+        let (remaining, next) = standing(new_tat);
+        Check::admit(new_tat, remaining, new_tat - now, next)
     } else {
-        Check::deny(available(), base - now, new_tat - horizon)
+        let (available, next) = standing(base);
+        Check::deny(available, base - now, new_tat - horizon, next)
     }
 }
 
 #[inline]
-pub(super) fn fraction(quota: &Quota, tat: u64, now: u64) -> f64 {
-    let tau = quota.refill_nanos();
-    let used = tat.saturating_sub(now).min(tau);
+pub(super) fn fraction(quota: &Quota, tat: u64, now: Nanos) -> f64 {
+    let tau = quota.refill_time().as_nanos();
+    let used = tat.saturating_sub(now.as_nanos()).min(tau);
     (tau - used) as f64 / tau as f64
 }
 
 #[inline]
 pub(super) fn refund(quota: &Quota, tat: u64, cost: u64) -> u64 {
-    tat.saturating_sub(cost * quota.emission_nanos())
+    tat.saturating_sub(cost * quota.emission().as_nanos())
 }

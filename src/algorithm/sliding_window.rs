@@ -6,11 +6,13 @@
 //! `now / W`) and both counters (20 bits each) into one `u64`.
 
 use super::{Check, Quota};
+use crate::clock::Nanos;
 
 const COUNT_BITS: u32 = 20;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const INDEX_MASK: u64 = (1 << 24) - 1;
 
+#[derive(Clone, Copy)]
 struct Window {
     /// Requests counted in the previous window.
     prev: u64,
@@ -23,8 +25,9 @@ struct Window {
 }
 
 #[inline]
-fn unpack(quota: &Quota, state: u64, now: u64) -> Window {
-    let w = quota.refill_nanos();
+fn unpack(quota: &Quota, state: u64, now: Nanos) -> Window {
+    let now = now.as_nanos();
+    let w = quota.refill_time().as_nanos();
     let tag = (now / w) & INDEX_MASK;
     let elapsed = now % w;
     let index = state >> (2 * COUNT_BITS);
@@ -66,24 +69,33 @@ fn reset_after(win: &Window, w: u64, cur: u64) -> u64 {
 }
 
 #[inline]
-pub(super) fn check(quota: &Quota, state: u64, now: u64, cost: u64) -> Check {
-    let w = quota.refill_nanos();
+pub(super) fn check(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Check {
+    let w = quota.refill_time().as_nanos();
     let limit = quota.burst();
     let win = unpack(quota, state, now);
     let capacity = u128::from(limit) * u128::from(w);
     let estimate = scaled_estimate(&win, w);
     let available = (capacity.saturating_sub(estimate) / u128::from(w)) as u64;
     if cost > limit {
-        return Check::never(available, reset_after(&win, w, win.cur));
+        let next = next_token(&win, w, limit, available);
+        return Check::never(available, reset_after(&win, w, win.cur), next);
     }
     let needed = estimate + u128::from(cost) * u128::from(w);
     if needed <= capacity {
         let cur = win.cur + cost;
         let remaining = ((capacity - needed) / u128::from(w)) as u64;
-        return Check::admit(pack(win.tag, win.prev, cur), remaining, reset_after(&win, w, cur));
+        let after = Window { cur, ..win };
+        let next = next_token(&after, w, limit, remaining);
+        return Check::admit(pack(win.tag, win.prev, cur), remaining, reset_after(&win, w, cur), next);
     }
-    // Denied: when will `cost` fit?
-    let retry = if win.cur + cost <= limit {
+    let next = next_token(&win, w, limit, available);
+    Check::deny(available, reset_after(&win, w, win.cur), wait_for(&win, w, limit, cost), next)
+}
+
+/// Nanoseconds until `cost` fits, for a cost that does not fit now (and is at most `limit`).
+#[inline]
+fn wait_for(win: &Window, w: u64, limit: u64, cost: u64) -> u64 {
+    if win.cur + cost <= limit {
         // Later in this window, once enough of the previous window has slid out:
         // prev · (W − e) ≤ (limit − cur − cost) · W.
         let room = u128::from(limit - win.cur - cost) * u128::from(w);
@@ -94,13 +106,24 @@ pub(super) fn check(quota: &Quota, state: u64, now: u64, cost: u64) -> Check {
         let room = u128::from(limit - cost) * u128::from(w);
         let keep = (room / u128::from(win.cur)).min(u128::from(w)) as u64;
         (w - win.elapsed) + (w - keep)
-    };
-    Check::deny(available, reset_after(&win, w, win.cur), retry)
+    }
+}
+
+/// Nanoseconds until one more whole token than `available` is there: 0 when the window is
+/// empty (all `limit` available).
+#[inline]
+fn next_token(win: &Window, w: u64, limit: u64, available: u64) -> u64 {
+    if available >= limit {
+        0
+    } else {
+        // `available` is the floor of what is left, so `available + 1` does not fit now.
+        wait_for(win, w, limit, available + 1)
+    }
 }
 
 #[inline]
-pub(super) fn fraction(quota: &Quota, state: u64, now: u64) -> f64 {
-    let w = quota.refill_nanos();
+pub(super) fn fraction(quota: &Quota, state: u64, now: Nanos) -> f64 {
+    let w = quota.refill_time().as_nanos();
     let win = unpack(quota, state, now);
     let capacity = u128::from(quota.burst()) * u128::from(w);
     let left = capacity.saturating_sub(scaled_estimate(&win, w));
@@ -108,7 +131,7 @@ pub(super) fn fraction(quota: &Quota, state: u64, now: u64) -> f64 {
 }
 
 #[inline]
-pub(super) fn refund(quota: &Quota, state: u64, now: u64, cost: u64) -> u64 {
+pub(super) fn refund(quota: &Quota, state: u64, now: Nanos, cost: u64) -> u64 {
     let win = unpack(quota, state, now);
     // Only the current window's count can be given back; if the window rolled meanwhile the
     // charge stays (conservative: never admits more).
@@ -120,7 +143,7 @@ pub(super) fn refund(quota: &Quota, state: u64, now: u64, cost: u64) -> u64 {
 }
 
 #[inline]
-pub(super) fn is_idle(quota: &Quota, state: u64, now: u64) -> bool {
+pub(super) fn is_idle(quota: &Quota, state: u64, now: Nanos) -> bool {
     let win = unpack(quota, state, now);
     win.prev == 0 && win.cur == 0
 }

@@ -1,16 +1,23 @@
+use nonzero_ext::nonzero;
 use proptest::prelude::*;
 
 use super::*;
+use crate::clock::Nanos;
 
-const SEC: u64 = NANOS_PER_SEC;
-const START: u64 = 1_700_000_000 * SEC;
+const SEC: Nanos = Nanos::SECOND;
+const NS: Nanos = Nanos::new(1);
+const START: Nanos = Nanos::from_secs(1_700_000_000);
+
+const MINUTE: Nanos = Nanos::from_secs(60);
+const HOUR: Nanos = Nanos::from_secs(3_600);
+const DAY: Nanos = Nanos::from_secs(86_400);
 
 fn bucket(per_minute: u64, burst: u64) -> Rule {
-    Rule::new(Algorithm::TokenBucket, Quota::per_minute(per_minute, burst).unwrap())
+    Rule::new(Algorithm::TokenBucket, Quota::new(per_minute, MINUTE, burst).unwrap())
 }
 
 fn window(per_minute: u64, burst: u64) -> Rule {
-    Rule::new(Algorithm::SlidingWindow, Quota::per_minute(per_minute, burst).unwrap())
+    Rule::new(Algorithm::SlidingWindow, Quota::new(per_minute, MINUTE, burst).unwrap())
 }
 
 #[test]
@@ -38,7 +45,7 @@ fn token_bucket_retry_after_is_exact() {
     }
     let wait = rule.check(state, START, 2).retry_after;
     assert_eq!(wait, 2 * SEC);
-    assert!(rule.check(state, START + wait - 1, 2).new_state().is_none());
+    assert!(rule.check(state, START + wait - NS, 2).new_state().is_none());
     assert!(rule.check(state, START + wait, 2).new_state().is_some());
 }
 
@@ -86,7 +93,7 @@ fn idle_states_can_be_forgotten() {
     let rule = bucket(60, 10);
     let state = rule.check(0, START, 2).new_state().unwrap();
     assert!(!rule.is_idle(state, START));
-    assert!(!rule.is_idle(state, START + 2 * SEC - 1));
+    assert!(!rule.is_idle(state, START + 2 * SEC - NS));
     assert!(rule.is_idle(state, START + 2 * SEC));
     let rule = window(60, 10); // 10 s windows
     let state = rule.check(0, START, 2).new_state().unwrap();
@@ -124,39 +131,105 @@ fn sliding_window_retry_after_in_the_next_window() {
     let denied = rule.check(state, aligned + 2 * SEC, 4);
     // Next window starts in 8 s; there 10·(W−e)/W ≤ 6 needs e ≥ 4 s.
     assert_eq!(denied.retry_after, 12 * SEC);
-    assert!(rule.check(state, aligned + 14 * SEC - 1, 4).new_state().is_none());
+    assert!(rule.check(state, aligned + 14 * SEC - NS, 4).new_state().is_none());
     assert!(rule.check(state, aligned + 14 * SEC, 4).new_state().is_some());
 }
 
 #[test]
 fn quota_rejects_nonsense() {
-    assert!(Quota::per_second(0, 1).is_none());
-    assert!(Quota::per_second(1, 0).is_none());
-    assert!(Quota::new(1, Duration::ZERO, 1).is_none());
-    assert!(Quota::new(1, Duration::from_secs(u64::MAX / 4), u64::MAX).is_none());
-    assert_eq!(Quota::per_second(3, 1).unwrap().emission_interval(), Duration::from_nanos(333_333_334));
-    assert_eq!(Quota::per_day(10_000).unwrap().window_secs(), 86_400);
-    assert_eq!(Quota::per_minute(60, 10).unwrap().window_secs(), 10);
+    assert!(Quota::new(0, SEC, 1).is_none());
+    assert!(Quota::new(1, SEC, 0).is_none());
+    assert!(Quota::new(1, Nanos::ZERO, 1).is_none());
+    assert!(Quota::new(1, Nanos::from_secs(u64::MAX / 4), u64::MAX).is_none());
+    assert_eq!(
+        Quota::per_second(nonzero!(3u32)).allow_burst(nonzero!(1u32)).emission(),
+        Nanos::new(333_333_334)
+    );
+    assert_eq!(Quota::per_day(nonzero!(10_000u32)).window_secs(), 86_400);
+    assert_eq!(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)).window_secs(), 10);
+}
+
+/// `w` is the nominal time to refill: the emission interval's rounding up to a nanosecond
+/// (7 a day is 12 342 857 142 857.14 ns a token, so 7 tokens take 86 400.000000006 s) never
+/// shows up as an extra second.
+#[test]
+fn window_is_exact_for_day_hour_and_minute() {
+    for (rate, period, secs) in [(7, DAY, 86_400), (7, HOUR, 3_600), (7, MINUTE, 60), (13, DAY, 86_400)] {
+        let quota = Quota::new(rate, period, rate).unwrap();
+        assert!(quota.refill_time() > period, "the arithmetic rounds the emission up");
+        assert_eq!(quota.window_secs(), secs, "{rate} per {period:?}");
+        assert_eq!(quota.window(), period);
+    }
+    let seven = nonzero!(7u32);
+    assert_eq!(Quota::per_day(seven).window_secs(), 86_400);
+    assert_eq!(Quota::per_hour(seven).window_secs(), 3_600);
+    assert_eq!(Quota::per_minute(seven).window_secs(), 60);
+    assert_eq!(Quota::daily(7).unwrap().window_secs(), 86_400);
+    // A burst that is not the rate: 10 tokens at 7 a minute take 85.71 s, shown as 86.
+    assert_eq!(Quota::per_minute(seven).allow_burst(nonzero!(10u32)).window_secs(), 86);
+    assert_eq!(Quota::per_hour(seven).allow_burst(nonzero!(14u32)).window_secs(), 7_200);
+    // Rates from the configuration file, whole or not.
+    assert_eq!(Quota::from_rate(7.0, DAY, 7).unwrap().window_secs(), 86_400);
+    assert_eq!(Quota::from_rate(0.5, SEC, 2).unwrap().window_secs(), 4);
+    assert_eq!(Quota::from_rate(2.5, MINUTE, 5).unwrap().window_secs(), 120);
+    assert!(Quota::from_rate(f64::NAN, SEC, 1).is_none());
+    assert!(Quota::from_rate(-1.0, SEC, 1).is_none());
+}
+
+#[test]
+fn const_constructors_match_the_general_one() {
+    const Q: Quota = Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32));
+    assert_eq!(Some(Q), Quota::new(30, MINUTE, 5));
+    assert_eq!(Some(Quota::per_second(nonzero!(4u32))), Quota::new(4, SEC, 4));
+    assert_eq!(Some(Quota::per_hour(nonzero!(100u32))), Quota::new(100, HOUR, 100));
+    assert_eq!(Some(Quota::per_day(nonzero!(10_000u32))), Quota::daily(10_000));
+    // A burst whose refill would exceed 146 years is held there, never an overflow.
+    let huge = Quota::per_day(nonzero!(1u32)).allow_burst(NonZeroU32::MAX);
+    assert!(huge.refill_time() <= Nanos::new(1 << 62) && huge.burst() > 50_000);
+}
+
+/// `t`: the wait for the next whole token, not for a full bucket; zero when full.
+#[test]
+fn next_after_is_the_next_token_and_zero_when_full() {
+    let rule = bucket(30, 5); // a token every 2 s
+    let full = rule.check(0, START, 0);
+    assert_eq!((full.remaining, full.next_after), (5, Nanos::ZERO));
+    let one = rule.check(0, START, 1);
+    assert_eq!((one.remaining, one.next_after, one.reset_after), (4, 2 * SEC, 2 * SEC));
+    let state = rule.check(one.new_state().unwrap(), START, 3).new_state().unwrap();
+    let later = rule.check(state, START + SEC / 2, 0);
+    assert_eq!(later.remaining, 1);
+    assert_eq!(later.next_after, SEC + SEC / 2, "the next token, not the 7.5 s to full");
+    assert_eq!(later.reset_after, 7 * SEC + SEC / 2);
+    // A refusal says when one more token comes, never later than the request's own wait.
+    let denied = rule.check(state, START + SEC / 2, 3);
+    assert_eq!(denied.next_after, SEC + SEC / 2);
+    assert_eq!(denied.retry_after, 3 * SEC + SEC / 2);
+    // Back to full: zero again.
+    assert_eq!(rule.check(state, START + 8 * SEC, 0).next_after, Nanos::ZERO);
+
+    let rule = window(60, 10); // 10 s windows
+    assert_eq!(rule.check(0, START, 0).next_after, Nanos::ZERO);
 }
 
 /// A request stream: gaps between requests and their costs.
 fn requests() -> impl Strategy<Value = Vec<(u64, u64)>> {
-    prop::collection::vec((0..3 * SEC, 0u64..4), 1..150)
+    prop::collection::vec((0..3 * SEC.as_nanos(), 0u64..4), 1..150)
 }
 
 /// Runs a stream through a rule; returns (time, cost) of every admitted request.
-fn admitted(rule: &Rule, stream: &[(u64, u64)]) -> Vec<(u64, u64)> {
+fn admitted(rule: &Rule, stream: &[(u64, u64)]) -> Vec<(Nanos, u64)> {
     let mut state = 0;
     let mut now = START;
     let mut out = Vec::new();
     for &(gap, cost) in stream {
-        now += gap;
+        now += Nanos::new(gap);
         let check = rule.check(state, now, cost);
         if let Some(next) = check.new_state() {
             state = next;
             out.push((now, cost));
         } else {
-            assert!(check.exceeds() || check.retry_after > 0, "a denial says when to retry");
+            assert!(check.exceeds() || check.retry_after > Nanos::ZERO, "a denial says when to retry");
         }
     }
     out
@@ -169,14 +242,14 @@ proptest! {
         per_minute in 1u64..600, burst in 1u64..20, stream in requests()
     ) {
         let rule = bucket(per_minute, burst);
-        let emission = rule.quota().emission_nanos();
+        let emission = rule.quota().emission();
         let admitted = admitted(&rule, &stream);
         for (i, &(start, _)) in admitted.iter().enumerate() {
             let mut total = 0;
             for &(at, cost) in &admitted[i..] {
                 total += cost;
                 let allowed = burst + (at - start) / emission;
-                prop_assert!(total <= allowed, "{total} tokens in {} ns, allowed {allowed}", at - start);
+                prop_assert!(total <= allowed, "{total} tokens in {:?}, allowed {allowed}", at - start);
             }
         }
     }
@@ -188,11 +261,11 @@ proptest! {
         cost in 1u64..20, sliding in any::<bool>()
     ) {
         let algorithm = if sliding { Algorithm::SlidingWindow } else { Algorithm::TokenBucket };
-        let rule = Rule::new(algorithm, Quota::per_minute(per_minute, burst).unwrap());
+        let rule = Rule::new(algorithm, Quota::new(per_minute, MINUTE, burst).unwrap());
         let mut state = 0;
         let mut now = START;
         for &(gap, c) in &stream {
-            now += gap;
+            now += Nanos::new(gap);
             if let Some(next) = rule.check(state, now, c).new_state() {
                 state = next;
             }
@@ -201,7 +274,39 @@ proptest! {
         if check.new_state().is_none() && !check.exceeds() {
             let wait = check.retry_after;
             prop_assert!(rule.check(state, now + wait, cost).new_state().is_some());
-            prop_assert!(rule.check(state, now + wait - 1, cost).new_state().is_none());
+            prop_assert!(rule.check(state, now + wait - NS, cost).new_state().is_none());
+        }
+    }
+
+    /// `next_after` is exactly when one more whole token is there (absent other traffic), it is
+    /// zero only for a full bucket, and a refusal's wait is never shorter.
+    #[test]
+    fn next_after_is_honest(
+        per_minute in 1u64..600, burst in 1u64..20, stream in requests(),
+        cost in 0u64..20, sliding in any::<bool>()
+    ) {
+        let algorithm = if sliding { Algorithm::SlidingWindow } else { Algorithm::TokenBucket };
+        let rule = Rule::new(algorithm, Quota::new(per_minute, MINUTE, burst).unwrap());
+        let mut state = 0;
+        let mut now = START;
+        for &(gap, c) in &stream {
+            now += Nanos::new(gap);
+            if let Some(next) = rule.check(state, now, c).new_state() {
+                state = next;
+            }
+        }
+        let check = rule.check(state, now, cost);
+        if let Some(next) = check.new_state() {
+            state = next;
+        }
+        let next = check.next_after;
+        prop_assert_eq!(next.is_zero(), check.remaining == burst);
+        if !next.is_zero() {
+            prop_assert_eq!(rule.check(state, now + next - NS, 0).remaining, check.remaining);
+            prop_assert_eq!(rule.check(state, now + next, 0).remaining, check.remaining + 1);
+        }
+        if check.new_state().is_none() && !check.exceeds() {
+            prop_assert!(next <= check.retry_after, "t {:?} after Retry-After {:?}", next, check.retry_after);
         }
     }
 
@@ -212,13 +317,13 @@ proptest! {
         per_minute in 1u64..600, burst in 1u64..20, stream in requests()
     ) {
         let rule = window(per_minute, burst);
-        let w = rule.quota().refill_nanos();
+        let w = rule.quota().refill_time();
         let admitted = admitted(&rule, &stream);
         for (i, &(start, _)) in admitted.iter().enumerate() {
             let mut total = 0;
             for &(at, cost) in &admitted[i..] {
                 total += cost;
-                let windows = (at - start).div_ceil(w) + 1;
+                let windows = (at - start).as_nanos().div_ceil(w.as_nanos()) + 1;
                 prop_assert!(total <= burst * windows);
             }
         }
@@ -233,11 +338,11 @@ proptest! {
     #[test]
     fn standing_stays_in_range(per_minute in 1u64..600, burst in 1u64..20, stream in requests(), sliding in any::<bool>()) {
         let algorithm = if sliding { Algorithm::SlidingWindow } else { Algorithm::TokenBucket };
-        let rule = Rule::new(algorithm, Quota::per_minute(per_minute, burst).unwrap());
+        let rule = Rule::new(algorithm, Quota::new(per_minute, MINUTE, burst).unwrap());
         let mut state = 0;
         let mut now = START;
         for &(gap, cost) in &stream {
-            now += gap;
+            now += Nanos::new(gap);
             let fraction = rule.fraction(state, now);
             prop_assert!((0.0..=1.0).contains(&fraction));
             let check = rule.check(state, now, cost);

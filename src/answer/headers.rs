@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sfv::{integer, KeyRef, ListSerializer, StringRef};
 
-use crate::clock::NANOS_PER_SEC;
+use crate::clock::Nanos;
 use crate::policy::{Policy, Tier};
 use crate::store::Decision;
 
@@ -122,10 +122,6 @@ fn clamp(n: u64) -> i64 {
     n.min(999_999_999_999_999) as i64
 }
 
-fn secs_ceil(nanos: u64) -> u64 {
-    nanos.div_ceil(NANOS_PER_SEC)
-}
-
 /// The rate-limit headers of one answer, ready to merge into a response.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RateLimitHeaders {
@@ -176,7 +172,7 @@ impl RateLimitHeaders {
                 out.ratelimit = ratelimit_in(buf, tier, decision);
             }
             if let Some(wait) = retry_after {
-                out.retry_after = Some(number_in(buf, retry_after_secs(wait.as_nanos() as u64)));
+                out.retry_after = Some(number_in(buf, retry_after_secs(wait)));
             }
         });
         out
@@ -212,8 +208,8 @@ impl RateLimitHeaders {
 
 /// Whole seconds to announce in `Retry-After`: the exact wait rounded up, at least 1. Waiting
 /// that long always suffices and never costs a full second more than needed.
-pub(crate) fn retry_after_secs(wait_nanos: u64) -> u64 {
-    secs_ceil(wait_nanos).max(1)
+pub(crate) fn retry_after_secs(wait: Nanos) -> u64 {
+    wait.as_secs_ceil().max(1)
 }
 
 /// The most bytes [`ratelimit_in`] may write for this answer.
@@ -248,7 +244,7 @@ fn ratelimit_in(buf: &mut BytesMut, tier: &Tier, decision: &Decision) -> Option<
             let policy = &tier.policies()[usize::from(state.index)];
             list.bare_item(&*policy.sf_name as &StringRef)
                 .parameter(key("r"), integer(clamp(state.remaining)))
-                .parameter(key("t"), integer(clamp(secs_ceil(state.reset_after))));
+                .parameter(key("t"), integer(clamp(state.next_after.as_secs_ceil())));
         }
         let text = list.finish()?;
         buf.extend_from_slice(text.as_bytes());
@@ -262,11 +258,15 @@ mod tests {
     use crate::algorithm::Quota;
     use crate::policy::{Limits, TierSpec};
     use crate::store::{Outcome, PolicyState};
+    use nonzero_ext::nonzero;
 
     fn free() -> Limits {
         Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
-            .tier("free", TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(10_000))
+            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
+            .tier(
+                "free",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(10_000),
+            )
             .build()
             .unwrap()
     }
@@ -281,32 +281,51 @@ mod tests {
         );
     }
 
+    /// `w` is exact for daily, hourly and per-minute policies whose emission interval had to be
+    /// rounded (7 a day is not a whole number of nanoseconds per token): never 86401.
+    #[test]
+    fn policy_windows_are_exact_for_day_hour_and_minute() {
+        let limits = Limits::builder()
+            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(7u32))).daily(7))
+            .tier("hourly", TierSpec::new(Quota::per_hour(nonzero!(7u32))))
+            .build()
+            .unwrap();
+        assert_eq!(
+            limits.default_tier().policy_header.as_ref().unwrap(),
+            "\"anonymous\";q=7;w=60, \"anonymous-daily\";q=7;w=86400"
+        );
+        assert_eq!(limits.tier("hourly").unwrap().policy_header.as_ref().unwrap(), "\"hourly\";q=7;w=3600");
+    }
+
     #[test]
     fn headers_describe_the_tightest_policy() {
         let limits = free();
         let tier = limits.tier("free").unwrap();
-        let now = 1_700_000_000 * NANOS_PER_SEC;
+        let now = Nanos::from_secs(1_700_000_000);
         let decision = Decision::new(Outcome::Admitted, now, 1.0, 1)
             .with(PolicyState {
                 index: 0,
                 limit: 10,
                 remaining: 3,
-                reset_after: 7 * NANOS_PER_SEC,
-                retry_after: 0,
+                reset_after: Nanos::from_secs(7),
+                retry_after: Nanos::ZERO,
+                next_after: Nanos::from_millis(400),
             })
             .with(PolicyState {
                 index: 1,
                 limit: 10_000,
                 remaining: 9_950,
-                reset_after: 41_000 * NANOS_PER_SEC,
-                retry_after: 0,
+                reset_after: Nanos::from_secs(41_000),
+                retry_after: Nanos::ZERO,
+                next_after: Nanos::from_millis(2_500),
             });
         let mut map = HeaderMap::new();
         RateLimitHeaders::new(HeaderMode::Both, tier, &decision).apply(&mut map);
         assert_eq!(map["x-ratelimit-limit"], "10");
         assert_eq!(map["x-ratelimit-remaining"], "3");
+        // Reset: when the bucket is full again; t: when the next token is (rounded up).
         assert_eq!(map["x-ratelimit-reset"], "1700000007");
-        assert_eq!(map["ratelimit"], "\"free\";r=3;t=7, \"free-daily\";r=9950;t=41000");
+        assert_eq!(map["ratelimit"], "\"free\";r=3;t=1, \"free-daily\";r=9950;t=3");
         assert!(!map.contains_key("retry-after"));
 
         let mut map = HeaderMap::new();
@@ -321,12 +340,13 @@ mod tests {
     fn handler_headers_win() {
         let limits = free();
         let tier = limits.tier("free").unwrap();
-        let decision = Decision::new(Outcome::Admitted, 0, 1.0, 1).with(PolicyState {
+        let decision = Decision::new(Outcome::Admitted, Nanos::ZERO, 1.0, 1).with(PolicyState {
             index: 0,
             limit: 10,
             remaining: 3,
-            reset_after: 0,
-            retry_after: 0,
+            reset_after: Nanos::ZERO,
+            retry_after: Nanos::ZERO,
+            next_after: Nanos::ZERO,
         });
         let mut map = HeaderMap::new();
         map.insert("x-ratelimit-remaining", HeaderValue::from_static("mine"));
@@ -336,10 +356,10 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
-        assert_eq!(retry_after_secs(1), 1);
-        assert_eq!(retry_after_secs(NANOS_PER_SEC), 1);
-        assert_eq!(retry_after_secs(NANOS_PER_SEC + 1), 2);
-        assert_eq!(retry_after_secs(0), 1);
+        assert_eq!(retry_after_secs(Nanos::new(1)), 1);
+        assert_eq!(retry_after_secs(Nanos::SECOND), 1);
+        assert_eq!(retry_after_secs(Nanos::new(1_000_000_001)), 2);
+        assert_eq!(retry_after_secs(Nanos::ZERO), 1);
     }
 
     /// The `RateLimit` value written through the reused buffers is byte for byte what a fresh sfv serializer makes, for
@@ -347,8 +367,11 @@ mod tests {
     #[test]
     fn ratelimit_matches_the_sfv_serializer() {
         let limits = Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
-            .tier("we\"ird\\name", TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(10_000))
+            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
+            .tier(
+                "we\"ird\\name",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(10_000),
+            )
             .build()
             .unwrap();
         let reference = |tier: &Tier, decision: &Decision| {
@@ -357,20 +380,23 @@ mod tests {
                 let policy = &tier.policies()[usize::from(state.index)];
                 list.bare_item(&*policy.sf_name as &StringRef)
                     .parameter(key("r"), integer(clamp(state.remaining)))
-                    .parameter(key("t"), integer(clamp(secs_ceil(state.reset_after))));
+                    .parameter(key("t"), integer(clamp(state.next_after.as_secs_ceil())));
             }
             list.finish()
         };
         for tier in limits.tiers() {
-            for (remaining, reset_after) in [(0, 0), (3, 7 * NANOS_PER_SEC + 1), (u64::MAX, u64::MAX)] {
-                let mut decision = Decision::new(Outcome::Admitted, 0, 1.0, 1);
+            for (remaining, next_after) in
+                [(0, Nanos::ZERO), (3, Nanos::new(7_000_000_001)), (u64::MAX, Nanos::MAX)]
+            {
+                let mut decision = Decision::new(Outcome::Admitted, Nanos::ZERO, 1.0, 1);
                 for index in 0..tier.policies().len() {
                     decision = decision.with(PolicyState {
                         index: index as u8,
                         limit: 10,
                         remaining,
-                        reset_after,
-                        retry_after: 0,
+                        reset_after: Nanos::MAX,
+                        retry_after: Nanos::ZERO,
+                        next_after,
                     });
                 }
                 let ours = SCRATCH
@@ -382,7 +408,7 @@ mod tests {
                 assert_eq!(ours.to_str().unwrap(), reference(tier, &decision).unwrap());
             }
         }
-        let empty = Decision::new(Outcome::Admitted, 0, 1.0, 1);
+        let empty = Decision::new(Outcome::Admitted, Nanos::ZERO, 1.0, 1);
         assert!(SCRATCH.with_borrow_mut(|buf| ratelimit_in(buf, limits.default_tier(), &empty)).is_none());
     }
 

@@ -7,11 +7,12 @@ use super::ConfigError;
 /// Defines [`Limits`] in code; made by [`Limits::builder`].
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::{Algorithm, Quota};
 /// use tollgate::policy::{Limits, TierSpec};
 ///
 /// let err = Limits::builder()
-///     .tier("free", TierSpec::new(Quota::per_minute(60, 10).unwrap()))
+///     .tier("free", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))))
 ///     .default_tier("gold")
 ///     .build()
 ///     .unwrap_err();
@@ -108,7 +109,7 @@ impl Builder {
                     ));
                 }
             }
-            if spec.daily.is_some_and(|d| crate::algorithm::Quota::per_day(d).is_none()) {
+            if spec.daily.is_some_and(|d| crate::algorithm::Quota::daily(d).is_none()) {
                 return Err(ConfigError::invalid(
                     format!("tiers.{name}.requests_per_day"),
                     "is out of range",

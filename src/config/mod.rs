@@ -30,8 +30,6 @@ mod store;
 
 use std::collections::BTreeMap;
 
-use std::time::Duration;
-
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -326,7 +324,7 @@ impl Config {
                 max_entries: degrade.cache_max_entries,
                 max_bytes: degrade.cache_max_bytes,
                 max_entry_bytes: degrade.cache_max_entry_bytes,
-                ttl: Duration::from_secs(degrade.cache_ttl_secs),
+                ttl: crate::clock::Nanos::from_secs(degrade.cache_ttl_secs),
             });
             builder = builder.degrade(
                 degrade.routes.iter().map(String::as_str),
@@ -405,10 +403,10 @@ impl TierConfig {
                 format!("must be a whole number of at least 1 (found {burst})"),
             )
         })?;
-        let emission = (Duration::from_secs(period).as_nanos() as f64 / rate).ceil();
-        let quota = Quota::from_emission(emission as u64, burst).ok_or_else(|| {
-            ConfigError::invalid(key(field), format!("{rate} with a burst of {burst} is out of range"))
-        })?;
+        let quota =
+            Quota::from_rate(rate, crate::clock::Nanos::from_secs(period), burst).ok_or_else(|| {
+                ConfigError::invalid(key(field), format!("{rate} with a burst of {burst} is out of range"))
+            })?;
         let algorithm = self.algorithm;
         let mut spec = TierSpec::new(quota);
         if let Some(daily) = self.requests_per_day {

@@ -108,11 +108,7 @@ fn rates_in_every_unit() {
     ] {
         let config = Config::from_toml(&format!("[tiers.anonymous]\n{field} = 2\nburst = 3\n")).unwrap();
         let limits = config.limits().unwrap();
-        assert_eq!(
-            limits.default_tier().policies()[0].quota().emission_interval().as_nanos(),
-            emission,
-            "{field}"
-        );
+        assert_eq!(limits.default_tier().policies()[0].quota().emission().as_nanos(), emission, "{field}");
     }
 }
 

@@ -12,12 +12,12 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, SET_COOKIE, TRANSFER_ENCODING, VARY};
 use http::{HeaderMap, Method, StatusCode, Uri};
 
+use crate::clock::Nanos;
 use crate::key::Key;
 
 const SHARDS: usize = 16;
@@ -32,7 +32,7 @@ pub struct CacheLimits {
     /// The largest body kept.
     pub max_entry_bytes: usize,
     /// How long an entry may be replayed.
-    pub ttl: Duration,
+    pub ttl: Nanos,
 }
 
 impl Default for CacheLimits {
@@ -41,7 +41,7 @@ impl Default for CacheLimits {
             max_entries: 10_000,
             max_bytes: 16 << 20,
             max_entry_bytes: 64 << 10,
-            ttl: Duration::from_secs(300),
+            ttl: Nanos::from_secs(300),
         }
     }
 }
@@ -55,8 +55,8 @@ pub(crate) struct Cached {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
-    /// When it was stored, in the limiter's clock (nanoseconds since the epoch).
-    pub(crate) stored_at: u64,
+    /// When it was stored, by the limiter's clock.
+    pub(crate) stored_at: Nanos,
 }
 
 impl Cached {
@@ -118,8 +118,8 @@ impl ResponseCache {
     }
 
     /// Notes the limiter's clock.
-    pub(crate) fn tick(&self, now: u64) {
-        self.latest.fetch_max(now, Ordering::Relaxed);
+    pub(crate) fn tick(&self, now: Nanos) {
+        self.latest.fetch_max(now.as_nanos(), Ordering::Relaxed);
     }
 
     /// The caller's own fresh copy of this request's answer, if any.
@@ -131,8 +131,8 @@ impl ResponseCache {
         if !entry.is_for(owner, method, target) {
             return None;
         }
-        let ttl = u64::try_from(self.limits.ttl.as_nanos()).unwrap_or(u64::MAX);
-        if self.latest.load(Ordering::Relaxed).saturating_sub(entry.stored_at) > ttl {
+        let latest = Nanos::new(self.latest.load(Ordering::Relaxed));
+        if latest.saturating_sub(entry.stored_at) > self.limits.ttl {
             shard.remove(digest);
             return None;
         }
@@ -221,7 +221,7 @@ pub(crate) struct Pending {
     pub(crate) uri: Uri,
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
-    pub(crate) stored_at: u64,
+    pub(crate) stored_at: Nanos,
 }
 
 /// Records a response body as it streams, and keeps it when it ends.
@@ -270,6 +270,7 @@ mod tests {
     use super::*;
 
     fn pending(owner: &str, uri: &str, stored_at: u64) -> Pending {
+        let stored_at = Nanos::new(stored_at);
         Pending {
             cache: Arc::new(ResponseCache::new(CacheLimits::default())),
             owner: Key::new(owner),
@@ -294,13 +295,12 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let cache =
-            ResponseCache::new(CacheLimits { ttl: Duration::from_secs(10), ..CacheLimits::default() });
+        let cache = ResponseCache::new(CacheLimits { ttl: Nanos::from_secs(10), ..CacheLimits::default() });
         cache.put(pending("a", "/x", 1_000), Bytes::from_static(b"x"));
         let uri: Uri = "/x".parse().unwrap();
-        cache.tick(1_000 + 10_000_000_000);
+        cache.tick(Nanos::new(1_000 + 10_000_000_000));
         assert!(cache.get(&Key::new("a"), &Method::GET, &uri).is_some());
-        cache.tick(1_000 + 10_000_000_001);
+        cache.tick(Nanos::new(1_000 + 10_000_000_001));
         assert!(cache.get(&Key::new("a"), &Method::GET, &uri).is_none());
         assert_eq!(cache.len(), 0);
     }
@@ -308,7 +308,7 @@ mod tests {
     #[test]
     fn memory_stays_within_its_bounds() {
         let limits =
-            CacheLimits { max_entries: 160, max_bytes: 16 * 1024, max_entry_bytes: 512, ttl: Duration::MAX };
+            CacheLimits { max_entries: 160, max_bytes: 16 * 1024, max_entry_bytes: 512, ttl: Nanos::MAX };
         let cache = ResponseCache::new(limits);
         for i in 0..10_000 {
             cache.put(pending(&format!("c{i}"), "/x", 0), Bytes::from(vec![b'x'; 300]));

@@ -15,6 +15,7 @@ use crate::answer::{
     retry_after_secs, HeaderMode, Problem, RateLimitHeaders, PROBLEM_CONCURRENCY, PROBLEM_OVER_CAPACITY,
     PROBLEM_RATE_LIMITED, PROBLEM_UNAVAILABLE,
 };
+use crate::clock::{Clock, Nanos, SystemClock};
 use crate::degrade::Band;
 use crate::degrade::{Cached, Pending, ResponseCache};
 use crate::key::{Key, KeyExtractor};
@@ -32,6 +33,8 @@ pub(crate) struct Core {
     pub(crate) observer: Option<Arc<dyn Observer>>,
     pub(crate) cache: Option<Arc<ResponseCache>>,
     pub(crate) inflight: Arc<InFlight>,
+    /// Reads the time for the layer's own needs (the fault log's throttle).
+    pub(crate) clock: Arc<dyn Clock>,
     unidentified: Key,
     warned_unidentified: AtomicBool,
     last_fault_log: AtomicU64,
@@ -84,6 +87,7 @@ impl Core {
             observer: None,
             cache,
             inflight: Arc::new(InFlight::new()),
+            clock: Arc::new(SystemClock::new()),
             unidentified: Key::new("unidentified"),
             warned_unidentified: AtomicBool::new(false),
             last_fault_log: AtomicU64::new(0),
@@ -249,9 +253,9 @@ impl Core {
     }
 
     fn fault<B>(&self, error: &StoreError, req: Request<B>, permits: Permits) -> Next<B> {
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if self.last_fault_log.swap(now, Ordering::Relaxed) != now {
+        // At most one warning a second, whatever the rate of faults.
+        let second = self.clock.now().as_secs();
+        if self.last_fault_log.swap(second, Ordering::Relaxed) != second {
             tracing::warn!(%error, on_error = ?self.on_error, "tollgate: rate-limit store fault");
         }
         match self.on_error {
@@ -325,12 +329,12 @@ fn over_capacity(tier: &Tier, decision: &Decision, cost: u64, headers: RateLimit
 }
 
 /// The caller's cached answer, replayed with fresh rate-limit headers and its `Age`.
-fn replay(copy: &Cached, method: &http::Method, now: u64, headers: RateLimitHeaders) -> OwnResponse {
+fn replay(copy: &Cached, method: &http::Method, now: Nanos, headers: RateLimitHeaders) -> OwnResponse {
     let body = if *method == http::Method::HEAD { Bytes::new() } else { copy.body.clone() };
     let mut response = Response::new(body);
     *response.status_mut() = copy.status;
     *response.headers_mut() = copy.headers.clone();
-    let age = now.saturating_sub(copy.stored_at) / crate::clock::NANOS_PER_SEC;
+    let age = now.saturating_sub(copy.stored_at).as_secs();
     response.headers_mut().insert(http::header::AGE, HeaderValue::from(age));
     headers.apply(response.headers_mut());
     response

@@ -107,12 +107,13 @@ impl RateLimitLayer<ClientIp> {
     /// A layer enforcing limits defined in code, keyed by client IP, on an in-process store.
     ///
     /// ```
+    /// use nonzero_ext::nonzero;
     /// use tollgate::algorithm::Quota;
     /// use tollgate::policy::{Limits, TierSpec};
     /// use tollgate::RateLimitLayer;
     ///
     /// let limits = Limits::builder()
-    ///     .tier("anonymous", TierSpec::new(Quota::per_second(10, 20).unwrap()))
+    ///     .tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(10u32)).allow_burst(nonzero!(20u32))))
     ///     .build()
     ///     .unwrap();
     /// let layer = RateLimitLayer::from_limits(limits);
@@ -148,6 +149,7 @@ impl<K> RateLimitLayer<K> {
             self.core.on_error,
         );
         core.observer = self.core.observer.clone();
+        core.clock = self.core.clock.clone();
         f(&mut core);
         Self { core: Arc::new(core), extractor: self.extractor }
     }
@@ -155,9 +157,10 @@ impl<K> RateLimitLayer<K> {
     /// Finds clients with `extractor` instead.
     ///
     /// ```
+    /// # use nonzero_ext::nonzero;
     /// use tollgate::key::{Client, Key};
     /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
-    /// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(1, 1).unwrap())).build().unwrap();
+    /// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)))).build().unwrap();
     /// let layer = RateLimitLayer::from_limits(limits).extractor(|parts: &http::request::Parts| {
     ///     let user = parts.headers.get("x-user")?.to_str().ok()?;
     ///     Some(Client::new(Key::new(user)))
@@ -183,6 +186,12 @@ impl<K> RateLimitLayer<K> {
         self.rebuild(|c| c.on_error = policy)
     }
 
+    /// Reads the time from `clock` for the layer's own needs (its stores keep their own
+    /// clocks): tests pass a [`ManualClock`](crate::clock::ManualClock).
+    pub fn clock(self, clock: impl crate::clock::Clock) -> Self {
+        self.rebuild(|c| c.clock = Arc::new(clock))
+    }
+
     /// Tells `observer` of every decision (replacing any earlier observer; combine several
     /// with a tuple `(a, b)`).
     pub fn observer(self, observer: impl Observer) -> Self {
@@ -196,8 +205,9 @@ impl<K> RateLimitLayer<K> {
     /// When `route` is not a route.
     ///
     /// ```
+    /// # use nonzero_ext::nonzero;
     /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
-    /// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(1, 10).unwrap())).build().unwrap();
+    /// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)).allow_burst(nonzero!(10u32)))).build().unwrap();
     /// let layer = RateLimitLayer::from_limits(limits)
     ///     .route_cost("POST /reports/{id}", 8)
     ///     .exempt("/health");
@@ -241,10 +251,11 @@ impl<K: KeyExtractor> RateLimitLayer<K> {
     /// usage endpoint shows.
     ///
     /// ```
+    /// use nonzero_ext::nonzero;
     /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
     /// # tokio_test_block_on(async {
     /// let limits = Limits::builder()
-    ///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+    ///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
     ///     .build().unwrap();
     /// let layer = RateLimitLayer::from_limits(limits);
     /// let mut req = http::Request::new(());

@@ -1,3 +1,4 @@
+use nonzero_ext::nonzero;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,14 +21,14 @@ const START: Duration = Duration::from_secs(1_700_000_000);
 
 fn limits() -> Limits {
     Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+        .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
         .tier(
             "free",
-            TierSpec::new(Quota::per_minute(60, 10).unwrap())
+            TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)))
                 .daily(12)
                 .upgrade_url("https://example.com/pricing"),
         )
-        .tier("pro", TierSpec::new(Quota::per_minute(60, 20).unwrap()))
+        .tier("pro", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(20u32))))
         .route("/search", 5)
         .route("POST /generate", 20)
         .route("/usage", 0)
@@ -94,7 +95,8 @@ async fn admits_the_burst_then_answers_429_with_an_honest_retry_after() {
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
     assert_eq!(res.headers()["x-ratelimit-reset"], (START.as_secs() + 10).to_string().as_str());
-    assert_eq!(res.headers()["ratelimit"], "\"anonymous\";r=0;t=10");
+    // t: the next token (2 s), not the 10 s to full that X-RateLimit-Reset gives.
+    assert_eq!(res.headers()["ratelimit"], "\"anonymous\";r=0;t=2");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["status"], 429);
     assert_eq!(json["retry_after"], 2);
@@ -109,6 +111,80 @@ async fn admits_the_burst_then_answers_429_with_an_honest_retry_after() {
     assert_eq!(send(&mut svc, get("/a", "ann")).await.0.status(), StatusCode::OK);
     // Another client is untouched.
     assert_eq!(send(&mut svc, get("/a", "bob")).await.0.status(), StatusCode::OK);
+}
+
+/// Parses `"name";r=R;t=T, ...` into (name, r, t) triples.
+fn ratelimit(res: &Response<()>) -> Vec<(String, u64, u64)> {
+    let text = res.headers()["ratelimit"].to_str().unwrap();
+    text.split(", ")
+        .map(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap().trim_matches('"').to_owned();
+            let num = |p: Option<&str>, key: &str| p.unwrap().strip_prefix(key).unwrap().parse().unwrap();
+            (name, num(parts.next(), "r="), num(parts.next(), "t="))
+        })
+        .collect()
+}
+
+/// `t` is the wait for the next whole token (rounded up), 0 when the policy is full, and on a
+/// 429 `Retry-After` is never earlier than the violated policy's `t`.
+#[tokio::test]
+async fn ratelimit_t_is_the_next_token_and_retry_after_covers_it() {
+    let clock = ManualClock::new(START);
+    let mut svc = ServiceBuilder::new().layer(layer(&clock)).service(handler(Arc::default()));
+    // A cost-0 route reports the standing of a full bucket: no token is awaited.
+    let (res, _) = send(&mut svc, get("/usage", "ann")).await;
+    assert_eq!(ratelimit(&res), [("anonymous".to_owned(), 5, 0)]);
+    // One token spent (a token every 2 s): the next one in 2 s; full again in 2 s too.
+    let (res, _) = send(&mut svc, get("/a", "ann")).await;
+    assert_eq!(ratelimit(&res), [("anonymous".to_owned(), 4, 2)]);
+    // 1.5 s later, a second one: 2.5 s to full, but the next token comes in 0.5 s (t = 1).
+    clock.advance(Duration::from_millis(1_500));
+    let (res, _) = send(&mut svc, get("/a", "ann")).await;
+    assert_eq!(ratelimit(&res), [("anonymous".to_owned(), 3, 1)]);
+    assert_eq!(res.headers()["x-ratelimit-reset"], (START.as_secs() + 4).to_string().as_str());
+
+    // Two policies: 60 a minute with a burst of 10, and 12 a day (a token every 2 hours).
+    let user = |path| get(path, "fay").tap_tier("free");
+    for _ in 0..10 {
+        assert_eq!(send(&mut svc, user("/a")).await.0.status(), StatusCode::OK);
+    }
+    let (res, _) = send(&mut svc, user("/a")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The burst policy is violated: Retry-After is its t; the daily one's t may be longer.
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(ratelimit(&res), [("free".to_owned(), 0, 1), ("free-daily".to_owned(), 2, 7_200)]);
+    clock.advance(Duration::from_secs(2));
+    for _ in 0..2 {
+        assert_eq!(send(&mut svc, user("/a")).await.0.status(), StatusCode::OK);
+    }
+    let (res, _) = send(&mut svc, user("/a")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Now the daily policy is violated: its next token is the first one spent, 2 h after it.
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(retry_after, 7_198);
+    let daily = &ratelimit(&res)[1];
+    assert_eq!((daily.1, daily.2), (0, 7_198));
+    assert!(retry_after >= daily.2);
+    // A request of cost 5 waits for five tokens, longer than t, the wait for one.
+    for _ in 0..4 {
+        assert_eq!(send(&mut svc, get("/a", "ann")).await.0.status(), StatusCode::OK);
+    }
+    let (res, _) = send(&mut svc, get("/search", "ann")).await;
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after > ratelimit(&res)[0].2, "{res:?}");
+}
+
+trait TapTier {
+    fn tap_tier(self, tier: &str) -> Self;
+}
+
+impl TapTier for Request<Full<Bytes>> {
+    fn tap_tier(mut self, tier: &str) -> Self {
+        self.headers_mut().insert("x-tier", tier.parse().unwrap());
+        self
+    }
 }
 
 #[tokio::test]
@@ -397,7 +473,7 @@ async fn cached_answers_are_never_shared_and_no_store_is_respected() {
 
 fn concurrency_limits() -> Limits {
     Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_second(1_000, 1_000).unwrap()).concurrency(2))
+        .tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1_000u32))).concurrency(2))
         .route_concurrency("/slow", 1)
         .build()
         .unwrap()

@@ -41,9 +41,10 @@ const OTHER: &str = "other";
 /// [`KEYS_TRACKED`] (gauge).
 ///
 /// ```
+/// # use nonzero_ext::nonzero;
 /// use tollgate::observe::{LogNearQuota, MetricsObserver, NearQuota};
 /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
-/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(1, 1).unwrap())).build().unwrap();
+/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)))).build().unwrap();
 /// let layer = RateLimitLayer::from_limits(limits)
 ///     .observer((MetricsObserver::new(), NearQuota::new(LogNearQuota)));
 /// # let _ = layer;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::Serialize;
 
 use super::{Event, Observer, Outcome};
-use crate::clock::NANOS_PER_SEC;
+use crate::clock::Nanos;
 use crate::key::Key;
 use crate::store::Decision;
 
@@ -212,6 +212,7 @@ impl OnNearQuota for LogNearQuota {
 /// store's clock). [`every_crossing`](Self::every_crossing) turns that off.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use std::sync::{Arc, Mutex};
 /// use tollgate::algorithm::Quota;
 /// use tollgate::observe::{NearQuota, NearQuotaEvent};
@@ -219,7 +220,7 @@ impl OnNearQuota for LogNearQuota {
 /// use tollgate::RateLimitLayer;
 ///
 /// let limits = Limits::builder()
-///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
 ///     .near_quota(0.8)
 ///     .build().unwrap();
 /// let events = Arc::new(Mutex::new(Vec::new()));
@@ -234,8 +235,8 @@ pub struct NearQuota<H> {
     hook: H,
     threshold: f64,
     repeat: bool,
-    /// `(key, policy uid)` → store time (ns) before which crossings are held back.
-    recent: Mutex<HashMap<(Key, usize), u64>>,
+    /// `(key, policy uid)` → store time before which crossings are held back.
+    recent: Mutex<HashMap<(Key, usize), Nanos>>,
 }
 
 impl<H: OnNearQuota> NearQuota<H> {
@@ -294,7 +295,7 @@ impl<H: OnNearQuota> NearQuota<H> {
     }
 
     /// True when this crossing should fire (and remembers it for a period).
-    fn first_in_period(&self, key: &Key, uid: usize, now: u64, period: u64) -> bool {
+    fn first_in_period(&self, key: &Key, uid: usize, now: Nanos, period: Nanos) -> bool {
         if self.repeat {
             return true;
         }
@@ -323,8 +324,8 @@ impl<H: OnNearQuota> Observer for NearQuota<H> {
         for index in self.crossings(decision) {
             let Some(policy) = event.tier.policies().get(index) else { continue };
             let state = decision.policies()[index];
-            let period = policy.quota().refill_time().as_nanos().min(u128::from(u64::MAX)) as u64;
-            if !self.first_in_period(event.key, policy.uid(), decision.now(), period.max(NANOS_PER_SEC)) {
+            let period = policy.quota().refill_time().max(Nanos::SECOND);
+            if !self.first_in_period(event.key, policy.uid(), decision.now(), period) {
                 continue;
             }
             self.hook.on_near_quota(&NearQuotaEvent::new(
@@ -351,21 +352,26 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::policy::{Limits, TierSpec};
     use crate::store::{Charge, MemoryStore, Outcome as StoreOutcome, PolicyState};
+    use nonzero_ext::nonzero;
 
     fn limits() -> Limits {
         Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(1_000))
+            .tier(
+                "anonymous",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(1_000),
+            )
             .build()
             .unwrap()
     }
 
     fn admitted(remaining: u64, charged: u64) -> Decision {
-        Decision::new(StoreOutcome::Admitted, 0, 1.0, charged).with(PolicyState {
+        Decision::new(StoreOutcome::Admitted, Nanos::ZERO, 1.0, charged).with(PolicyState {
             index: 0,
             limit: 10,
             remaining,
-            reset_after: 0,
-            retry_after: 0,
+            reset_after: Nanos::ZERO,
+            retry_after: Nanos::ZERO,
+            next_after: Nanos::ZERO,
         })
     }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use crate::algorithm::{Check, Rule};
-use crate::clock::{Clock, SystemClock, NANOS_PER_SEC};
+use crate::clock::{Clock, Nanos, SystemClock};
 use crate::key::Key;
 use crate::policy::{Policy, Tier, MAX_POLICIES};
 
@@ -60,7 +60,7 @@ struct ShardData {
     overflow: Vec<AtomicU64>,
     len: usize,
     next_sweep: usize,
-    last_full_sweep: u64,
+    last_full_sweep: Nanos,
 }
 
 impl ShardData {
@@ -76,7 +76,7 @@ impl ShardData {
         }
     }
 
-    fn sweep(&mut self, now: u64) {
+    fn sweep(&mut self, now: Nanos) {
         let mut len = 0;
         for (map, rule) in self.maps.iter_mut().zip(&self.rules) {
             if let Some(rule) = rule {
@@ -101,15 +101,16 @@ struct Shard {
 /// The default store: lock-free per-key state in a sharded, self-cleaning, bounded map.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::Quota;
-/// use tollgate::clock::ManualClock;
+/// use tollgate::clock::{ManualClock, Nanos};
 /// use tollgate::key::Key;
 /// use tollgate::policy::{Limits, TierSpec};
 /// use tollgate::store::{Charge, MemoryStore, Store};
 /// use std::time::Duration;
 ///
 /// let limits = Limits::builder()
-///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 2).unwrap()))
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(2u32))))
 ///     .build().unwrap();
 /// let tier = limits.default_tier();
 /// let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
@@ -123,7 +124,7 @@ struct Shard {
 /// assert!(check(&store).is_admitted());
 /// let third = check(&store);
 /// assert!(!third.is_admitted());
-/// assert_eq!(third.retry_after(), Some(Duration::from_secs(2)));
+/// assert_eq!(third.retry_after(), Some(Nanos::from_secs(2)));
 /// clock.advance(Duration::from_secs(2));
 /// assert!(check(&store).is_admitted());
 /// ```
@@ -219,14 +220,14 @@ impl<C: Clock> MemoryStore<C> {
     /// At capacity, new keys share the overflow states, except when a sweep (at most one a
     /// second) might make room: then the insert path tries.
     #[inline]
-    fn at_cap(&self, data: &ShardData, now: u64) -> bool {
-        data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) < NANOS_PER_SEC
+    fn at_cap(&self, data: &ShardData, now: Nanos) -> bool {
+        data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) < Nanos::SECOND
     }
 
     /// The state of `digest` under policy `uid`: its own, or the shared overflow state when the
     /// shard is full; `None` when it has to be inserted.
     #[inline]
-    fn slot<'a>(&self, data: &'a ShardData, uid: usize, digest: u64, now: u64) -> Option<&'a AtomicU64> {
+    fn slot<'a>(&self, data: &'a ShardData, uid: usize, digest: u64, now: Nanos) -> Option<&'a AtomicU64> {
         match data.maps.get(uid).and_then(|map| map.get(&digest)) {
             Some(slot) => Some(slot),
             None if self.at_cap(data, now) => data.overflow.get(uid),
@@ -238,7 +239,14 @@ impl<C: Clock> MemoryStore<C> {
     /// [`decide_all`](Self::decide_all), without the bookkeeping that several policies need
     /// (no refunds, and a refusal reports the check that refused instead of loading again).
     #[inline]
-    fn decide_one(&self, shard: &Shard, digest: u64, policy: &Policy, now: u64, charge: Charge) -> Decision {
+    fn decide_one(
+        &self,
+        shard: &Shard,
+        digest: u64,
+        policy: &Policy,
+        now: Nanos,
+        charge: Charge,
+    ) -> Decision {
         let rule = policy.rule();
         loop {
             {
@@ -282,7 +290,7 @@ impl<C: Clock> MemoryStore<C> {
         digest: u64,
         policies: &[Policy],
         max_cost: u64,
-        now: u64,
+        now: Nanos,
         charge: Charge,
     ) -> Decision {
         loop {
@@ -316,13 +324,13 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     #[cold]
-    fn insert(&self, shard: &Shard, digest: u64, policies: &[Policy], now: u64) {
+    fn insert(&self, shard: &Shard, digest: u64, policies: &[Policy], now: Nanos) {
         let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
         data.grow_to(policies);
         if data.len >= data.next_sweep {
             data.sweep(now);
         }
-        if data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) >= NANOS_PER_SEC {
+        if data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) >= Nanos::SECOND {
             // At capacity: sweep at most once a second, so a flood of new keys cannot turn
             // every request into a full scan.
             data.last_full_sweep = now;
@@ -343,7 +351,7 @@ impl<C: Clock> MemoryStore<C> {
 }
 
 /// A decision that charges nothing: cost 0, or a cost that can never fit.
-fn standing(policies: &[Policy], states: &[u64], now: u64, cost: u64, fraction: f64) -> Decision {
+fn standing(policies: &[Policy], states: &[u64], now: Nanos, cost: u64, fraction: f64) -> Decision {
     let outcome = if cost == 0 { Outcome::Admitted } else { Outcome::Exceeds };
     let mut decision = Decision::new(outcome, now, fraction, 0);
     for (index, (policy, &state)) in policies.iter().zip(states).enumerate() {
@@ -360,7 +368,8 @@ fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Outcome) 
         limit: policy.quota().burst(),
         remaining: check.remaining,
         reset_after: check.reset_after,
-        retry_after: if outcome == Outcome::Rejected { check.retry_after } else { 0 },
+        retry_after: if outcome == Outcome::Rejected { check.retry_after } else { Nanos::ZERO },
+        next_after: check.next_after,
     }
 }
 
@@ -368,7 +377,7 @@ fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Outcome) 
 fn charge_all(
     policies: &[Policy],
     slots: &[Option<&AtomicU64>; MAX_POLICIES],
-    now: u64,
+    now: Nanos,
     cost: u64,
     fraction: f64,
 ) -> Decision {
@@ -409,7 +418,7 @@ fn charge_all(
 fn rejected(
     policies: &[Policy],
     slots: &[Option<&AtomicU64>; MAX_POLICIES],
-    now: u64,
+    now: Nanos,
     cost: u64,
     fraction: f64,
 ) -> Decision {

@@ -18,13 +18,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStats, RedisStore, RedisStoreBuilder};
 pub use memory::MemoryStore;
 
-use crate::clock::NANOS_PER_SEC;
+use crate::clock::Nanos;
 use crate::key::Key;
 use crate::policy::{Tier, MAX_POLICIES};
 
@@ -112,10 +111,13 @@ pub struct PolicyState {
     pub limit: u64,
     /// Whole tokens left (after the charge, when admitted).
     pub remaining: u64,
-    /// Nanoseconds until the bucket is full again.
-    pub reset_after: u64,
-    /// Nanoseconds until the request would fit this policy; 0 when it does.
-    pub retry_after: u64,
+    /// Until the bucket is full again.
+    pub reset_after: Nanos,
+    /// Until the request would fit this policy; zero when it does.
+    pub retry_after: Nanos,
+    /// Until one more whole token is there than `remaining` says; zero when full (the `t` of
+    /// the `RateLimit` header).
+    pub next_after: Nanos,
 }
 
 impl PolicyState {
@@ -132,18 +134,25 @@ impl PolicyState {
 /// A store's answer for one request.
 ///
 /// ```
+/// use tollgate::clock::Nanos;
 /// use tollgate::store::{Decision, Outcome, PolicyState};
 ///
-/// let d = Decision::new(Outcome::Rejected, 1_000_000_000, 1.0, 0)
-///     .with(PolicyState { index: 0, limit: 10, remaining: 0, reset_after: 5_000_000_000, retry_after: 1_500_000_000 });
+/// let d = Decision::new(Outcome::Rejected, Nanos::from_secs(1), 1.0, 0).with(PolicyState {
+///     index: 0,
+///     limit: 10,
+///     remaining: 0,
+///     reset_after: Nanos::from_secs(5),
+///     retry_after: Nanos::from_millis(1_500),
+///     next_after: Nanos::from_millis(1_500),
+/// });
 /// assert!(!d.is_admitted());
-/// assert_eq!(d.retry_after().unwrap().as_millis(), 1_500);
+/// assert_eq!(d.retry_after(), Some(Nanos::from_millis(1_500)));
 /// assert_eq!(d.headline().limit, 10);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     outcome: Outcome,
-    now: u64,
+    now: Nanos,
     fraction_before: f64,
     charged: u64,
     len: u8,
@@ -151,8 +160,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// A decision made at `now` (nanoseconds since the Unix epoch) with no policies yet.
-    pub fn new(outcome: Outcome, now: u64, fraction_before: f64, charged: u64) -> Self {
+    /// A decision made at `now` (since the Unix epoch) with no policies yet.
+    pub fn new(outcome: Outcome, now: Nanos, fraction_before: f64, charged: u64) -> Self {
         Self {
             outcome,
             now,
@@ -182,8 +191,8 @@ impl Decision {
         self.outcome == Outcome::Admitted
     }
 
-    /// When the decision was made, in nanoseconds since the Unix epoch (the store's clock).
-    pub fn now(&self) -> u64 {
+    /// When the decision was made, since the Unix epoch (the store's clock).
+    pub fn now(&self) -> Nanos {
         self.now
     }
 
@@ -203,9 +212,9 @@ impl Decision {
     }
 
     /// How long until the request would be admitted, when it was rejected for now.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub fn retry_after(&self) -> Option<Nanos> {
         (self.outcome == Outcome::Rejected)
-            .then(|| Duration::from_nanos(self.policies().iter().map(|p| p.retry_after).max().unwrap_or(0)))
+            .then(|| self.policies().iter().map(|p| p.retry_after).max().unwrap_or(Nanos::ZERO))
     }
 
     /// The policy the single-policy headers describe: on a rejection the violated one (the
@@ -222,7 +231,7 @@ impl Decision {
 
     /// Unix epoch seconds at which the headline policy's bucket is full again (rounded up).
     pub fn reset_epoch_secs(&self, state: &PolicyState) -> u64 {
-        (self.now + state.reset_after).div_ceil(NANOS_PER_SEC)
+        self.now.saturating_add(state.reset_after).as_secs_ceil()
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn policy<K: KeyExtractor>(State(layer): State<RateLimitLayer<K>>) -> 
 pub async fn dashboard<K: KeyExtractor>(State(layer): State<RateLimitLayer<K>>, parts: Parts) -> Response {
     match layer.standing(&parts).await {
         Ok(standing) => {
-            let now = standing.decision.now() / 1_000_000_000;
+            let now = standing.decision.now().as_secs();
             let html = page::render(&UsageReport::new(&standing), now);
             ([(CONTENT_TYPE, HTML.clone()), (CACHE_CONTROL, NO_STORE.clone())], html).into_response()
         }

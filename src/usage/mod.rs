@@ -113,13 +113,14 @@ pub use handlers::{dashboard, policy, usage};
 /// from elsewhere). Every interpolated string is escaped.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::Quota;
 /// use tollgate::policy::{Limits, TierSpec};
 /// use tollgate::usage::{policy_page, PublishedLimits};
 ///
 /// let limits = Limits::builder()
-///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
-///     .tier("free", TierSpec::new(Quota::per_minute(60, 10).unwrap()).upgrade_url("https://example.com/pricing"))
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
+///     .tier("free", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).upgrade_url("https://example.com/pricing"))
 ///     .route("/api/search", 5)
 ///     .build().unwrap();
 /// let html = policy_page(&PublishedLimits::new(&limits));
@@ -172,8 +173,9 @@ pub fn routes<K: KeyExtractor, S: Clone + Send + Sync + 'static>(layer: RateLimi
 ///
 /// ```
 /// use tollgate::usage::UsageRoutes;
+/// # use nonzero_ext::nonzero;
 /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
-/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(1, 1).unwrap())).build().unwrap();
+/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)))).build().unwrap();
 /// let layer = RateLimitLayer::from_limits(limits);
 /// let router: axum::Router = UsageRoutes::new(layer.clone()).into_router();
 /// # let _ = router;

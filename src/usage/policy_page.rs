@@ -233,19 +233,21 @@ mod tests {
     use super::*;
     use crate::algorithm::Quota;
     use crate::policy::{Limits, TierSpec};
+    use nonzero_ext::nonzero;
 
     fn limits() -> PublishedLimits {
         let limits = Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
+            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
             .tier(
                 "free",
-                TierSpec::new(Quota::per_minute(60, 10).unwrap())
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)))
                     .daily(10_000)
                     .upgrade_url("https://example.com/pricing?a=1&b=2"),
             )
             .tier(
                 "<pro>",
-                TierSpec::new(Quota::per_second(10, 100).unwrap()).upgrade_url("javascript:alert(1)"),
+                TierSpec::new(Quota::per_second(nonzero!(10u32)).allow_burst(nonzero!(100u32)))
+                    .upgrade_url("javascript:alert(1)"),
             )
             .route("/api/search", 5)
             .route("POST /api/generate", 20)

@@ -22,11 +22,12 @@ pub enum KeyedBy {
 /// share left), as the `X-RateLimit-*` headers do; `policies` has each policy of the tier.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::usage::UsageReport;
 /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let limits = Limits::builder()
-///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()).daily(100))
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))).daily(100))
 ///     .build().unwrap();
 /// let layer = RateLimitLayer::from_limits(limits);
 /// let mut req = http::Request::new(());
@@ -115,13 +116,14 @@ impl UsageReport {
 /// Every tier's limits and every route's cost: the body of `GET /policy`.
 ///
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::Quota;
 /// use tollgate::policy::{Limits, TierSpec};
 /// use tollgate::usage::PublishedLimits;
 ///
 /// let limits = Limits::builder()
-///     .tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap()))
-///     .tier("free", TierSpec::new(Quota::per_minute(60, 10).unwrap()).daily(10_000)
+///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
+///     .tier("free", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(10_000)
 ///         .upgrade_url("https://example.com/pricing"))
 ///     .route("POST /api/generate", 20)
 ///     .exempt("/health")
@@ -236,7 +238,7 @@ impl TierLimits {
 impl PolicyLimits {
     fn new(policy: &Policy) -> Self {
         let quota = policy.quota();
-        let per_second = 1.0 / quota.emission_interval().as_secs_f64();
+        let per_second = 1.0 / quota.emission().as_secs_f64();
         Self {
             name: policy.name().to_owned(),
             algorithm: policy.algorithm(),

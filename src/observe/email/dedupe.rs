@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Nanos};
 use crate::key::Key;
 
 /// `(client, policy)` pairs remembered at most by the in-process dedupe. Beyond that, expired
@@ -12,11 +12,11 @@ use crate::key::Key;
 /// this is far more than a configuration names.
 const REMEMBERED: usize = 100_000;
 
-/// The in-process record of emails sent: `(client, policy)` → the time (ns since the epoch)
-/// before which no other email goes out.
+/// The in-process record of emails sent: `(client, policy)` → the time before which no other
+/// email goes out.
 pub(super) struct MemoryDedupe {
     clock: Arc<dyn Clock>,
-    sent: Mutex<HashMap<(Key, Box<str>), u64, foldhash::fast::RandomState>>,
+    sent: Mutex<HashMap<(Key, Box<str>), Nanos, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for MemoryDedupe {
@@ -31,9 +31,9 @@ impl MemoryDedupe {
         Self { clock, sent: Mutex::default() }
     }
 
-    /// True when no email for `(key, policy)` went out in the last `interval_ns`; then
+    /// True when no email for `(key, policy)` went out in the last `interval`; then
     /// remembers this one.
-    pub(super) fn claim(&self, key: &Key, policy: &str, interval_ns: u64) -> bool {
+    pub(super) fn claim(&self, key: &Key, policy: &str, interval: Nanos) -> bool {
         let now = self.clock.now();
         let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
         let pair = (key.clone(), Box::<str>::from(policy));
@@ -46,7 +46,7 @@ impl MemoryDedupe {
                 return true;
             }
         }
-        sent.insert(pair, now.saturating_add(interval_ns));
+        sent.insert(pair, now.saturating_add(interval));
         true
     }
 
@@ -101,7 +101,7 @@ mod tests {
     fn one_claim_per_client_policy_and_interval() {
         let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
         let dedupe = MemoryDedupe::new(Arc::new(clock.clone()));
-        let day = 86_400 * 1_000_000_000;
+        let day = Nanos::from_secs(86_400);
         let (a, b) = (Key::new("a"), Key::new("b"));
         assert!(dedupe.claim(&a, "free", day));
         assert!(!dedupe.claim(&a, "free", day));

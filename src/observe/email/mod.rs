@@ -305,8 +305,7 @@ impl Worker {
                 }
             }
         }
-        let nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-        self.memory.claim(key, policy, nanos)
+        self.memory.claim(key, policy, interval.into())
     }
 
     async fn release(&mut self, key: &Key, policy: &str) {

@@ -1,3 +1,4 @@
+use nonzero_ext::nonzero;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,16 @@ const START: Duration = Duration::from_secs(1_700_000_000);
 
 fn limits() -> Limits {
     Limits::builder()
-        .tier("anonymous", TierSpec::new(Quota::per_minute(60, 10).unwrap()))
-        .tier("daily", TierSpec::new(Quota::per_minute(600, 10).unwrap()).daily(15))
-        .tier("window", TierSpec::new(Quota::per_minute(60, 10).unwrap()).algorithm(Algorithm::SlidingWindow))
+        .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))))
+        .tier(
+            "daily",
+            TierSpec::new(Quota::per_minute(nonzero!(600u32)).allow_burst(nonzero!(10u32))).daily(15),
+        )
+        .tier(
+            "window",
+            TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)))
+                .algorithm(Algorithm::SlidingWindow),
+        )
         .build()
         .unwrap()
 }
@@ -28,7 +36,11 @@ fn store() -> (MemoryStore<ManualClock>, ManualClock) {
 fn many_threads_on_one_key_admit_exactly_the_burst() {
     let limits = Arc::new(
         Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_minute(60, 1_000).unwrap()).daily(100_000))
+            .tier(
+                "anonymous",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(1_000u32)))
+                    .daily(100_000),
+            )
             .build()
             .unwrap(),
     );

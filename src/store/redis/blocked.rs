@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Mutex, PoisonError};
 
+use crate::clock::Nanos;
 use crate::key::Key;
 use crate::policy::Tier;
 use crate::store::{Charge, Decision, Outcome, PolicyState};
@@ -27,9 +28,9 @@ const SHARDS: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Entry {
     /// Local time of the rejection.
-    at: u64,
+    at: Nanos,
     /// Local time until which the request is rejected.
-    until: u64,
+    until: Nanos,
     /// The charge that was rejected.
     charge: Charge,
     /// Redis' answer.
@@ -64,7 +65,7 @@ impl Blocked {
 
     /// A rejection of `charge` at local time `now`, if one is cached.
     #[inline]
-    pub(super) fn get(&self, digest: u64, charge: Charge, now: u64) -> Option<Decision> {
+    pub(super) fn get(&self, digest: u64, charge: Charge, now: Nanos) -> Option<Decision> {
         if self.per_shard == 0 {
             return None;
         }
@@ -79,7 +80,7 @@ impl Blocked {
     }
 
     /// Remembers that Redis rejected `charge` at local time `now`.
-    pub(super) fn insert(&self, digest: u64, charge: Charge, decision: &Decision, now: u64) {
+    pub(super) fn insert(&self, digest: u64, charge: Charge, decision: &Decision, now: Nanos) {
         let Some(wait) = decision.retry_after() else { return };
         if self.per_shard == 0 || decision.outcome() != Outcome::Rejected {
             return;
@@ -89,8 +90,12 @@ impl Blocked {
         if charge.cost_for(decision.fraction_before()) > charge.reduced_cost.min(charge.cost) {
             return;
         }
-        let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
-        let entry = Entry { at: now, until: now.saturating_add(wait), charge, decision: *decision };
+        // Until the first token arrives in any policy the standing is exactly the one Redis gave,
+        // aged: no token count changes. Past it, `remaining` and `t` would be stale, so the entry
+        // ends there (for a request of cost 1 that is the deadline itself).
+        let first_token = decision.policies().iter().map(|p| p.next_after).filter(|t| !t.is_zero()).min();
+        let valid = first_token.map_or(wait, |t| t.min(wait));
+        let entry = Entry { at: now, until: now.saturating_add(valid), charge, decision: *decision };
         let mut shard = self.shard(digest).lock().unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= self.per_shard && !shard.contains_key(&digest) {
             shard.retain(|_, e| e.until > now);
@@ -107,8 +112,8 @@ impl Blocked {
     }
 }
 
-/// `decision`, `elapsed` nanoseconds later: the same standing, with its waits shortened.
-fn aged(decision: &Decision, elapsed: u64) -> Decision {
+/// `decision`, `elapsed` later: the same standing, with its waits shortened.
+fn aged(decision: &Decision, elapsed: Nanos) -> Decision {
     let mut aged = Decision::new(
         Outcome::Rejected,
         decision.now().saturating_add(elapsed),
@@ -118,7 +123,16 @@ fn aged(decision: &Decision, elapsed: u64) -> Decision {
     for p in decision.policies() {
         aged = aged.with(PolicyState {
             reset_after: p.reset_after.saturating_sub(elapsed),
-            retry_after: if p.retry_after == 0 { 0 } else { p.retry_after.saturating_sub(elapsed).max(1) },
+            retry_after: if p.retry_after.is_zero() {
+                Nanos::ZERO
+            } else {
+                p.retry_after.saturating_sub(elapsed).max(Nanos::new(1))
+            },
+            next_after: if p.next_after.is_zero() {
+                Nanos::ZERO
+            } else {
+                p.next_after.saturating_sub(elapsed).max(Nanos::new(1))
+            },
             ..*p
         });
     }
@@ -133,21 +147,52 @@ mod tests {
     use crate::algorithm::Quota;
     use crate::clock::{Clock, ManualClock};
     use crate::policy::{Limits, TierSpec};
+    use nonzero_ext::nonzero;
 
-    const SEC: u64 = 1_000_000_000;
+    const SEC: Nanos = Nanos::SECOND;
 
     fn tier() -> Limits {
-        Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(60, 5).unwrap())).build().unwrap()
+        Limits::builder()
+            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(5u32))))
+            .build()
+            .unwrap()
     }
 
-    fn rejection(now: u64, retry: u64) -> Decision {
+    fn rejection(now: Nanos, retry: Nanos) -> Decision {
         Decision::new(Outcome::Rejected, now, 0.0, 0).with(PolicyState {
             index: 0,
             limit: 5,
             remaining: 0,
             reset_after: 5 * SEC,
             retry_after: retry,
+            next_after: retry,
         })
+    }
+
+    /// A refusal of 2 tokens when the next one is due sooner: the cached answer would tell a
+    /// stale `t` (and `remaining`) once that token arrives, so the entry ends there.
+    #[test]
+    fn an_entry_ends_when_the_first_token_arrives() {
+        let limits = tier();
+        let blocked = Blocked::new(100);
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let digest = blocked.digest(&Key::new("abuser"), limits.default_tier());
+        let charge = Charge::new(2);
+        let decision = Decision::new(Outcome::Rejected, clock.now(), 0.0, 0).with(PolicyState {
+            index: 0,
+            limit: 5,
+            remaining: 0,
+            reset_after: 5 * SEC,
+            retry_after: 2 * SEC,
+            next_after: SEC,
+        });
+        blocked.insert(digest, charge, &decision, clock.now());
+        clock.advance(Duration::from_millis(999));
+        let aged = blocked.get(digest, charge, clock.now()).expect("cached");
+        assert_eq!(aged.policies()[0].next_after, Nanos::from_millis(1));
+        assert_eq!(aged.retry_after(), Some(Nanos::from_millis(1_001)));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(blocked.get(digest, charge, clock.now()), None, "Redis is asked again");
     }
 
     #[test]
@@ -163,7 +208,7 @@ mod tests {
         clock.advance(Duration::from_millis(500));
         let d = blocked.get(digest, charge, clock.now()).expect("cached");
         assert_eq!(d.outcome(), Outcome::Rejected);
-        assert_eq!(d.retry_after(), Some(Duration::from_millis(1_500)));
+        assert_eq!(d.retry_after(), Some(Nanos::from_millis(1_500)));
         assert_eq!(d.now(), redis_now + SEC / 2);
         assert_eq!(d.policies()[0].reset_after, 4 * SEC + SEC / 2);
         assert_eq!(d.charged(), 0);
@@ -171,7 +216,7 @@ mod tests {
         clock.advance(Duration::from_millis(1_499));
         assert_eq!(
             blocked.get(digest, charge, clock.now()).unwrap().retry_after(),
-            Some(Duration::from_millis(1))
+            Some(Nanos::from_millis(1))
         );
         clock.advance(Duration::from_millis(1));
         assert_eq!(blocked.get(digest, charge, clock.now()), None);
@@ -199,15 +244,15 @@ mod tests {
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
         let charge = Charge::new(5).reduced(0.2, 1);
         // 40% left (2 tokens): the full cost 5 was refused; 1 could fit if the band were reached.
-        let high = Decision::new(Outcome::Rejected, 0, 0.4, 0)
+        let high = Decision::new(Outcome::Rejected, Nanos::ZERO, 0.4, 0)
             .with(PolicyState { retry_after: SEC, ..PolicyState::default() });
-        blocked.insert(digest, charge, &high, 0);
-        assert_eq!(blocked.get(digest, charge, 0), None);
+        blocked.insert(digest, charge, &high, Nanos::ZERO);
+        assert_eq!(blocked.get(digest, charge, Nanos::ZERO), None);
         // 0% left: even the reduced cost was refused, so every such request is until the deadline.
-        let low = Decision::new(Outcome::Rejected, 0, 0.0, 0)
+        let low = Decision::new(Outcome::Rejected, Nanos::ZERO, 0.0, 0)
             .with(PolicyState { retry_after: SEC, ..PolicyState::default() });
-        blocked.insert(digest, charge, &low, 0);
-        assert!(blocked.get(digest, charge, 0).is_some());
+        blocked.insert(digest, charge, &low, Nanos::ZERO);
+        assert!(blocked.get(digest, charge, Nanos::ZERO).is_some());
     }
 
     #[test]
@@ -215,8 +260,8 @@ mod tests {
         let limits = tier();
         let blocked = Blocked::new(100);
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
-        let admitted = Decision::new(Outcome::Admitted, 0, 1.0, 1);
-        blocked.insert(digest, Charge::new(1), &admitted, 0);
+        let admitted = Decision::new(Outcome::Admitted, Nanos::ZERO, 1.0, 1);
+        blocked.insert(digest, Charge::new(1), &admitted, Nanos::ZERO);
         assert_eq!(blocked.len(), 0);
     }
 
@@ -228,13 +273,13 @@ mod tests {
         let clock = ManualClock::new(Duration::from_secs(1_000));
         for i in 0..1_000 {
             let digest = blocked.digest(&Key::new(format!("k{i}")), tier);
-            blocked.insert(digest, Charge::new(1), &rejection(0, SEC), clock.now());
+            blocked.insert(digest, Charge::new(1), &rejection(Nanos::ZERO, SEC), clock.now());
         }
         assert!(blocked.len() <= SHARDS * 2, "{} entries", blocked.len());
         // Once they expire, new keys find room again.
         clock.advance(Duration::from_secs(2));
         let fresh = blocked.digest(&Key::new("fresh"), tier);
-        blocked.insert(fresh, Charge::new(1), &rejection(0, SEC), clock.now());
+        blocked.insert(fresh, Charge::new(1), &rejection(Nanos::ZERO, SEC), clock.now());
         assert!(blocked.get(fresh, Charge::new(1), clock.now()).is_some());
         assert!(blocked.len() <= SHARDS * 2);
     }
@@ -244,7 +289,7 @@ mod tests {
         let limits = tier();
         let blocked = Blocked::new(0);
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
-        blocked.insert(digest, Charge::new(1), &rejection(0, SEC), 0);
-        assert_eq!(blocked.get(digest, Charge::new(1), 0), None);
+        blocked.insert(digest, Charge::new(1), &rejection(Nanos::ZERO, SEC), Nanos::ZERO);
+        assert_eq!(blocked.get(digest, Charge::new(1), Nanos::ZERO), None);
     }
 }

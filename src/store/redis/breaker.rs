@@ -12,9 +12,11 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::clock::Nanos;
+
 /// What the breaker lets a request do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Permit {
+pub(super) enum Gate {
     /// Closed: ask Redis.
     Ask,
     /// Open, and this request is the probe: ask Redis.
@@ -33,20 +35,20 @@ pub(super) enum Transition {
 #[derive(Debug)]
 pub(super) struct Breaker {
     threshold: u32,
-    probe_interval: u64,
+    probe_interval: Nanos,
     /// Failures since the last success.
     failures: AtomicU32,
-    /// 0 while closed; else the earliest time of the next probe.
+    /// 0 while closed; else the earliest time of the next probe (nanoseconds since the epoch).
     open_until: AtomicU64,
 }
 
 impl Breaker {
-    /// Opens after `threshold` failures in a row (at least 1); probes every `probe_interval` ns
-    /// (at least 1).
-    pub(super) fn new(threshold: u32, probe_interval: u64) -> Self {
+    /// Opens after `threshold` failures in a row (at least 1); probes every `probe_interval`
+    /// (at least 1 ns).
+    pub(super) fn new(threshold: u32, probe_interval: Nanos) -> Self {
         Self {
             threshold: threshold.max(1),
-            probe_interval: probe_interval.max(1),
+            probe_interval: probe_interval.max(Nanos::new(1)),
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
         }
@@ -54,20 +56,20 @@ impl Breaker {
 
     /// May a request made at `now` ask Redis?
     #[inline]
-    pub(super) fn permit(&self, now: u64) -> Permit {
+    pub(super) fn gate(&self, now: Nanos) -> Gate {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
-            return Permit::Ask;
+            return Gate::Ask;
         }
-        if now >= until
+        if now.as_nanos() >= until
             && self
                 .open_until
                 .compare_exchange(until, self.next_probe(now), Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            return Permit::Probe;
+            return Gate::Probe;
         }
-        Permit::Refuse
+        Gate::Refuse
     }
 
     /// Redis answered.
@@ -83,7 +85,7 @@ impl Breaker {
     }
 
     /// Redis failed to answer a request made under a permit, at `now`.
-    pub(super) fn failure(&self, now: u64) -> Option<Transition> {
+    pub(super) fn failure(&self, now: Nanos) -> Option<Transition> {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         if failures >= self.threshold
             && self
@@ -101,8 +103,8 @@ impl Breaker {
         self.open_until.load(Ordering::Acquire) != 0
     }
 
-    fn next_probe(&self, now: u64) -> u64 {
-        now.saturating_add(self.probe_interval).max(1)
+    fn next_probe(&self, now: Nanos) -> u64 {
+        now.saturating_add(self.probe_interval).as_nanos().max(1)
     }
 }
 
@@ -113,7 +115,7 @@ mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
 
-    const MS: u64 = 1_000_000;
+    const MS: Nanos = Nanos::new(1_000_000);
 
     fn setup() -> (Breaker, ManualClock) {
         (Breaker::new(3, 250 * MS), ManualClock::new(Duration::from_secs(1_700_000_000)))
@@ -122,13 +124,13 @@ mod tests {
     #[test]
     fn opens_after_threshold_failures_in_a_row() {
         let (breaker, clock) = setup();
-        assert_eq!(breaker.permit(clock.now()), Permit::Ask);
+        assert_eq!(breaker.gate(clock.now()), Gate::Ask);
         assert_eq!(breaker.failure(clock.now()), None);
         assert_eq!(breaker.failure(clock.now()), None);
         assert!(!breaker.is_open());
         assert_eq!(breaker.failure(clock.now()), Some(Transition::Opened));
         assert!(breaker.is_open());
-        assert_eq!(breaker.permit(clock.now()), Permit::Refuse);
+        assert_eq!(breaker.gate(clock.now()), Gate::Refuse);
         // More failures (requests that were in flight) do not reopen it.
         assert_eq!(breaker.failure(clock.now()), None);
     }
@@ -152,22 +154,22 @@ mod tests {
             breaker.failure(clock.now());
         }
         clock.advance(Duration::from_millis(249));
-        assert_eq!(breaker.permit(clock.now()), Permit::Refuse);
+        assert_eq!(breaker.gate(clock.now()), Gate::Refuse);
         clock.advance(Duration::from_millis(1));
-        assert_eq!(breaker.permit(clock.now()), Permit::Probe);
+        assert_eq!(breaker.gate(clock.now()), Gate::Probe);
         // Only one probe per interval, even while the first is in flight.
-        assert_eq!(breaker.permit(clock.now()), Permit::Refuse);
+        assert_eq!(breaker.gate(clock.now()), Gate::Refuse);
         // The probe fails: still open, next probe one interval later.
         assert_eq!(breaker.failure(clock.now()), None);
         assert!(breaker.is_open());
         clock.advance(Duration::from_millis(200));
-        assert_eq!(breaker.permit(clock.now()), Permit::Refuse);
+        assert_eq!(breaker.gate(clock.now()), Gate::Refuse);
         clock.advance(Duration::from_millis(50));
-        assert_eq!(breaker.permit(clock.now()), Permit::Probe);
+        assert_eq!(breaker.gate(clock.now()), Gate::Probe);
         // This probe succeeds: closed, every request asks again.
         assert_eq!(breaker.success(), Some(Transition::Closed));
         assert!(!breaker.is_open());
-        assert_eq!(breaker.permit(clock.now()), Permit::Ask);
+        assert_eq!(breaker.gate(clock.now()), Gate::Ask);
         assert_eq!(breaker.success(), None);
     }
 
@@ -178,7 +180,7 @@ mod tests {
             breaker.failure(clock.now());
         }
         clock.advance(Duration::from_secs(1));
-        assert_eq!(breaker.permit(clock.now()), Permit::Probe);
+        assert_eq!(breaker.gate(clock.now()), Gate::Probe);
         assert_eq!(breaker.success(), Some(Transition::Closed));
         assert_eq!(breaker.failure(clock.now()), None);
         assert_eq!(breaker.failure(clock.now()), None);
@@ -187,9 +189,9 @@ mod tests {
 
     #[test]
     fn works_at_time_zero() {
-        let breaker = Breaker::new(1, 10);
-        assert_eq!(breaker.failure(0), Some(Transition::Opened));
-        assert_eq!(breaker.permit(0), Permit::Refuse);
-        assert_eq!(breaker.permit(10), Permit::Probe);
+        let breaker = Breaker::new(1, Nanos::new(10));
+        assert_eq!(breaker.failure(Nanos::ZERO), Some(Transition::Opened));
+        assert_eq!(breaker.gate(Nanos::ZERO), Gate::Refuse);
+        assert_eq!(breaker.gate(Nanos::new(10)), Gate::Probe);
     }
 }

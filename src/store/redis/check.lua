@@ -16,8 +16,9 @@
 -- the other algorithm) is a full bucket. Each written key expires when its bucket is full again.
 --
 -- Returns integers: outcome (0 admitted, 1 rejected, 2 exceeds), now (seconds, microseconds),
--- tokens charged, then per policy: remaining, reset_after, retry_after (microseconds),
--- and the fraction of the burst left before the charge as numerator and denominator.
+-- tokens charged, then per policy: remaining, reset_after, retry_after, next_after
+-- (microseconds until one more whole token; 0 when full), and the fraction of the burst left
+-- before the charge as numerator and denominator.
 
 local floor = math.floor
 local max = math.max
@@ -49,20 +50,33 @@ local function gcra_load(raw)
   return tonumber(raw) or 0
 end
 
+-- Whole tokens at `tat`, and the wait for the next one (0 when full).
+local function gcra_standing(p, tat, horizon)
+  local t = p.emission
+  local room = max(horizon - tat, 0)
+  local tokens = idiv(room, t)
+  if tokens >= p.burst then
+    return tokens, 0
+  end
+  return tokens, t - (room - tokens * t)
+end
+
 local function gcra_check(p, tat, c)
   local t = p.emission
   local tau = t * p.burst
   local base = max(tat, now)
-  local available = idiv(max(now + tau - base, 0), t)
+  local horizon = now + tau
   if c > p.burst then
-    return NEVER, nil, available, base - now, 0
+    local available, next = gcra_standing(p, base, horizon)
+    return NEVER, nil, available, base - now, 0, next
   end
   local new_tat = base + c * t
-  local horizon = now + tau
   if new_tat <= horizon then
-    return ADMIT, new_tat, idiv(horizon - new_tat, t), new_tat - now, 0
+    local remaining, next = gcra_standing(p, new_tat, horizon)
+    return ADMIT, new_tat, remaining, new_tat - now, 0, next
   end
-  return DENY, nil, available, base - now, max(new_tat - horizon, 1)
+  local available, next = gcra_standing(p, base, horizon)
+  return DENY, nil, available, base - now, max(new_tat - horizon, 1), next
 end
 
 local function gcra_fraction(p, tat)
@@ -103,30 +117,44 @@ local function window_reset(win, cur)
   return 0
 end
 
+-- Microseconds until `c` fits, for a cost that does not fit now (and is at most the limit).
+local function window_wait(win, limit, c)
+  local w = win.w
+  if win.cur + c <= limit then
+    -- Later in this window, once enough of the previous one has slid out.
+    local keep = idiv((limit - win.cur - c) * w, win.prev)
+    return max((w - keep) - win.elapsed, 0)
+  end
+  -- In the next window, where the current count becomes the weighted previous one.
+  local keep = min(idiv((limit - c) * w, win.cur), w)
+  return (w - win.elapsed) + (w - keep)
+end
+
+-- Microseconds until one more whole token than `available` is there (0 when empty).
+local function window_next(win, limit, available)
+  if available >= limit then
+    return 0
+  end
+  return window_wait(win, limit, available + 1)
+end
+
 local function window_check(p, win, c)
   local w, limit = win.w, p.burst
   local capacity = limit * w
   local estimate = win.prev * (w - win.elapsed) + win.cur * w
   local available = idiv(max(capacity - estimate, 0), w)
   if c > limit then
-    return NEVER, nil, available, window_reset(win, win.cur), 0
+    return NEVER, nil, available, window_reset(win, win.cur), 0, window_next(win, limit, available)
   end
   local needed = estimate + c * w
   if needed <= capacity then
     local cur = win.cur + c
-    return ADMIT, cur, idiv(capacity - needed, w), window_reset(win, cur), 0
+    local remaining = idiv(capacity - needed, w)
+    local after = { prev = win.prev, cur = cur, elapsed = win.elapsed, tag = win.tag, w = w }
+    return ADMIT, cur, remaining, window_reset(win, cur), 0, window_next(after, limit, remaining)
   end
-  local retry
-  if win.cur + c <= limit then
-    -- Later in this window, once enough of the previous one has slid out.
-    local keep = idiv((limit - win.cur - c) * w, win.prev)
-    retry = max((w - keep) - win.elapsed, 0)
-  else
-    -- In the next window, where the current count becomes the weighted previous one.
-    local keep = min(idiv((limit - c) * w, win.cur), w)
-    retry = (w - win.elapsed) + (w - keep)
-  end
-  return DENY, nil, available, window_reset(win, win.cur), max(retry, 1)
+  local retry = window_wait(win, limit, c)
+  return DENY, nil, available, window_reset(win, win.cur), max(retry, 1), window_next(win, limit, available)
 end
 
 local function window_fraction(p, win)
@@ -190,15 +218,15 @@ if c == 0 or c > max_cost then
     outcome = 2
   end
   for i, p in ipairs(policies) do
-    local _, _, remaining, reset_after = check(p, 0)
-    results[i] = { remaining, reset_after, 0 }
+    local _, _, remaining, reset_after, _, next_after = check(p, 0)
+    results[i] = { remaining, reset_after, 0, next_after }
   end
 else
   local verdicts = {}
   for i, p in ipairs(policies) do
-    local verdict, new_state, remaining, reset_after, retry_after = check(p, c)
+    local verdict, new_state, remaining, reset_after, retry_after, next_after = check(p, c)
     verdicts[i] = { verdict, new_state }
-    results[i] = { remaining, reset_after, retry_after }
+    results[i] = { remaining, reset_after, retry_after, next_after }
     if verdict ~= ADMIT then
       outcome = 1
     end
@@ -208,8 +236,8 @@ else
     -- as it is, not as it would have been after the charge.
     for i, p in ipairs(policies) do
       if verdicts[i][1] == ADMIT then
-        local _, _, remaining, reset_after = check(p, 0)
-        results[i] = { remaining, reset_after, 0 }
+        local _, _, remaining, reset_after, _, next_after = check(p, 0)
+        results[i] = { remaining, reset_after, 0, next_after }
       end
     end
   end
@@ -235,6 +263,7 @@ for i, p in ipairs(policies) do
   reply[#reply + 1] = r[1]
   reply[#reply + 1] = r[2]
   reply[#reply + 1] = r[3]
+  reply[#reply + 1] = r[4]
   reply[#reply + 1] = p.num
   reply[#reply + 1] = p.den
 end

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blocked::Blocked;
-use breaker::{Breaker, Permit, Transition};
+use breaker::{Breaker, Gate, Transition};
 use connection::{Lazy, Target};
 
 use super::{Charge, Decision, MemoryStore, OnError, Outcome, PolicyState, Store, StoreError, StoreFuture};
 use crate::algorithm::Algorithm;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Nanos, SystemClock};
 use crate::key::Key;
 use crate::policy::{Policy, Tier};
 
@@ -128,7 +128,6 @@ impl RedisStoreBuilder {
         let clock = SystemClock::new();
         let fallback = (self.on_error == OnError::Local)
             .then(|| MemoryStore::with_clock(clock).capacity(self.fallback_capacity));
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn: Lazy::new(target),
@@ -136,7 +135,7 @@ impl RedisStoreBuilder {
                 prefix: self.prefix,
                 timeout: self.timeout,
                 on_error: self.on_error,
-                breaker: Breaker::new(self.breaker_failures, nanos(self.probe_interval)),
+                breaker: Breaker::new(self.breaker_failures, Nanos::from(self.probe_interval)),
                 blocked: Blocked::new(self.blocked_keys),
                 fallback,
                 clock,
@@ -201,10 +200,11 @@ fn bump(counter: &AtomicU64) {
 /// share the connection, breaker, caches and counts.
 ///
 /// ```no_run
+/// # use nonzero_ext::nonzero;
 /// use std::time::Duration;
 /// use tollgate::store::{OnError, RedisStore};
 /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
-/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(30, 5).unwrap())).build().unwrap();
+/// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32)))).build().unwrap();
 ///
 /// let store = RedisStore::builder("redis://127.0.0.1:6379")
 ///     .prefix("my-api")
@@ -267,13 +267,14 @@ fn bump(counter: &AtomicU64) {
 ///
 /// # Key names
 /// ```
+/// use nonzero_ext::nonzero;
 /// use tollgate::algorithm::{Algorithm, Quota};
 /// use tollgate::key::Key;
 /// use tollgate::policy::Policy;
 /// use tollgate::store::RedisStore;
 ///
 /// let store = RedisStore::builder("redis://127.0.0.1:6379").prefix("shop").build().unwrap();
-/// let policy = Policy::new("free", Algorithm::TokenBucket, Quota::per_minute(60, 10).unwrap());
+/// let policy = Policy::new("free", Algorithm::TokenBucket, Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)));
 /// let key = store.key_of(&Key::new("secret-api-key"), &policy);
 /// assert!(key.starts_with("shop:{") && key.ends_with("}:free"));
 /// assert!(!key.contains("secret"));
@@ -400,10 +401,7 @@ impl Inner {
                         Algorithm::TokenBucket => 0,
                         Algorithm::SlidingWindow => 1,
                     };
-                    let emission = u64::try_from(p.quota().emission_interval().as_nanos())
-                        .unwrap_or(u64::MAX)
-                        .div_ceil(1_000);
-                    (algorithm, emission, p.quota().burst())
+                    (algorithm, p.quota().emission().as_micros_ceil(), p.quota().burst())
                 })
                 .collect(),
             limits: policies.iter().map(|p| p.quota().burst()).collect(),
@@ -436,7 +434,7 @@ impl Inner {
         }
     }
 
-    fn failed(&self, fault: &Fault, now: u64) {
+    fn failed(&self, fault: &Fault, now: Nanos) {
         bump(&self.counters.errors);
         if matches!(fault, Fault::Timeout(_)) {
             bump(&self.counters.timeouts);
@@ -506,10 +504,11 @@ impl Fault {
     }
 }
 
-/// Reads the script's reply: outcome, now (s, µs), charged, then five numbers per policy.
+/// Reads the script's reply: outcome, now (s, µs), charged, then six numbers per policy.
 fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
     const HEAD: usize = 4;
-    if reply.len() != HEAD + 5 * limits.len() {
+    const PER_POLICY: usize = 6;
+    if reply.len() != HEAD + PER_POLICY * limits.len() {
         return None;
     }
     let nonneg = |v: i64| u64::try_from(v).ok();
@@ -519,14 +518,13 @@ fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
         2 => Outcome::Exceeds,
         _ => return None,
     };
-    let now =
-        nonneg(reply[1])?.checked_mul(1_000_000_000)?.checked_add(nonneg(reply[2])?.checked_mul(1_000)?)?;
+    let now = Nanos::from_secs(nonneg(reply[1])?).checked_add(Nanos::from_micros(nonneg(reply[2])?))?;
     let charged = nonneg(reply[3])?;
-    let micros = |v: i64| nonneg(v)?.checked_mul(1_000);
+    let micros = |v: i64| Some(Nanos::from_micros(nonneg(v)?));
     let mut fraction = 1.0_f64;
     let mut states = Vec::with_capacity(limits.len());
-    for (index, (chunk, &limit)) in reply[HEAD..].chunks_exact(5).zip(limits).enumerate() {
-        let (num, den) = (u128::from(nonneg(chunk[3])?) * 1_000, u128::from(nonneg(chunk[4])?) * 1_000);
+    for (index, (chunk, &limit)) in reply[HEAD..].chunks_exact(PER_POLICY).zip(limits).enumerate() {
+        let (num, den) = (u128::from(nonneg(chunk[4])?) * 1_000, u128::from(nonneg(chunk[5])?) * 1_000);
         if den > 0 {
             fraction = fraction.min(num as f64 / den as f64);
         }
@@ -536,6 +534,7 @@ fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
             remaining: nonneg(chunk[0])?,
             reset_after: micros(chunk[1])?,
             retry_after: micros(chunk[2])?,
+            next_after: micros(chunk[3])?,
         });
     }
     Some(states.into_iter().fold(Decision::new(outcome, now, fraction, charged), Decision::with))
@@ -550,10 +549,10 @@ impl Store for RedisStore {
             bump(&inner.counters.cached_rejections);
             return StoreFuture::ready(Ok(decision));
         }
-        match inner.breaker.permit(now) {
-            Permit::Ask => {}
-            Permit::Probe => bump(&inner.counters.probes),
-            Permit::Refuse => {
+        match inner.breaker.gate(now) {
+            Gate::Ask => {}
+            Gate::Probe => bump(&inner.counters.probes),
+            Gate::Refuse => {
                 bump(&inner.counters.short_circuited);
                 return StoreFuture::ready(inner.without_redis(key, tier, charge, Fault::Open));
             }
@@ -584,17 +583,35 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nonzero_ext::nonzero;
 
     #[test]
     fn parses_a_reply() {
-        let reply =
-            [1, 1_700_000_000, 250_000, 0, 0, 5_000_000, 1_500_000, 0, 10_000_000, 9, 86_400_000, 0, 9, 10];
+        let reply = [
+            1,
+            1_700_000_000,
+            250_000,
+            0,
+            0,
+            5_000_000,
+            1_500_000,
+            1_500_000,
+            0,
+            10_000_000,
+            9,
+            86_400_000,
+            0,
+            8_640_000,
+            9,
+            10,
+        ];
         let d = parse(&reply, &[10, 10]).unwrap();
         assert_eq!(d.outcome(), Outcome::Rejected);
-        assert_eq!(d.now(), 1_700_000_000_250_000_000);
-        assert_eq!(d.policies()[0].reset_after, 5_000_000_000);
-        assert_eq!(d.retry_after(), Some(Duration::from_millis(1_500)));
+        assert_eq!(d.now(), Nanos::new(1_700_000_000_250_000_000));
+        assert_eq!(d.policies()[0].reset_after, Nanos::from_secs(5));
+        assert_eq!(d.retry_after(), Some(Nanos::from_millis(1_500)));
         assert_eq!(d.policies()[1].remaining, 9);
+        assert_eq!(d.policies()[1].next_after, Nanos::from_millis(8_640));
         assert_eq!(d.fraction_before(), 0.0);
         assert!(parse(&reply[..5], &[10, 10]).is_none());
         assert!(parse(&[7, 0, 0, 0], &[]).is_none());
@@ -603,7 +620,7 @@ mod tests {
     #[test]
     fn keys_hide_the_client_and_share_a_hash_tag() {
         let store = RedisStore::builder("redis://127.0.0.1:1").prefix("p").build().unwrap();
-        let quota = crate::algorithm::Quota::per_minute(60, 10).unwrap();
+        let quota = crate::algorithm::Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32));
         let a = Policy::new("free", Algorithm::TokenBucket, quota);
         let b = Policy::new("free-daily", Algorithm::TokenBucket, quota);
         let key = Key::new("sk_live_secret");
