@@ -1,12 +1,14 @@
-//! A well-behaved client of a rate-limited API: retries 429s and paces itself.
+//! A well-behaved client of a rate-limited API: retries refusals, queues and paces itself.
 //!
 //! ```text
-//! cargo run --release --example client -- --url http://127.0.0.1:3000 --key free-demo-key --requests 50 [--path /api/simple]
+//! cargo run --release --example client -- --url http://127.0.0.1:3000 --key free-demo-key --requests 50 [--path /api/simple] [--concurrency 4]
 //! ```
 //!
-//! Sends the requests one after another through `tollgate::client::RetryLayer` over
-//! hyper-util's legacy client and prints one line:
-//! `completed N/M requests, saw K 429s, waited S.S s`. Exits 0 when every request got a 2xx.
+//! Sends the requests through `tollgate::client::RetryLayer` over hyper-util's legacy client,
+//! `--concurrency` of them in flight at once through the one client (its pacer queues them per
+//! host), and prints one line: `completed N/M requests, saw K 429s, waited S.S s`, where K
+//! counts every 429 the server sent (retried ones included) and S sums every request's waits.
+//! Exits 0 when every request got a 2xx. `RUST_LOG=tollgate=debug` shows every wait on stderr.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::Parser;
+use futures_util::stream::{self, StreamExt};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -21,58 +25,45 @@ use hyper_util::rt::TokioExecutor;
 use tollgate::client::{RetryLayer, RetryPolicy, RetryReport};
 use tower::{ServiceBuilder, ServiceExt};
 
+/// A well-behaved client of a rate-limited API.
+#[derive(Debug, Parser)]
+#[command(name = "client")]
 struct Args {
+    /// Base URL of the API, e.g. http://127.0.0.1:3000
+    #[arg(long)]
     url: String,
+    /// Sent as `X-API-Key`.
+    #[arg(long)]
     key: String,
+    /// How many requests to complete.
+    #[arg(long)]
     requests: u64,
+    /// Path requested.
+    #[arg(long, default_value = "/api/simple")]
     path: String,
+    /// Requests in flight at once, through one client.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
 }
 
-const USAGE: &str = "usage: client --url URL --key KEY --requests N [--path /api/simple]";
-
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let (mut url, mut key, mut requests) = (None, None, None);
-    let mut path = String::from("/api/simple");
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
-            None => (arg, None),
-        };
-        if name == "--help" || name == "-h" {
-            return Err(USAGE.to_owned());
-        }
-        let value = match inline {
-            Some(value) => value,
-            None => args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"))?,
-        };
-        match name.as_str() {
-            "--url" => url = Some(value.trim_end_matches('/').to_owned()),
-            "--key" => key = Some(value),
-            "--requests" => {
-                requests = Some(value.parse::<u64>().map_err(|e| format!("--requests {value}: {e}"))?)
-            }
-            "--path" => path = value,
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
-    }
-    Ok(Args {
-        url: url.ok_or_else(|| format!("--url is required\n{USAGE}"))?,
-        key: key.ok_or_else(|| format!("--key is required\n{USAGE}"))?,
-        requests: requests.ok_or_else(|| format!("--requests is required\n{USAGE}"))?,
-        path: if path.starts_with('/') { path } else { format!("/{path}") },
-    })
+/// What one request came to.
+struct Outcome {
+    ok: bool,
+    waited: Duration,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    let uri = format!("{}{}", args.url, args.path);
+    let args = Args::parse();
+    // Every wait is a `tracing` event: `RUST_LOG=tollgate=info` shows them on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let path = if args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
+    let uri = format!("{}{path}", args.url.trim_end_matches('/'));
     if let Err(e) = uri.parse::<http::Uri>() {
         eprintln!("invalid --url/--path {uri}: {e}");
         return ExitCode::from(2);
@@ -92,32 +83,43 @@ async fn main() -> ExitCode {
         })
         .service(http);
 
-    let (mut completed, mut waited) = (0u64, Duration::ZERO);
-    for i in 1..=args.requests {
-        let request = Request::get(&uri)
-            .header("x-api-key", &args.key)
-            .body(Full::new(Bytes::new()))
-            .expect("the URI was checked above");
-        match client.clone().oneshot(request).await {
-            Ok(res) => {
-                let status = res.status();
-                if let Some(report) = res.extensions().get::<RetryReport>() {
-                    waited += report.total_wait;
-                }
-                // Read the body so the connection can be reused.
-                let _ = res.into_body().collect().await;
-                if status.is_success() {
-                    completed += 1;
-                } else {
-                    eprintln!("request {i}: {status}");
+    let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
+    let outcomes: Vec<Outcome> = stream::iter(1..=args.requests)
+        .map(|i| {
+            let request = Request::get(&uri)
+                .header("x-api-key", &args.key)
+                .body(Full::new(Bytes::new()))
+                .expect("the URI was checked above");
+            let client = client.clone();
+            async move {
+                match client.oneshot(request).await {
+                    Ok(res) => {
+                        let status = res.status();
+                        let waited =
+                            res.extensions().get::<RetryReport>().map_or(Duration::ZERO, |r| r.total_wait);
+                        // Read the body so the connection can be reused.
+                        let _ = res.into_body().collect().await;
+                        if !status.is_success() {
+                            eprintln!("request {i}: {status}");
+                        }
+                        Outcome { ok: status.is_success(), waited }
+                    }
+                    Err(e) => {
+                        match e.inner() {
+                            Some(inner) => eprintln!("request {i}: {e}: {inner}"),
+                            None => eprintln!("request {i}: {e}"),
+                        }
+                        Outcome { ok: false, waited: e.report().total_wait }
+                    }
                 }
             }
-            Err(e) => {
-                waited += e.report().total_wait;
-                eprintln!("request {i}: {e}: {}", e.inner());
-            }
-        }
-    }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+
+    let completed = outcomes.iter().filter(|o| o.ok).count() as u64;
+    let waited: Duration = outcomes.iter().map(|o| o.waited).sum();
     println!(
         "completed {completed}/{} requests, saw {} 429s, waited {:.1} s",
         args.requests,

@@ -100,6 +100,44 @@ async fn shares_the_policy_with_the_tower_layer_on_a_token_bucket() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn github_403s_retried_only_with_a_rate_limit_signal() {
+    let server = serve(|n, req| {
+        let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        match (req.uri().path(), n) {
+            // The primary limit, spent: come back at x-ratelimit-reset (Unix seconds).
+            ("/primary", 0) => Reply::status(403)
+                .header("x-ratelimit-limit", "5000")
+                .header("x-ratelimit-remaining", "0")
+                .header("x-ratelimit-reset", (epoch + 2).to_string()),
+            // The secondary limit: Retry-After, no other rate header.
+            ("/secondary", 2) => Reply::status(403).header("retry-after", "3"),
+            ("/plain", _) => Reply::status(403),
+            _ => Reply::ok(),
+        }
+    })
+    .await;
+    let client = client(RetryPolicy::new());
+
+    let res = client.get(server.url("/primary")).send().await.unwrap();
+    let primary = report(&res);
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(primary.waits[0].reason, WaitReason::Reset);
+    let waited = primary.waits[0].delay;
+    assert!(waited > Duration::from_secs(1) && waited <= Duration::from_secs(2), "{waited:?}");
+
+    let res = client.get(server.url("/secondary")).send().await.unwrap();
+    let secondary = report(&res);
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(secondary.waits[0].reason, WaitReason::RetryAfter);
+    assert_eq!(secondary.waits[0].delay, Duration::from_secs(3));
+
+    let res = client.get(server.url("/plain")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(report(&res).attempts, 1);
+    assert_eq!(server.seen().iter().filter(|s| s.path == "/plain").count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn transport_errors_carry_the_report() {
     let addr = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -116,5 +154,5 @@ async fn transport_errors_carry_the_report() {
     let retry = any.downcast_ref::<RetryError<reqwest_middleware::Error>>().expect("a RetryError");
     assert_eq!(retry.report().attempts, 1);
     assert_eq!(retry.report().stop, StopReason::InnerError);
-    assert!(matches!(retry.inner(), reqwest_middleware::Error::Reqwest(e) if e.is_connect()));
+    assert!(matches!(retry.inner(), Some(reqwest_middleware::Error::Reqwest(e)) if e.is_connect()));
 }

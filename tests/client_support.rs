@@ -119,8 +119,10 @@ where
 }
 
 /// A token bucket of `burst` refilled at `per_sec` tokens per second (tokio time), answering
-/// with `RateLimit` and `X-RateLimit-*` headers like the demo server, and 429 + `Retry-After`
-/// when empty.
+/// like the demo server: `RateLimit` with `t` = seconds until the next whole token
+/// (draft-ietf-httpapi-ratelimit-headers-10; 0 when full), `RateLimit-Policy` with `q` = burst
+/// and `w` = seconds to refill it, `X-RateLimit-*` with the reset when full, and 429 +
+/// `Retry-After` when empty.
 pub fn token_bucket(burst: f64, per_sec: f64) -> impl Fn(usize, &Request<Incoming>) -> Reply {
     let state = Mutex::new((burst, Instant::now()));
     move |_, _| {
@@ -130,15 +132,18 @@ pub fn token_bucket(burst: f64, per_sec: f64) -> impl Fn(usize, &Request<Incomin
         let (status, tokens) = if tokens >= 1.0 { (200, tokens - 1.0) } else { (429, tokens) };
         *state = (tokens, now);
         let remaining = tokens.floor() as u64;
+        let next_in = if tokens >= burst { 0 } else { ((1.0 - tokens.fract()) / per_sec).ceil() as u64 };
         let full_in = ((burst - tokens) / per_sec).ceil() as u64;
+        let window = (burst / per_sec).ceil() as u64;
         let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let mut reply = Reply::status(status)
-            .header("ratelimit", format!("\"t\";r={remaining};t={full_in}"))
+            .header("ratelimit-policy", format!("\"t\";q={burst};w={window}"))
+            .header("ratelimit", format!("\"t\";r={remaining};t={next_in}"))
+            .header("x-ratelimit-limit", burst.to_string())
             .header("x-ratelimit-remaining", remaining.to_string())
             .header("x-ratelimit-reset", (epoch + full_in).to_string());
         if status == 429 {
-            let retry_after = ((1.0 - tokens) / per_sec).ceil().max(1.0) as u64;
-            reply = reply.header("retry-after", retry_after.to_string());
+            reply = reply.header("retry-after", next_in.max(1).to_string());
         }
         reply
     }

@@ -26,6 +26,7 @@ async fn every_wait_is_a_tracing_event() {
         0 => Reply::too_many(Some("2")),
         1 => Reply::too_many(None),
         2 => Reply::ok().header("ratelimit", r#""p";r=0;t=3"#),
+        3 => Reply::status(403).header("x-ratelimit-remaining", "0").header("x-ratelimit-reset", "4"),
         _ => Reply::ok(),
     })
     .await;
@@ -38,23 +39,20 @@ async fn every_wait_is_a_tracing_event() {
     }
 
     let events = events.lock().unwrap().clone();
-    let waits: Vec<&String> = events.iter().filter(|e| e.contains("waiting before sending")).collect();
-    assert_eq!(waits.len(), 3, "{events:#?}");
-    assert!(
-        waits[0].contains("attempt=2")
-            && waits[0].contains("reason=retry-after")
-            && waits[0].contains("delay_ms=2000"),
-        "{}",
-        waits[0]
-    );
-    assert!(waits[1].contains("attempt=3") && waits[1].contains("reason=backoff"), "{}", waits[1]);
-    assert!(
-        waits[2].contains("attempt=1")
-            && waits[2].contains("reason=pacing")
-            && waits[2].contains("delay_ms=3000"),
-        "{}",
-        waits[2]
-    );
+    let waits: Vec<&String> = events
+        .iter()
+        .filter(|e| e.starts_with("waiting before sending") || e.starts_with("waited for a turn"))
+        .collect();
+    assert_eq!(waits.len(), 4, "{events:#?}");
+    let has = |i: usize, parts: &[&str]| {
+        assert!(parts.iter().all(|p| waits[i].contains(p)), "{} lacks {parts:?}", waits[i]);
+    };
+    // Before a retry, the event comes before the wait; a turn in the queue is reported after.
+    has(0, &["waiting before sending", "attempt=2", "status=429", "reason=retry-after", "delay_ms=2000"]);
+    has(1, &["waiting before sending", "attempt=3", "reason=backoff"]);
+    has(2, &["waited for a turn", "attempt=1", "reason=pacing", "delay_ms=3000"]);
+    has(3, &["waiting before sending", "attempt=2", "status=403", "reason=reset", "delay_ms=4000"]);
+    assert!(waits[3].contains("dialect=X-RateLimit-* fields"), "{}", waits[3]);
 }
 
 mod capture {

@@ -1,11 +1,14 @@
-//! [`RetryError`]: the inner service's error plus what the layer did before it.
+//! [`RetryError`]: the request failed, or was never sent; with what the layer did before.
 
 use std::error::Error as StdError;
 use std::fmt;
 
-use super::RetryReport;
+use super::{RetryReport, StopReason};
 
-/// The inner service failed; carries its error and the [`RetryReport`] up to that point.
+/// The request ended without a response: the inner service failed, or the request was never
+/// sent (the pacer's queue for its host was full, or its turn would have come after its wait
+/// budget). Carries the inner error, if any, and the [`RetryReport`] up to that point; the
+/// report's [`stop`](RetryReport::stop) says which.
 ///
 /// The layer does not retry inner errors (connection refused, timeouts): they say nothing
 /// about rate limits. Put a dedicated retry layer inside this one for that.
@@ -16,36 +19,43 @@ use super::RetryReport;
 ///
 /// let err = RetryError::new(std::io::Error::other("refused"), RetryReport::default());
 /// assert_eq!(err.report().stop, StopReason::InnerError);
-/// assert_eq!(err.inner().to_string(), "refused");
+/// assert_eq!(err.inner().unwrap().to_string(), "refused");
 /// assert_eq!(err.source().unwrap().to_string(), "refused");
 /// assert_eq!(err.to_string(), "request failed after 0 attempts (waited 0.0 s)");
 /// ```
 pub struct RetryError<E> {
-    inner: E,
+    inner: Option<E>,
     report: RetryReport,
 }
 
 impl<E> RetryError<E> {
-    /// Wraps `inner`; the report's `stop` is set to [`StopReason::InnerError`](super::StopReason::InnerError).
+    /// Wraps the inner service's error; the report's `stop` is set to
+    /// [`StopReason::InnerError`].
     ///
     /// ```
     /// # use tollgate::client::{RetryError, RetryReport};
     /// let err = RetryError::new("boom", RetryReport::default());
-    /// assert_eq!(*err.inner(), "boom");
+    /// assert_eq!(err.inner(), Some(&"boom"));
     /// ```
     pub fn new(inner: E, mut report: RetryReport) -> Self {
-        report.stop = super::StopReason::InnerError;
-        Self { inner, report }
+        report.stop = StopReason::InnerError;
+        Self { inner: Some(inner), report }
     }
 
-    /// The inner service's error.
+    /// A request that was not sent; `report.stop` says why
+    /// ([`StopReason::QueueFull`] or [`StopReason::WaitBudget`]).
+    pub(crate) fn not_sent(report: RetryReport) -> Self {
+        Self { inner: None, report }
+    }
+
+    /// The inner service's error; `None` when the request was not sent.
     ///
     /// ```
     /// # use tollgate::client::{RetryError, RetryReport};
-    /// assert_eq!(*RetryError::new(7, RetryReport::default()).inner(), 7);
+    /// assert_eq!(RetryError::new(7, RetryReport::default()).inner(), Some(&7));
     /// ```
-    pub fn inner(&self) -> &E {
-        &self.inner
+    pub fn inner(&self) -> Option<&E> {
+        self.inner.as_ref()
     }
 
     /// What the layer did before the error.
@@ -62,20 +72,20 @@ impl<E> RetryError<E> {
     ///
     /// ```
     /// # use tollgate::client::{RetryError, RetryReport};
-    /// assert_eq!(RetryError::new(7, RetryReport::default()).into_inner(), 7);
+    /// assert_eq!(RetryError::new(7, RetryReport::default()).into_inner(), Some(7));
     /// ```
-    pub fn into_inner(self) -> E {
+    pub fn into_inner(self) -> Option<E> {
         self.inner
     }
 
-    /// The inner error and the report.
+    /// The inner error (if any) and the report.
     ///
     /// ```
     /// # use tollgate::client::{RetryError, RetryReport};
     /// let (inner, report) = RetryError::new(7, RetryReport::default()).into_parts();
-    /// assert_eq!((inner, report.attempts), (7, 0));
+    /// assert_eq!((inner, report.attempts), (Some(7), 0));
     /// ```
-    pub fn into_parts(self) -> (E, RetryReport) {
+    pub fn into_parts(self) -> (Option<E>, RetryReport) {
         (self.inner, self.report)
     }
 }
@@ -88,17 +98,22 @@ impl<E: fmt::Debug> fmt::Debug for RetryError<E> {
 
 impl<E> fmt::Display for RetryError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "request failed after {} attempts (waited {:.1} s)",
-            self.report.attempts,
-            self.report.total_wait.as_secs_f64()
-        )
+        let waited = self.report.total_wait.as_secs_f64();
+        match self.inner {
+            Some(_) => {
+                write!(f, "request failed after {} attempts (waited {waited:.1} s)", self.report.attempts)
+            }
+            None => write!(
+                f,
+                "request not sent after {} attempts (waited {waited:.1} s): {}",
+                self.report.attempts, self.report.stop
+            ),
+        }
     }
 }
 
 impl<E: StdError + 'static> StdError for RetryError<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.inner)
+        self.inner.as_ref().map(|e| e as &(dyn StdError + 'static))
     }
 }

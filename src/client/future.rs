@@ -11,13 +11,14 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::policy::{Decision, Tracker};
-use super::RetryError;
+use super::{Acquire, Permit, RetryError};
 
 pin_project! {
     /// Response future of [`Retry`](super::Retry).
     ///
-    /// Waits (pacing, `Retry-After`, backoff) with `tokio::time`, so it needs a Tokio runtime
-    /// with the time driver enabled.
+    /// Waits (for the host's turn, `Retry-After`, backoff) with `tokio::time`, so it needs a
+    /// Tokio runtime with the time driver enabled. Dropping it while it waits in the pacer's
+    /// queue gives its place up.
     pub struct ResponseFuture<S, B>
     where
         S: Service<Request<B>>,
@@ -27,21 +28,24 @@ pin_project! {
         inner: S,
         // Set while `inner` has been polled ready and not called yet.
         inner_ready: bool,
-        // Set once the pacing check for the coming attempt has been done.
-        paced: bool,
         // The request to send next; kept as a template when it may be repeated.
         request: Option<Request<B>>,
         repeatable: bool,
         tracker: Option<Tracker>,
+        // This attempt's turn, answered with its response.
+        permit: Option<Permit>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
     enum State<F> {
+        // Before an attempt: take a turn in the host's queue, if pacing.
+        Start,
+        Queued { #[pin] acquire: Acquire },
         Send,
-        Sleeping { #[pin] sleep: Sleep },
         Waiting { #[pin] future: F },
+        Sleeping { #[pin] sleep: Sleep },
     }
 }
 
@@ -51,13 +55,13 @@ where
 {
     pub(crate) fn new(inner: S, request: Request<B>, repeatable: bool, tracker: Tracker) -> Self {
         Self {
-            state: State::Send,
+            state: State::Start,
             inner,
             inner_ready: true,
-            paced: false,
             request: Some(request),
             repeatable,
             tracker: Some(tracker),
+            permit: None,
         }
     }
 }
@@ -83,22 +87,32 @@ where
         loop {
             let tracker = this.tracker.as_mut().expect("ResponseFuture polled after completion");
             match this.state.as_mut().project() {
-                StateProj::Send => {
-                    if !*this.paced {
-                        *this.paced = true;
-                        if let Some(delay) = tracker.pace() {
-                            this.state.set(State::Sleeping { sleep: tokio::time::sleep(delay) });
-                            continue;
+                StateProj::Start => match tracker.admission() {
+                    Some(acquire) => this.state.set(State::Queued { acquire }),
+                    None => this.state.set(State::Send),
+                },
+                StateProj::Queued { acquire } => {
+                    let turn = ready!(acquire.poll(cx));
+                    match tracker.admitted(turn) {
+                        Ok(permit) => {
+                            *this.permit = Some(permit);
+                            this.state.set(State::Send);
+                        }
+                        Err(_) => {
+                            let report = this.tracker.take().map(Tracker::into_report).unwrap_or_default();
+                            return Poll::Ready(Err(RetryError::not_sent(report)));
                         }
                     }
+                }
+                StateProj::Send => {
                     if !*this.inner_ready {
                         if let Err(e) = ready!(this.inner.poll_ready(cx)) {
+                            this.permit.take();
                             let report = this.tracker.take().map(Tracker::into_report);
                             return Poll::Ready(Err(RetryError::new(e, report.unwrap_or_default())));
                         }
                     }
                     *this.inner_ready = false;
-                    *this.paced = false;
                     let request =
                         if *this.repeatable { this.request.as_ref().cloned() } else { this.request.take() }
                             .expect("a request is kept for every attempt");
@@ -106,26 +120,21 @@ where
                     let future = this.inner.call(request);
                     this.state.set(State::Waiting { future });
                 }
-                StateProj::Sleeping { sleep } => {
-                    ready!(sleep.poll(cx));
-                    this.state.set(State::Send);
-                }
                 StateProj::Waiting { future } => {
                     let result = ready!(future.poll(cx));
                     let mut response = match result {
                         Ok(response) => response,
                         Err(e) => {
+                            // Unanswered: the pacer counts the request as never answered.
+                            this.permit.take();
                             let report = this.tracker.take().map(Tracker::into_report);
                             return Poll::Ready(Err(RetryError::new(e, report.unwrap_or_default())));
                         }
                     };
-                    match tracker.on_response(response.status(), response.headers()) {
+                    match tracker.on_response(response.status(), response.headers(), this.permit.take()) {
                         Decision::Wait(delay, _) => {
-                            // The rejected response (and its body) is dropped here.
+                            // The refused response (and its body) is dropped here.
                             this.state.set(State::Sleeping { sleep: tokio::time::sleep(delay) });
-                            // The wait is the retry's wait: do not pace on top of it unless
-                            // the pacer asks for longer (checked when sending).
-                            *this.paced = false;
                         }
                         Decision::Stop(_) => {
                             let report = this.tracker.take().map(Tracker::into_report);
@@ -133,6 +142,10 @@ where
                             return Poll::Ready(Ok(response));
                         }
                     }
+                }
+                StateProj::Sleeping { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Start);
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use tower_layer::Layer;
 
-use super::{Retry, RetryPolicy};
+use super::{Classifier, Retry, RetryPolicy};
 
 /// Layer that wraps a client service in [`Retry`].
 ///
@@ -34,6 +34,29 @@ impl RetryLayer {
     /// ```
     pub fn new(policy: RetryPolicy) -> Self {
         Self { policy }
+    }
+
+    /// The same layer with another [`Classifier`]: the rules that tell a refusal from an
+    /// answer (see [`RetryPolicy::classifier`]).
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use tollgate::client::{Classifier, DefaultClassifier, RateLimitSignal, RetryLayer, Verdict};
+    ///
+    /// // Also retry 502s from a flaky gateway, after the backoff.
+    /// let layer = RetryLayer::default().classifier(|signal: &RateLimitSignal, headers: &HeaderMap| {
+    ///     if signal.status() == StatusCode::BAD_GATEWAY {
+    ///         Verdict::Refused
+    ///     } else {
+    ///         DefaultClassifier.classify(signal, headers)
+    ///     }
+    /// });
+    /// let signal = RateLimitSignal::parse(StatusCode::BAD_GATEWAY, &HeaderMap::new(), std::time::SystemTime::now());
+    /// assert_eq!(layer.policy().classify(&signal, &HeaderMap::new()), Verdict::Refused);
+    /// ```
+    pub fn classifier(mut self, classifier: impl Classifier) -> Self {
+        self.policy = self.policy.classifier(classifier);
+        self
     }
 
     /// The policy this layer applies.

@@ -1,23 +1,53 @@
-//! Client side: be a well-behaved consumer of rate-limited APIs.
+//! Client side: be a well-behaved consumer of rate-limited APIs, whatever dialect they speak.
 //!
 //! [`RetryLayer`] wraps any `tower::Service<http::Request<B>>` client (hyper-util's legacy
 //! `Client`, for one) and
 //!
-//! - **retries 429 and 503** after the server's `Retry-After` (delay-seconds or HTTP-date), or
-//!   without one after exponential [`Backoff`] with full jitter, within a cap on attempts and on
-//!   the total time waited. A `Retry-After` beyond the wait budget is not slept through: the 429
-//!   is returned at once. Only requests that are safe to repeat are repeated ([`Repeatable`]:
-//!   idempotent methods by default; the body must be `Clone` to be replayed);
-//! - **paces itself** ([`Pacer`]) from the server's `RateLimit` (draft-ietf-httpapi-ratelimit-headers)
-//!   or `X-RateLimit-Remaining` / `X-RateLimit-Reset` headers, per host: when nothing remains it
-//!   waits for the reset before sending, when little remains it spreads what is left;
+//! - **reads every common dialect** of rate-limit headers into one [`RateLimitSignal`]:
+//!   `Retry-After`, the IETF `RateLimit` / `RateLimit-Policy` fields (String or Token policy
+//!   names), express-rate-limit's draft-7 combined `RateLimit: limit=…, remaining=…, reset=…`
+//!   and draft-6 `RateLimit-Limit/-Remaining/-Reset`, and the `X-RateLimit-*` trio of GitHub
+//!   and many others (see [`Dialect`]). Every wait read is capped at
+//!   [`RateLimitSignal::MAX_WAIT`] (one day);
+//! - **recognises a refusal by its meaning** ([`Classifier`], by default
+//!   [`DefaultClassifier`]): 429, 503, and a 403 that carries a rate-limit signal (GitHub's
+//!   primary and secondary limits); a plain 403 is never retried;
+//! - **retries refusals** after the wait the server named (`Retry-After`, else the reset of the
+//!   exhausted quota), or without one after exponential [`Backoff`] with full jitter, within a
+//!   cap on attempts and on the total time waited. A wait beyond the budget is not slept
+//!   through: the refusal is returned at once. Only requests that are safe to repeat are
+//!   repeated ([`Repeatable`]: idempotent methods by default; the body must be `Clone`);
+//! - **queues and paces** requests host by host ([`Pacer`]): concurrent requests to one host
+//!   wait their turn and are released one at a time at the pace the server published, never
+//!   all at once; a request dropped while queued gives its place up; the queue is bounded;
 //! - **reports**: every wait is a `tracing` event (target `tollgate::client`, with `attempt`,
 //!   `reason`, `delay_ms`), and the final response carries a [`RetryReport`] extension
-//!   (attempts, total wait, last status, why it stopped). Inner errors come back as
-//!   [`RetryError`] with the same report.
+//!   (attempts, total wait, last status, why it stopped). Inner errors, and requests never
+//!   sent, come back as [`RetryError`] with the same report.
 //!
-//! The decisions are pure functions ([`headers`], [`Backoff`], [`RetryPolicy`]) shared with the
-//! `reqwest` feature's `reqwest::RetryMiddleware` for `reqwest-middleware` users.
+//! The decisions are shared with the `reqwest` feature's `reqwest::RetryMiddleware` for
+//! `reqwest-middleware` users.
+//!
+//! # Why not `tower::retry`
+//!
+//! `tower::retry::Policy` sees a request and its finished result, and nothing in between. The
+//! pacer needs more than that, so the loop is our own:
+//!
+//! - each attempt first takes a place in its host's queue, and the [`Permit`] it gets spans
+//!   the send: it is answered with the response (which sets the host's pace, knowing how many
+//!   releases the server had not yet counted) or dropped unanswered on an error or a cancel
+//!   (which frees a probe's place). A `Policy` has no hook before the first attempt and none
+//!   around the inner call;
+//! - one budget ([`RetryPolicy::max_wait`]) covers the time in the queue and the waits before
+//!   retries, and a retried request keeps its place ahead of later arrivals: per-request state
+//!   that the per-host queue must see;
+//! - an error carries the [`RetryReport`] ([`RetryError`]), where `tower::retry::Retry` keeps
+//!   the inner error type;
+//! - `tower::retry::backoff::ExponentialBackoff` adds a proportional jitter on top of the base
+//!   (waits in `[base, base × (1 + jitter)]`), while clients refused together should spread
+//!   over the whole `[0, base]` ("full jitter"), and a server's own wait must replace it.
+//!
+//! The same bookkeeping drives the reqwest middleware, so both adapters behave alike.
 //!
 //! # Example
 //!
@@ -55,9 +85,10 @@
 //! # }
 //! ```
 
+mod classify;
+mod dialect;
 mod error;
 mod future;
-pub mod headers;
 mod layer;
 mod pacer;
 mod policy;
@@ -67,12 +98,15 @@ mod report;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
 mod service;
+mod signal;
 
+pub use self::classify::{Classifier, DefaultClassifier, Verdict};
 pub use self::error::RetryError;
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
-pub use self::pacer::Pacer;
+pub use self::pacer::{Acquire, AcquireError, Pacer, Permit};
 pub use self::policy::{Backoff, RetryPolicy};
 pub use self::repeatable::{AnyMethod, IdempotentMethods, Repeatable};
 pub use self::report::{RetryReport, StopReason, Wait, WaitReason};
 pub use self::service::Retry;
+pub use self::signal::{Dialect, Quota, RateLimitSignal};

@@ -6,14 +6,22 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Method, StatusCode};
+use tokio::time::Instant;
 
+use super::classify::DebugClassifier;
 use super::repeatable::DebugRepeatable;
-use super::{headers, IdempotentMethods, Pacer, Repeatable, RetryReport, StopReason, Wait, WaitReason};
+use super::{
+    Acquire, AcquireError, Classifier, DefaultClassifier, IdempotentMethods, Pacer, Permit, RateLimitSignal,
+    Repeatable, RetryReport, StopReason, Verdict, Wait, WaitReason,
+};
 
-/// Statuses that are retried: 429 Too Many Requests and 503 Service Unavailable.
-pub(crate) fn is_retryable_status(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
-}
+/// A refusal's wait read from a reset is at least this long: resets have whole-second
+/// precision, and a reset already past by our clock (a server clock a little behind) must not
+/// make the client retry in a tight loop.
+const MIN_RESET_WAIT: Duration = Duration::from_secs(1);
+
+/// Pacing waits shorter than this (the time to take a free place in a queue) are not reported.
+const REPORTED_PACING: Duration = Duration::from_millis(1);
 
 /// Exponential backoff with full jitter, for a 429/503 without a usable `Retry-After`.
 ///
@@ -95,7 +103,7 @@ impl Backoff {
     }
 }
 
-/// What the client layer does about 429 and 503 answers, and how it paces itself.
+/// What the client layer does about refusals, and how it paces itself.
 ///
 /// Shared by [`RetryLayer`](super::RetryLayer) and, with the `reqwest` feature,
 /// `tollgate::client::reqwest::RetryMiddleware`. Cheap to clone.
@@ -103,20 +111,23 @@ impl Backoff {
 /// | knob | default | meaning |
 /// | --- | --- | --- |
 /// | [`max_attempts`](Self::max_attempts) | 4 | sends per logical request, the first included |
-/// | [`max_wait`](Self::max_wait) | 30 s | total of all waits for one request; a `Retry-After` beyond what is left is not waited for |
-/// | [`backoff`](Self::backoff) | 100 ms … 10 s | when there is no usable `Retry-After` |
+/// | [`max_wait`](Self::max_wait) | 30 s | total of all waits for one request, in the queue and before retries; a wait beyond what is left is not waited for |
+/// | [`backoff`](Self::backoff) | 100 ms … 10 s | for a refusal that names no wait |
 /// | [`repeatable`](Self::repeatable) | [`IdempotentMethods`] | which requests may be sent again |
-/// | [`pacer`](Self::pacer) | `Some(Pacer::new())` | pace from `RateLimit` / `X-RateLimit-*`; `None` to disable |
+/// | [`classifier`](Self::classifier) | [`DefaultClassifier`] | which responses are refusals |
+/// | [`pacer`](Self::pacer) | `Some(Pacer::new())` | per-host queues paced from the servers' headers; `None` to disable |
+/// | [`wall_clock`](Self::wall_clock) | `SystemTime::now` | the time Unix-time resets and HTTP dates are read against |
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::client::{AnyMethod, Backoff, Pacer, RetryPolicy};
+/// use tollgate::client::{AnyMethod, Backoff, DefaultClassifier, Pacer, RetryPolicy};
 ///
 /// let policy = RetryPolicy::new()
 ///     .max_attempts(6)
 ///     .max_wait(Duration::from_secs(60))
 ///     .backoff(Backoff::new(Duration::from_millis(50), Duration::from_secs(5)))
 ///     .repeatable(AnyMethod)
+///     .classifier(DefaultClassifier)
 ///     .pacer(Pacer::new().max_hosts(64));
 /// assert_eq!(policy.get_max_attempts(), 6);
 /// assert_eq!(policy.get_max_wait(), Duration::from_secs(60));
@@ -127,7 +138,9 @@ pub struct RetryPolicy {
     max_wait: Duration,
     backoff: Backoff,
     repeatable: Arc<dyn Repeatable>,
+    classifier: Arc<dyn Classifier>,
     pacer: Option<Pacer>,
+    wall_clock: Arc<dyn Fn() -> SystemTime + Send + Sync>,
 }
 
 impl Default for RetryPolicy {
@@ -143,8 +156,9 @@ impl fmt::Debug for RetryPolicy {
             .field("max_wait", &self.max_wait)
             .field("backoff", &self.backoff)
             .field("repeatable", &DebugRepeatable)
+            .field("classifier", &DebugClassifier)
             .field("pacer", &self.pacer)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,7 +175,9 @@ impl RetryPolicy {
             max_wait: Duration::from_secs(30),
             backoff: Backoff::default(),
             repeatable: Arc::new(IdempotentMethods),
+            classifier: Arc::new(DefaultClassifier),
             pacer: Some(Pacer::new()),
+            wall_clock: Arc::new(SystemTime::now),
         }
     }
 
@@ -177,11 +193,14 @@ impl RetryPolicy {
         self
     }
 
-    /// Wait at most this long in total for one request (pacing and retries together).
+    /// Wait at most this long in total for one request: in the pacer's queue and before
+    /// retries together.
     ///
-    /// A `Retry-After` longer than what is left makes the layer give up at once and return
-    /// the 429; a backoff is shortened to what is left; a pacing wait longer than what is left
-    /// is skipped (the request is sent, and the server decides).
+    /// A refusal whose wait is longer than what is left is returned at once; a backoff is
+    /// shortened to what is left. A request whose turn in the queue is known to come later
+    /// than that fails at once, and one still queued when the budget runs out fails then,
+    /// with a [`RetryError`](super::RetryError) whose report says
+    /// [`StopReason::WaitBudget`], without being sent.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -193,7 +212,7 @@ impl RetryPolicy {
         self
     }
 
-    /// The backoff used when a 429/503 has no usable `Retry-After`.
+    /// The backoff used when a refusal names no wait.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -219,7 +238,28 @@ impl RetryPolicy {
         self
     }
 
-    /// Pace from the server's headers with this [`Pacer`] (share one between clients by
+    /// Which responses are refusals; see [`Classifier`] and [`DefaultClassifier`].
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use tollgate::client::{DefaultClassifier, RateLimitSignal, RetryPolicy, Verdict, Classifier};
+    ///
+    /// // Never retry 503s, only rate-limit refusals.
+    /// let policy = RetryPolicy::new().classifier(|signal: &RateLimitSignal, headers: &HeaderMap| {
+    ///     match signal.status() {
+    ///         StatusCode::SERVICE_UNAVAILABLE => Verdict::NotRefused,
+    ///         _ => DefaultClassifier.classify(signal, headers),
+    ///     }
+    /// });
+    /// let signal = RateLimitSignal::parse(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), std::time::SystemTime::now());
+    /// assert_eq!(policy.classify(&signal, &HeaderMap::new()), Verdict::NotRefused);
+    /// ```
+    pub fn classifier(mut self, classifier: impl Classifier) -> Self {
+        self.classifier = Arc::new(classifier);
+        self
+    }
+
+    /// Pace from the servers' headers with this [`Pacer`] (share one between clients by
     /// cloning it), or `None` to never pace.
     ///
     /// ```
@@ -229,6 +269,21 @@ impl RetryPolicy {
     /// ```
     pub fn pacer(mut self, pacer: impl Into<Option<Pacer>>) -> Self {
         self.pacer = pacer.into();
+        self
+    }
+
+    /// The wall clock that Unix-time resets (`X-RateLimit-Reset: 1700000000`) and HTTP-date
+    /// `Retry-After` values are read against. The default is [`SystemTime::now`]; tests that
+    /// pause tokio's clock pass one that moves with it.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// let fixed = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let policy = tollgate::client::RetryPolicy::new().wall_clock(move || fixed);
+    /// assert_eq!(policy.now(), fixed);
+    /// ```
+    pub fn wall_clock(mut self, now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.wall_clock = Arc::new(now);
         self
     }
 
@@ -281,12 +336,33 @@ impl RetryPolicy {
         self.repeatable.is_repeatable(method, headers)
     }
 
+    /// The configured [`Classifier`]'s verdict.
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use tollgate::client::{RateLimitSignal, RetryPolicy, Verdict};
+    /// let signal = RateLimitSignal::parse(StatusCode::FORBIDDEN, &HeaderMap::new(), std::time::SystemTime::now());
+    /// assert_eq!(RetryPolicy::new().classify(&signal, &HeaderMap::new()), Verdict::NotRefused);
+    /// ```
+    pub fn classify(&self, signal: &RateLimitSignal, headers: &HeaderMap) -> Verdict {
+        self.classifier.classify(signal, headers)
+    }
+
+    /// The configured wall clock's time.
+    ///
+    /// ```
+    /// let now = tollgate::client::RetryPolicy::new().now();
+    /// assert!(now > std::time::SystemTime::UNIX_EPOCH);
+    /// ```
+    pub fn now(&self) -> SystemTime {
+        (self.wall_clock)()
+    }
+
     /// The decision after a response, as a pure function of what is known.
     ///
-    /// `attempts` is how many sends were made so far, `waited` the time already waited,
-    /// `unit` a random number in `[0, 1)` for the jitter.
+    /// `unit` is a random number in `[0, 1)` for the jitter.
     pub(crate) fn decide(&self, input: DecideInput, unit: f64) -> Decision {
-        if !is_retryable_status(input.status) {
+        if !input.refused {
             return Decision::Stop(StopReason::Completed);
         }
         if !input.repeatable {
@@ -296,9 +372,9 @@ impl RetryPolicy {
             return Decision::Stop(StopReason::MaxAttempts);
         }
         let left = self.max_wait.saturating_sub(input.waited);
-        match input.retry_after {
-            Some(delay) if delay > left => Decision::Stop(StopReason::WaitBudget),
-            Some(delay) => Decision::Wait(delay, WaitReason::RetryAfter),
+        match input.wait {
+            Some((delay, _)) if delay > left => Decision::Stop(StopReason::WaitBudget),
+            Some((delay, reason)) => Decision::Wait(delay, reason),
             None if left.is_zero() => Decision::Stop(StopReason::WaitBudget),
             None => {
                 let retry = input.attempts.saturating_sub(1);
@@ -312,10 +388,14 @@ impl RetryPolicy {
 /// Inputs of [`RetryPolicy::decide`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DecideInput {
-    pub(crate) status: StatusCode,
-    pub(crate) retry_after: Option<Duration>,
+    /// The classifier's verdict: a refusal.
+    pub(crate) refused: bool,
+    /// The wait the refusal names, and where it comes from.
+    pub(crate) wait: Option<(Duration, WaitReason)>,
     pub(crate) repeatable: bool,
+    /// Sends so far.
     pub(crate) attempts: u32,
+    /// Time already waited.
     pub(crate) waited: Duration,
 }
 
@@ -328,44 +408,91 @@ pub(crate) enum Decision {
     Stop(StopReason),
 }
 
-/// The bookkeeping of one logical request, shared by both adapters: it asks the policy and the
-/// pacer, records every wait in the report and emits the tracing events.
+/// The wait a refusal names: the classifier's own, `Retry-After`, or the reset of an
+/// exhausted quota (at least [`MIN_RESET_WAIT`]).
+fn refusal_wait(verdict: Verdict, signal: &RateLimitSignal) -> Option<(Duration, WaitReason)> {
+    match verdict {
+        Verdict::NotRefused => None,
+        Verdict::RefusedFor(delay) => Some((delay.min(RateLimitSignal::MAX_WAIT), WaitReason::RetryAfter)),
+        Verdict::Refused => match signal.retry_after() {
+            Some(delay) => Some((delay, WaitReason::RetryAfter)),
+            None => signal.reset_wait().map(|reset| (reset.max(MIN_RESET_WAIT), WaitReason::Reset)),
+        },
+    }
+}
+
+/// The bookkeeping of one logical request, shared by both adapters: it takes the request's
+/// turns from the pacer, asks the classifier and the policy, records every wait in the report
+/// and emits the tracing events.
 #[derive(Debug)]
 pub(crate) struct Tracker {
     policy: RetryPolicy,
-    host: Option<Box<str>>,
+    host: Option<Arc<str>>,
     repeatable: bool,
     report: RetryReport,
+    /// The request's place in its host's queue, kept across retries.
+    queue_id: Option<u64>,
+    /// When the current wait for a turn began.
+    queued_at: Option<Instant>,
 }
 
 impl Tracker {
-    pub(crate) fn new(policy: RetryPolicy, host: Option<Box<str>>, repeatable: bool) -> Self {
-        Self { policy, host, repeatable, report: RetryReport::default() }
+    pub(crate) fn new(policy: RetryPolicy, host: Option<Arc<str>>, repeatable: bool) -> Self {
+        Self { policy, host, repeatable, report: RetryReport::default(), queue_id: None, queued_at: None }
     }
 
-    /// The pacing wait before the next attempt, if any (already recorded and traced).
-    pub(crate) fn pace(&mut self) -> Option<Duration> {
-        let pacer = self.policy.pacer.as_ref()?;
-        let host = self.host.as_deref()?;
-        let delay = pacer.delay(host);
-        if delay.is_zero() {
-            return None;
-        }
-        let attempt = self.report.attempts + 1;
+    /// A place in the host's queue for the next attempt, or `None` when not pacing. Its
+    /// deadline is what is left of the wait budget.
+    pub(crate) fn admission(&mut self) -> Option<Acquire> {
+        let (pacer, host) = (self.policy.pacer.as_ref()?, self.host.as_ref()?);
+        let now = Instant::now();
         let left = self.policy.max_wait.saturating_sub(self.report.total_wait);
-        if delay > left {
-            tracing::debug!(
+        self.queued_at = Some(now);
+        let acquire = pacer.acquire(Arc::clone(host)).priority(self.queue_id);
+        Some(match now.checked_add(left) {
+            Some(deadline) => acquire.deadline(deadline),
+            None => acquire,
+        })
+    }
+
+    /// The outcome of [`admission`](Self::admission): the wait is recorded; a refusal to queue
+    /// ends the request (its report says why).
+    pub(crate) fn admitted(&mut self, result: Result<Permit, AcquireError>) -> Result<Permit, StopReason> {
+        let waited = self.queued_at.take().map_or(Duration::ZERO, |at| at.elapsed());
+        let attempt = self.report.attempts.saturating_add(1);
+        if waited >= REPORTED_PACING {
+            tracing::info!(
                 target: "tollgate::client",
-                host,
+                host = self.host.as_deref(),
                 attempt,
-                delay_ms = millis(delay),
-                budget_left_ms = millis(left),
-                "pacing wait exceeds the wait budget; sending without waiting",
+                reason = WaitReason::Pacing.as_str(),
+                delay_ms = millis(waited),
+                "waited for a turn",
             );
-            return None;
+            self.add_wait(waited, WaitReason::Pacing);
         }
-        self.record_wait(delay, WaitReason::Pacing);
-        Some(delay)
+        match result {
+            Ok(permit) => {
+                self.queue_id = Some(permit.id());
+                Ok(permit)
+            }
+            Err(error) => {
+                let stop = match error {
+                    AcquireError::QueueFull => StopReason::QueueFull,
+                    AcquireError::Deadline => StopReason::WaitBudget,
+                };
+                self.report.stop = stop;
+                tracing::debug!(
+                    target: "tollgate::client",
+                    host = self.host.as_deref(),
+                    attempt,
+                    waited_ms = millis(self.report.total_wait),
+                    reason = %stop,
+                    "not sent",
+                );
+                Err(stop)
+            }
+        }
     }
 
     /// Counts one send.
@@ -373,18 +500,25 @@ impl Tracker {
         self.report.attempts = self.report.attempts.saturating_add(1);
     }
 
-    /// Learns from a response and decides; a wait is recorded and traced.
-    pub(crate) fn on_response(&mut self, status: StatusCode, headers: &HeaderMap) -> Decision {
-        let now = SystemTime::now();
+    /// Learns from a response and decides; the permit (if paced) reports the answer to the
+    /// pacer, and a wait is recorded and traced.
+    pub(crate) fn on_response(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        permit: Option<Permit>,
+    ) -> Decision {
+        let signal = RateLimitSignal::parse(status, headers, self.policy.now());
         self.report.last_status = Some(status);
-        if let (Some(pacer), Some(host)) = (&self.policy.pacer, &self.host) {
-            pacer.observe(host, status, headers, now);
+        let verdict = self.policy.classify(&signal, headers);
+        let wait = refusal_wait(verdict, &signal);
+        if let Some(permit) = permit {
+            permit.answer(&signal, wait.map(|(delay, _)| delay));
         }
-        let retry_after = if is_retryable_status(status) { headers::retry_after(headers, now) } else { None };
         let decision = self.policy.decide(
             DecideInput {
-                status,
-                retry_after,
+                refused: verdict.is_refused(),
+                wait,
                 repeatable: self.repeatable,
                 attempts: self.report.attempts,
                 waited: self.report.total_wait,
@@ -392,7 +526,19 @@ impl Tracker {
             fastrand::f64(),
         );
         match decision {
-            Decision::Wait(delay, reason) => self.record_wait(delay, reason),
+            Decision::Wait(delay, reason) => {
+                tracing::info!(
+                    target: "tollgate::client",
+                    host = self.host.as_deref(),
+                    attempt = self.report.attempts.saturating_add(1),
+                    status = status.as_u16(),
+                    dialect = signal.dialect().map(|d| d.as_str()),
+                    reason = reason.as_str(),
+                    delay_ms = millis(delay),
+                    "waiting before sending",
+                );
+                self.add_wait(delay, reason);
+            }
             Decision::Stop(stop) => {
                 self.report.stop = stop;
                 if stop != StopReason::Completed {
@@ -401,7 +547,7 @@ impl Tracker {
                         host = self.host.as_deref(),
                         attempts = self.report.attempts,
                         status = status.as_u16(),
-                        retry_after_ms = retry_after.map(millis),
+                        wait_ms = wait.map(|(delay, _)| millis(delay)),
                         reason = %stop,
                         "giving up",
                     );
@@ -411,16 +557,8 @@ impl Tracker {
         decision
     }
 
-    fn record_wait(&mut self, delay: Duration, reason: WaitReason) {
+    fn add_wait(&mut self, delay: Duration, reason: WaitReason) {
         let attempt = self.report.attempts.saturating_add(1);
-        tracing::info!(
-            target: "tollgate::client",
-            host = self.host.as_deref(),
-            attempt,
-            reason = reason.as_str(),
-            delay_ms = millis(delay),
-            "waiting before sending",
-        );
         self.report.total_wait = self.report.total_wait.saturating_add(delay);
         self.report.waits.push(Wait::new(attempt, reason, delay));
     }
@@ -436,7 +574,7 @@ fn millis(duration: Duration) -> u64 {
 
 /// The pacing key of a request: its authority, lowercased, with the scheme's default port
 /// made explicit, or the `Host` header for origin-form URIs.
-pub(crate) fn host_key(uri: &http::Uri, headers: &HeaderMap) -> Option<Box<str>> {
+pub(crate) fn host_key(uri: &http::Uri, headers: &HeaderMap) -> Option<Arc<str>> {
     let (host, port) = match uri.authority() {
         Some(authority) => (authority.host().to_owned(), authority.port_u16()),
         None => {
@@ -461,56 +599,82 @@ pub(crate) fn host_key(uri: &http::Uri, headers: &HeaderMap) -> Option<Box<str>>
 mod tests {
     use super::*;
 
-    fn input(status: u16, retry_after: Option<u64>, attempts: u32, waited: u64) -> DecideInput {
+    /// A refusal (unless `refused` is false) naming `retry_after` seconds.
+    fn input(refused: bool, retry_after: Option<u64>, attempts: u32, waited: u64) -> DecideInput {
         DecideInput {
-            status: StatusCode::from_u16(status).unwrap(),
-            retry_after: retry_after.map(Duration::from_secs),
+            refused,
+            wait: retry_after.map(|s| (Duration::from_secs(s), WaitReason::RetryAfter)),
             repeatable: true,
             attempts,
             waited: Duration::from_secs(waited),
         }
     }
 
+    fn signal(status: u16, pairs: &[(&'static str, &'static str)]) -> (RateLimitSignal, HeaderMap) {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, value.parse().unwrap());
+        }
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        (RateLimitSignal::parse(StatusCode::from_u16(status).unwrap(), &headers, now), headers)
+    }
+
     #[test]
-    fn only_429_and_503_are_retried() {
+    fn only_refusals_are_retried() {
         let policy = RetryPolicy::new();
-        for status in [200, 201, 204, 301, 400, 403, 404, 500, 502, 504] {
-            assert_eq!(
-                policy.decide(input(status, Some(1), 1, 0), 0.5),
-                Decision::Stop(StopReason::Completed),
-                "{status}"
-            );
-        }
-        for status in [429, 503] {
-            assert_eq!(
-                policy.decide(input(status, Some(1), 1, 0), 0.5),
-                Decision::Wait(Duration::from_secs(1), WaitReason::RetryAfter)
-            );
-        }
+        assert_eq!(policy.decide(input(false, Some(1), 1, 0), 0.5), Decision::Stop(StopReason::Completed));
+        assert_eq!(
+            policy.decide(input(true, Some(1), 1, 0), 0.5),
+            Decision::Wait(Duration::from_secs(1), WaitReason::RetryAfter)
+        );
+    }
+
+    #[test]
+    fn the_wait_a_refusal_names() {
+        let wait = |status, pairs: &[(&'static str, &'static str)]| {
+            let (signal, headers) = signal(status, pairs);
+            refusal_wait(RetryPolicy::new().classify(&signal, &headers), &signal)
+        };
+        let secs = Duration::from_secs;
+        // Retry-After first, then the exhausted quota's reset (GitHub primary), at least 1 s.
+        assert_eq!(wait(429, &[("retry-after", "3")]), Some((secs(3), WaitReason::RetryAfter)));
+        let github = [("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1700000042")];
+        assert_eq!(wait(403, &github), Some((secs(42), WaitReason::Reset)));
+        let past = [("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1699999999")];
+        assert_eq!(wait(403, &past), Some((secs(1), WaitReason::Reset)));
+        assert_eq!(wait(403, &[("retry-after", "60")]), Some((secs(60), WaitReason::RetryAfter)));
+        // A refusal that names nothing backs off; a non-refusal names nothing.
+        assert_eq!(wait(503, &[]), None);
+        assert_eq!(wait(403, &[]), None);
+        assert_eq!(wait(200, &github), None);
+        // A classifier's own wait is capped like any other.
+        let (signal, _) = signal(400, &[]);
+        let capped = refusal_wait(Verdict::RefusedFor(Duration::MAX), &signal);
+        assert_eq!(capped, Some((RateLimitSignal::MAX_WAIT, WaitReason::RetryAfter)));
     }
 
     #[test]
     fn caps() {
         let policy = RetryPolicy::new().max_attempts(3).max_wait(Duration::from_secs(10));
-        assert_eq!(policy.decide(input(429, Some(1), 3, 0), 0.5), Decision::Stop(StopReason::MaxAttempts));
-        assert_eq!(policy.decide(input(429, Some(11), 1, 0), 0.5), Decision::Stop(StopReason::WaitBudget));
+        assert_eq!(policy.decide(input(true, Some(1), 3, 0), 0.5), Decision::Stop(StopReason::MaxAttempts));
+        assert_eq!(policy.decide(input(true, Some(11), 1, 0), 0.5), Decision::Stop(StopReason::WaitBudget));
         assert_eq!(
-            policy.decide(input(429, Some(4), 2, 6), 0.5),
+            policy.decide(input(true, Some(4), 2, 6), 0.5),
             Decision::Wait(Duration::from_secs(4), WaitReason::RetryAfter)
         );
-        assert_eq!(policy.decide(input(429, Some(5), 2, 6), 0.5), Decision::Stop(StopReason::WaitBudget));
+        assert_eq!(policy.decide(input(true, Some(5), 2, 6), 0.5), Decision::Stop(StopReason::WaitBudget));
         // Backoff is cut to what is left, and stops when nothing is.
         let policy = policy.backoff(Backoff::new(Duration::from_secs(8), Duration::from_secs(8)));
         assert_eq!(
-            policy.decide(input(503, None, 1, 7), 1.0),
+            policy.decide(input(true, None, 1, 7), 1.0),
             Decision::Wait(Duration::from_secs(3), WaitReason::Backoff)
         );
-        assert_eq!(policy.decide(input(503, None, 1, 10), 1.0), Decision::Stop(StopReason::WaitBudget));
+        assert_eq!(policy.decide(input(true, None, 1, 10), 1.0), Decision::Stop(StopReason::WaitBudget));
     }
 
     #[test]
     fn not_repeatable_is_returned() {
-        let mut i = input(429, Some(1), 1, 0);
+        let mut i = input(true, Some(1), 1, 0);
         i.repeatable = false;
         assert_eq!(RetryPolicy::new().decide(i, 0.5), Decision::Stop(StopReason::NotRepeatable));
     }
@@ -533,7 +697,7 @@ mod tests {
         // The decision's backoff uses retry number attempts - 1.
         let policy = RetryPolicy::new().backoff(b);
         assert_eq!(
-            policy.decide(input(429, None, 3, 0), 1.0),
+            policy.decide(input(true, None, 3, 0), 1.0),
             Decision::Wait(Duration::from_millis(400), WaitReason::Backoff)
         );
     }
@@ -558,7 +722,7 @@ mod tests {
     #[test]
     fn host_keys() {
         let h = HeaderMap::new();
-        let key = |uri: &str| host_key(&uri.parse().unwrap(), &h).map(String::from);
+        let key = |uri: &str| host_key(&uri.parse().unwrap(), &h).map(|k| k.to_string());
         assert_eq!(key("http://Example.COM/x").as_deref(), Some("example.com:80"));
         assert_eq!(key("https://example.com/x").as_deref(), Some("example.com:443"));
         assert_eq!(key("http://127.0.0.1:3000/").as_deref(), Some("127.0.0.1:3000"));

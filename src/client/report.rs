@@ -26,7 +26,7 @@ use http::StatusCode;
 pub struct RetryReport {
     /// How many times the request was sent to the inner service (1 when it was never retried).
     pub attempts: u32,
-    /// Sum of every wait for this request: pacing, `Retry-After` and backoff.
+    /// Sum of every wait for this request: in the pacer's queue, and before retries.
     pub total_wait: Duration,
     /// Status of the last response received, `None` if no response came back.
     pub last_status: Option<StatusCode>,
@@ -76,16 +76,20 @@ impl Wait {
 ///
 /// assert_eq!(WaitReason::RetryAfter.to_string(), "retry-after");
 /// assert_eq!(WaitReason::Backoff.to_string(), "backoff");
+/// assert_eq!(WaitReason::Reset.to_string(), "reset");
 /// assert_eq!(WaitReason::Pacing.to_string(), "pacing");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum WaitReason {
-    /// The server's `Retry-After` on a 429 or 503.
+    /// A refusal's `Retry-After` (or a wait a custom [`Classifier`](super::Classifier) read).
     RetryAfter,
-    /// A 429 or 503 without a usable `Retry-After`: exponential backoff with full jitter.
+    /// A refusal without `Retry-After`, whose exhausted quota named its reset (GitHub's
+    /// primary limit: `x-ratelimit-reset`).
+    Reset,
+    /// A refusal that named no wait: exponential backoff with full jitter.
     Backoff,
-    /// The server's `RateLimit` / `X-RateLimit-*` headers said the quota is (nearly) spent.
+    /// Waiting in the [`Pacer`](super::Pacer)'s queue for the host's turn.
     Pacing,
 }
 
@@ -98,6 +102,7 @@ impl WaitReason {
     pub fn as_str(&self) -> &'static str {
         match self {
             WaitReason::RetryAfter => "retry-after",
+            WaitReason::Reset => "reset",
             WaitReason::Backoff => "backoff",
             WaitReason::Pacing => "pacing",
         }
@@ -120,16 +125,20 @@ impl fmt::Display for WaitReason {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StopReason {
-    /// The response was not a 429 or 503: nothing to retry (success or another error status).
+    /// The response was not a refusal (see [`Classifier`](super::Classifier)): nothing to
+    /// retry (a success, or another error status).
     #[default]
     Completed,
-    /// A 429 or 503 for a request that is not safe to repeat (see
+    /// A refusal of a request that is not safe to repeat (see
     /// [`Repeatable`](super::Repeatable)).
     NotRepeatable,
-    /// A 429 or 503 after the maximum number of attempts.
+    /// A refusal after the maximum number of attempts.
     MaxAttempts,
-    /// A 429 or 503 whose wait would go past the total wait budget; returned without waiting.
+    /// A refusal whose wait would go past the total wait budget, returned without waiting; or
+    /// a request whose turn in the pacer's queue would have come after it, not sent.
     WaitBudget,
+    /// The pacer's queue for the host was full: not sent.
+    QueueFull,
     /// The inner service returned an error.
     InnerError,
 }
@@ -141,6 +150,7 @@ impl fmt::Display for StopReason {
             StopReason::NotRepeatable => "the request is not safe to repeat",
             StopReason::MaxAttempts => "the maximum number of attempts was reached",
             StopReason::WaitBudget => "the wait budget would be exceeded",
+            StopReason::QueueFull => "the host's queue is full",
             StopReason::InnerError => "the inner service failed",
         })
     }

@@ -19,7 +19,10 @@
 //! (`response.extensions().get::<RetryReport>()`). When the request fails, the error is
 //! `reqwest_middleware::Error::Middleware` holding a
 //! [`RetryError`]`<reqwest_middleware::Error>` (reach it with `anyhow`'s `downcast_ref`), whose
-//! `inner()` is the original error.
+//! `inner()` is the original error (`None` when the request was never sent: its host's queue
+//! was full, or its turn would have come after its wait budget).
+
+use std::sync::Arc;
 
 use http::Extensions;
 use reqwest_middleware::reqwest::{Request, Response};
@@ -28,7 +31,7 @@ use reqwest_middleware::{Middleware, Next, Result};
 use super::policy::{Decision, Tracker};
 use super::{RetryError, RetryPolicy};
 
-/// `reqwest_middleware::Middleware` retrying 429/503 and pacing from rate-limit headers.
+/// `reqwest_middleware::Middleware` retrying refusals and pacing from rate-limit headers.
 ///
 /// ```
 /// use tollgate::client::{reqwest::RetryMiddleware, RetryPolicy};
@@ -63,7 +66,7 @@ impl RetryMiddleware {
     }
 }
 
-fn host_key(request: &Request) -> Option<Box<str>> {
+fn host_key(request: &Request) -> Option<Arc<str>> {
     let url = request.url();
     let host = url.host_str()?.to_ascii_lowercase();
     Some(match url.port_or_known_default() {
@@ -85,9 +88,16 @@ impl Middleware for RetryMiddleware {
         let mut tracker = Tracker::new(self.policy.clone(), host_key(&request), repeatable);
         let mut pending = Some(request);
         loop {
-            if let Some(delay) = tracker.pace() {
-                tokio::time::sleep(delay).await;
-            }
+            let permit = match tracker.admission() {
+                Some(acquire) => match tracker.admitted(acquire.await) {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        let error = RetryError::<reqwest_middleware::Error>::not_sent(tracker.into_report());
+                        return Err(reqwest_middleware::Error::middleware(error));
+                    }
+                },
+                None => None,
+            };
             let attempt =
                 if repeatable { pending.as_ref().and_then(Request::try_clone) } else { pending.take() }
                     .expect("a request is kept for every attempt");
@@ -95,11 +105,12 @@ impl Middleware for RetryMiddleware {
             let mut response = match next.clone().run(attempt, extensions).await {
                 Ok(response) => response,
                 Err(e) => {
+                    drop(permit); // unanswered
                     let error = RetryError::new(e, tracker.into_report());
                     return Err(reqwest_middleware::Error::middleware(error));
                 }
             };
-            match tracker.on_response(response.status(), response.headers()) {
+            match tracker.on_response(response.status(), response.headers(), permit) {
                 Decision::Wait(delay, _) => {
                     drop(response);
                     tokio::time::sleep(delay).await;

@@ -1,4 +1,4 @@
-//! [`Retry`]: the client service that retries 429/503 and paces itself.
+//! [`Retry`]: the client service that retries refusals and paces itself.
 
 use std::task::{Context, Poll};
 
@@ -9,7 +9,9 @@ use super::future::ResponseFuture;
 use super::policy::{host_key, Tracker};
 use super::{RetryError, RetryLayer, RetryPolicy, RetryReport};
 
-/// Retries 429 and 503 answers and paces requests from the server's rate-limit headers.
+/// Retries refusals (429, 503, and 403s that carry a rate-limit signal: see
+/// [`DefaultClassifier`](super::DefaultClassifier)) and paces requests host by host from the
+/// servers' rate-limit headers (see [`Pacer`](super::Pacer)).
 ///
 /// Works with any `Service<http::Request<B>>` answering `http::Response<_>`, such as
 /// hyper-util's legacy `Client`. To replay a request the body must be `Clone`
@@ -18,7 +20,9 @@ use super::{RetryError, RetryLayer, RetryPolicy, RetryReport};
 /// [`Repeatable`](super::Repeatable) choice (idempotent methods by default).
 ///
 /// The final response carries a [`RetryReport`] extension. An inner error is returned as
-/// [`RetryError`], with the report so far; inner errors are not retried.
+/// [`RetryError`], with the report so far; inner errors are not retried. So is a request that
+/// was never sent because its host's queue was full or its turn would have come after its
+/// wait budget.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]

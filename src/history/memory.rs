@@ -1,7 +1,7 @@
 //! The in-process history: sharded maps of fixed rings, bounded in clients.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::ring::{periods, Counts, Ring};
@@ -26,10 +26,30 @@ struct Entry {
     hours: Ring<24>,
 }
 
+/// The digest is already a good hash: hand it to the map unchanged.
+#[derive(Default)]
+struct Passthrough(u64);
+
+impl Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 digests are hashed")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Clients by the 64-bit digest of their key (per-history random seed): the key is hashed once
+/// per request, and never kept.
+type Clients = HashMap<u64, Box<Entry>, BuildHasherDefault<Passthrough>>;
+
 #[derive(Debug, Default)]
 struct Shard {
-    identified: HashMap<Key, Box<Entry>, foldhash::fast::RandomState>,
-    anonymous: HashMap<Key, Box<Entry>, foldhash::fast::RandomState>,
+    identified: Clients,
+    anonymous: Clients,
     totals: Ring<60>,
     rejected_by_tier: HashMap<Arc<str>, Ring<60>, foldhash::fast::RandomState>,
     rejected_by_route: HashMap<Arc<str>, Ring<60>, foldhash::fast::RandomState>,
@@ -82,9 +102,12 @@ impl MemoryHistory {
         }
     }
 
-    fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, Shard> {
-        let index = self.hasher.hash_one(key) as usize % SHARDS;
-        self.shards[index].lock().unwrap_or_else(PoisonError::into_inner)
+    /// The key's digest, and its shard, locked.
+    fn shard(&self, key: &Key) -> (u64, std::sync::MutexGuard<'_, Shard>) {
+        let digest = self.hasher.hash_one(key);
+        // The map uses the low bits of the digest; the shard, the high ones.
+        let index = (digest >> 58) as usize % SHARDS;
+        (digest, self.shards[index].lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub(super) fn record(&self, visit: &Visit<'_>) {
@@ -92,7 +115,7 @@ impl MemoryHistory {
         let hour = (visit.at / 3_600) as u32;
         let counts = Counts::one(visit.admitted, visit.tokens);
         let rejected = (!visit.admitted).then(|| (self.names.get(visit.tier), self.names.get(visit.route)));
-        let mut shard = self.shard(visit.key);
+        let (digest, mut shard) = self.shard(visit.key);
         shard.totals.add(minute, counts);
         if let Some((tier, route)) = rejected {
             shard.rejected_by_tier.entry(tier).or_default().add(minute, counts);
@@ -106,13 +129,13 @@ impl MemoryHistory {
         if cap == 0 {
             return;
         }
-        let entry = match map.get_mut(visit.key) {
+        let entry = match map.get_mut(&digest) {
             Some(entry) => entry,
             None => {
                 if map.len() >= cap {
                     evict_older_half(map);
                 }
-                map.entry(visit.key.clone()).or_insert_with(|| {
+                map.entry(digest).or_insert_with(|| {
                     Box::new(Entry {
                         label: client_label(visit.key, visit.name).into(),
                         tier: self.names.get(visit.tier),
@@ -139,8 +162,8 @@ impl MemoryHistory {
     }
 
     pub(super) fn client(&self, key: &Key, now: u64) -> UsageHistory {
-        let shard = self.shard(key);
-        match shard.identified.get(key) {
+        let (digest, shard) = self.shard(key);
+        match shard.identified.get(&digest) {
             Some(entry) => UsageHistory {
                 minutes: entry.minutes.periods((now / 60) as u32, 60),
                 hours: entry.hours.periods((now / 3_600) as u32, 3_600),
@@ -198,7 +221,7 @@ impl MemoryHistory {
 
 /// Makes room: drops the clients seen longest ago, half of the map (amortised O(1) per
 /// insertion). Under a flood of new clients, a busy one is seen every minute and stays.
-fn evict_older_half<S: BuildHasher>(map: &mut HashMap<Key, Box<Entry>, S>) {
+fn evict_older_half(map: &mut Clients) {
     let mut seen: Vec<u32> = map.values().map(|e| e.last_seen).collect();
     let middle = seen.len() / 2;
     let (_, &mut median, _) = seen.select_nth_unstable(middle);

@@ -56,6 +56,30 @@ impl ApiKeys {
         self
     }
 
+    /// Adds the key `key` as `client` (its key is replaced by `key`): the long form of
+    /// `[api_keys]`, with a `name` and an `email`.
+    ///
+    /// ```
+    /// use tollgate::key::{ApiKeys, Client, Key, KeyExtractor};
+    /// let keys = ApiKeys::new("x-api-key")
+    ///     .client("acme-key", Client::new(Key::new("")).with_tier("pro").with_name("Acme Corp"));
+    /// let (parts, _) = http::Request::builder().header("x-api-key", "acme-key").body(()).unwrap().into_parts();
+    /// let client = keys.extract(&parts).unwrap();
+    /// assert_eq!((client.tier(), client.name()), (Some("pro"), Some("Acme Corp")));
+    /// assert_eq!(client.key(), &Key::new("acme-key"));
+    /// assert_eq!(keys.get(&Key::new("acme-key")).unwrap().name(), Some("Acme Corp"));
+    /// ```
+    pub fn client(mut self, key: &str, client: Client) -> Self {
+        let client = Client { key: Key::new(key), ..client };
+        Arc::make_mut(&mut self.keys).insert(key.into(), client);
+        self
+    }
+
+    /// The client of a key of this table, by its [`Key`] (as an observer sees it).
+    pub fn get(&self, key: &Key) -> Option<&Client> {
+        self.keys.get(key.name()?)
+    }
+
     /// Ignores keys longer than `max_len` bytes.
     pub fn max_len(mut self, max_len: usize) -> Self {
         self.max_len = max_len;

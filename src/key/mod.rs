@@ -90,6 +90,20 @@ impl Key {
             Repr::Name(_) => None,
         }
     }
+
+    /// The name, when this key is one (an API key is a secret: never show it whole).
+    ///
+    /// ```
+    /// use tollgate::key::Key;
+    /// assert_eq!(Key::new("user-42").name(), Some("user-42"));
+    /// assert_eq!(Key::from_ip("::1".parse().unwrap()).name(), None);
+    /// ```
+    pub fn name(&self) -> Option<&str> {
+        match &self.0 {
+            Repr::Ip(_) => None,
+            Repr::Name(name) => Some(name),
+        }
+    }
 }
 
 impl fmt::Display for Key {
@@ -111,33 +125,61 @@ impl fmt::Debug for Key {
     }
 }
 
-/// A recognised client: its key, and the tier it belongs to (`None`: the default tier).
+/// A recognised client: its key, the tier it belongs to (`None`: the default tier), and
+/// optionally how people know it (`name`) and where to write to it (`email`, for near-quota
+/// emails).
 ///
 /// An authentication layer can insert a `Client` into the request extensions for
 /// [`FromExtension`] to find.
 ///
 /// ```
 /// use tollgate::key::{Client, Key};
-/// let c = Client::new(Key::new("user-1")).with_tier("pro");
+/// let c = Client::new(Key::new("user-1")).with_tier("pro").with_name("Acme Corp").with_email("ops@acme.example");
 /// assert_eq!(c.tier(), Some("pro"));
 /// assert_eq!(c.key(), &Key::new("user-1"));
+/// assert_eq!((c.name(), c.email()), (Some("Acme Corp"), Some("ops@acme.example")));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
     key: Key,
     tier: Option<Arc<str>>,
+    name: Option<Arc<str>>,
+    email: Option<Arc<str>>,
 }
 
 impl Client {
     /// A client of the default tier.
     pub fn new(key: Key) -> Self {
-        Self { key, tier: None }
+        Self { key, tier: None, name: None, email: None }
     }
 
     /// The same client in the tier named `tier`.
     pub fn with_tier(mut self, tier: impl Into<Arc<str>>) -> Self {
         self.tier = Some(tier.into());
         self
+    }
+
+    /// The same client, shown to people as `name` (dashboard, operator's view, emails, logs)
+    /// instead of its key.
+    pub fn with_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The same client, with an address for near-quota emails.
+    pub fn with_email(mut self, email: impl Into<Arc<str>>) -> Self {
+        self.email = Some(email.into());
+        self
+    }
+
+    /// How people know the client, when it has a name.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Where near-quota emails go, when the client has an address.
+    pub fn email(&self) -> Option<&str> {
+        self.email.as_deref()
     }
 
     /// The key.
