@@ -69,8 +69,8 @@ async fn the_webhook_is_received_by_a_local_listener() {
         "#,
     )
     .unwrap();
+    let threshold = config.settings().alerts.near_quota;
     let layer = RateLimitLayer::new(config);
-    let threshold = layer.limits().near_quota();
     let alerts = NearQuota::new((webhook, move |_: &NearQuotaEvent| {
         count.fetch_add(1, Ordering::SeqCst);
     }))
@@ -122,6 +122,36 @@ async fn the_webhook_is_received_by_a_local_listener() {
     }
     assert_eq!(stats.stats().sent, 2);
     assert!(received.try_recv().is_err(), "no third event");
+}
+
+/// `[alerts] webhook` needs no code: the layer a configuration builds POSTs to it.
+#[tokio::test]
+async fn the_configured_webhook_is_wired_by_the_layer() {
+    let (url, mut received) = receiver().await;
+    let config = tollgate::Config::from_toml(&format!(
+        "[tiers.anonymous]\nrequests_per_hour = 60\nburst = 5\n[alerts]\nnear_quota = 0.8\nwebhook = \"{url}\"\n"
+    ))
+    .unwrap();
+    let app =
+        Router::new().route("/api", get(|| async { "ok" })).layer(RateLimitLayer::try_new(config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap()
+    });
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        client.get(format!("{base}/api")).send().await.unwrap();
+    }
+    let event = tokio::time::timeout(Duration::from_secs(10), received.recv()).await.unwrap().unwrap();
+    assert_eq!(event["tier"], "anonymous");
+    assert_eq!(event["remaining"], 1, "4 of 5 used crosses 80 %");
+    // A URL the webhook cannot use is refused when the configuration is read, naming the key.
+    let err = tollgate::Config::from_toml(
+        "[tiers.anonymous]\nrequests_per_hour = 60\nburst = 5\n[alerts]\nwebhook = \"https://x/\"\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("alerts.webhook"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use tollgate::algorithm::{Algorithm, Quota};
 use tollgate::clock::{ManualClock, Nanos};
 use tollgate::key::Key;
 use tollgate::policy::{Limits, TierSpec};
-use tollgate::store::{Charge, Decision, MemoryStore, Outcome, RedisStore, Store};
+use tollgate::store::{Charge, Decision, MemoryStore, RedisStore, Store, Verdict};
 
 fn limits(spec: TierSpec) -> Limits {
     Limits::builder().tier("anonymous", spec).build().unwrap()
@@ -59,7 +59,7 @@ async fn two_instances_admit_exactly_the_burst_token_bucket() {
     };
     assert_eq!(admitted, 20);
     for d in decisions.iter().filter(|d| !d.is_admitted()) {
-        assert_eq!(d.outcome(), Outcome::Rejected);
+        assert_eq!(d.verdict(), Verdict::Rejected);
         let wait = d.retry_after().unwrap();
         // One token an hour: every rejected request waits almost all of it.
         assert!(wait > Nanos::from_secs(3_590) && wait <= Nanos::from_secs(3_600), "{wait:?}");
@@ -77,7 +77,7 @@ async fn two_instances_admit_exactly_the_burst_sliding_window() {
 /// The memory store's decision as the Redis store gives it: sliding-window waits rounded up to
 /// whole microseconds (the script's unit; everything else is exact for these quotas).
 fn in_micros(d: Decision) -> Decision {
-    let mut out = Decision::new(d.outcome(), d.now(), d.fraction_before(), d.charged());
+    let mut out = Decision::new(d.verdict(), d.now(), d.fraction_before(), d.charged());
     for p in d.policies() {
         out = out.with(tollgate::store::PolicyState {
             retry_after: Nanos::from_micros(p.retry_after.as_micros_ceil()),
@@ -100,17 +100,17 @@ async fn compare(spec: TierSpec, charges: &[Charge], test: &str) {
     let clock = ManualClock::new(Duration::ZERO);
     let memory = MemoryStore::with_clock(clock.clone());
     let key = Key::new("compare-client");
-    let mut outcomes = Vec::new();
+    let mut verdicts = Vec::new();
     for (i, &charge) in charges.iter().enumerate() {
         let from_redis = redis.check(&key, tier, charge).await.unwrap();
         clock.set(from_redis.now());
         let from_memory = in_micros(memory.decide(&key, tier, charge));
         assert_eq!(from_redis, from_memory, "request {i} ({charge:?})");
-        outcomes.push(from_redis.outcome());
+        verdicts.push(from_redis.verdict());
     }
     // The sequences are built to see every outcome.
-    for outcome in [Outcome::Admitted, Outcome::Rejected, Outcome::Exceeds] {
-        assert!(outcomes.contains(&outcome), "{outcome:?} never happened: {outcomes:?}");
+    for outcome in [Verdict::Admitted, Verdict::Rejected, Verdict::Exceeds] {
+        assert!(verdicts.contains(&outcome), "{outcome:?} never happened: {verdicts:?}");
     }
 }
 
@@ -186,12 +186,12 @@ async fn a_rejection_charges_nothing_and_keys_expire_when_full_again() {
 
     let before: (String, String) = (conn.get(&burst_key).unwrap(), conn.get(&daily_key).unwrap());
     let rejected = store.check(&key, tier, Charge::new(7)).await.unwrap();
-    assert_eq!(rejected.outcome(), Outcome::Rejected);
+    assert_eq!(rejected.verdict(), Verdict::Rejected);
     assert_eq!(rejected.charged(), 0);
     let after: (String, String) = (conn.get(&burst_key).unwrap(), conn.get(&daily_key).unwrap());
     assert_eq!(before, after, "a rejection wrote nothing");
     let exceeds = store.check(&key, tier, Charge::new(11)).await.unwrap();
-    assert_eq!(exceeds.outcome(), Outcome::Exceeds);
+    assert_eq!(exceeds.verdict(), Verdict::Exceeds);
     let after: (String, String) = (conn.get(&burst_key).unwrap(), conn.get(&daily_key).unwrap());
     assert_eq!(before, after, "an impossible request wrote nothing");
 
@@ -226,7 +226,7 @@ async fn a_cached_rejection_sends_no_command_to_redis() {
     redis::cmd("SCRIPT").arg("FLUSH").exec(&mut server.connection().unwrap()).unwrap();
     assert!(store.check(&abuser, tier, Charge::new(1)).await.unwrap().is_admitted());
     let first = store.check(&abuser, tier, Charge::new(1)).await.unwrap();
-    assert_eq!(first.outcome(), Outcome::Rejected);
+    assert_eq!(first.verdict(), Verdict::Rejected);
     let first_wait = first.retry_after().unwrap();
     let evalsha = server.calls("evalsha");
     let all_before = command_calls(&server);
@@ -235,7 +235,7 @@ async fn a_cached_rejection_sends_no_command_to_redis() {
     let mut last_wait = first_wait;
     for _ in 0..1_000 {
         let d = store.check(&abuser, tier, Charge::new(1)).await.unwrap();
-        assert_eq!(d.outcome(), Outcome::Rejected);
+        assert_eq!(d.verdict(), Verdict::Rejected);
         let wait = d.retry_after().unwrap();
         assert!(wait <= last_wait && wait > Nanos::ZERO, "{wait:?} after {last_wait:?}");
         last_wait = wait;
@@ -260,7 +260,7 @@ async fn a_cached_rejection_sends_no_command_to_redis() {
 
     // Another client, and another charge of the same client, still ask Redis.
     assert!(store.check(&Key::new("polite"), tier, Charge::new(1)).await.unwrap().is_admitted());
-    assert_eq!(store.check(&abuser, tier, Charge::new(2)).await.unwrap().outcome(), Outcome::Rejected);
+    assert_eq!(store.check(&abuser, tier, Charge::new(2)).await.unwrap().verdict(), Verdict::Rejected);
     assert_eq!(server.calls("evalsha"), evalsha + 2);
     assert_eq!(store.stats().redis_decisions, 5);
 }

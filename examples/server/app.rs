@@ -14,17 +14,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tollgate::degrade::Band;
-use tollgate::observe::{LogNearQuota, MetricsObserver, NearQuota, Webhook};
+use tollgate::observe::MetricsObserver;
 use tollgate::usage::{install_prometheus, UsageRoutes};
 use tollgate::{Config, RateLimitLayer};
 
-/// The demo's limiter: the configuration's limits, with metrics and near-quota alerts (logged,
-/// and POSTed to `[alerts] webhook` when one is set) watching every decision.
+/// The demo's limiter: the one the configuration describes (its near-quota alerts included:
+/// logged, and POSTed to `[alerts] webhook` when one is set), with metrics watching every
+/// decision too.
 pub fn layer(config: Config) -> Result<RateLimitLayer, Box<dyn std::error::Error>> {
-    let webhook = config.alerts.webhook.as_deref().map(Webhook::new).transpose()?;
-    let layer = RateLimitLayer::try_new(config)?;
-    let alerts = NearQuota::new((LogNearQuota, webhook)).threshold(layer.limits().near_quota());
-    Ok(layer.observer((MetricsObserver::new(), alerts)))
+    Ok(RateLimitLayer::try_new(config)?.observer(MetricsObserver::new()))
 }
 
 /// The process-wide Prometheus recorder (a process has one).

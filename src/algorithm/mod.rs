@@ -225,7 +225,7 @@ impl Quota {
 /// The answer of one policy to one request: admitted with a new state, denied, or never.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Check {
-    verdict: Verdict,
+    kind: Kind,
     /// Whole tokens left after this request (when admitted) or now (when not).
     pub remaining: u64,
     /// Until the bucket is full again (after this request, when admitted).
@@ -240,7 +240,7 @@ pub struct Check {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+enum Kind {
     Admit(u64),
     Deny,
     Exceeds,
@@ -251,7 +251,7 @@ impl Check {
 
     pub(crate) fn admit(state: u64, remaining: u64, reset_after: u64, next_after: u64) -> Self {
         Self {
-            verdict: Verdict::Admit(state),
+            kind: Kind::Admit(state),
             remaining,
             reset_after: Nanos::new(reset_after),
             retry_after: Nanos::ZERO,
@@ -261,7 +261,7 @@ impl Check {
 
     pub(crate) fn deny(remaining: u64, reset_after: u64, retry_after: u64, next_after: u64) -> Self {
         Self {
-            verdict: Verdict::Deny,
+            kind: Kind::Deny,
             remaining,
             reset_after: Nanos::new(reset_after),
             retry_after: Nanos::new(retry_after.max(1)),
@@ -271,7 +271,7 @@ impl Check {
 
     pub(crate) fn never(remaining: u64, reset_after: u64, next_after: u64) -> Self {
         Self {
-            verdict: Verdict::Exceeds,
+            kind: Kind::Exceeds,
             remaining,
             reset_after: Nanos::new(reset_after),
             retry_after: Nanos::ZERO,
@@ -281,15 +281,15 @@ impl Check {
 
     /// The state to store when the request is admitted; `None` when it is not.
     pub fn new_state(&self) -> Option<u64> {
-        match self.verdict {
-            Verdict::Admit(state) => Some(state),
+        match self.kind {
+            Kind::Admit(state) => Some(state),
             _ => None,
         }
     }
 
     /// True when the request costs more than the burst: it can never be admitted.
     pub fn exceeds(&self) -> bool {
-        self.verdict == Verdict::Exceeds
+        self.kind == Kind::Exceeds
     }
 }
 

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use sfv::{integer, KeyRef, ListSerializer, StringRef};
 
 use crate::clock::Nanos;
-use crate::policy::{Policy, Tier};
+use crate::degrade::Band;
+use crate::policy::{Limits, Tier, MAX_POLICIES};
 use crate::store::Decision;
 
 /// Which rate-limit headers to send.
@@ -96,7 +97,7 @@ fn number(n: u64) -> HeaderValue {
 
 /// An sfv string for a policy name; names are validated by the configuration, and anything
 /// outside printable ASCII is replaced here for names made in code.
-pub(crate) fn sf_name(name: &str) -> sfv::String {
+fn sf_name(name: &str) -> sfv::String {
     let clean: String = name.chars().map(|c| if (' '..='~').contains(&c) { c } else { '_' }).collect();
     sfv::String::from_string(clean).expect("printable ASCII is a valid sf-string")
 }
@@ -105,17 +106,60 @@ fn key(name: &'static str) -> &'static KeyRef {
     KeyRef::constant(name)
 }
 
-/// `RateLimit-Policy` for a tier: built once.
-pub(crate) fn policy_header(policies: &[Policy]) -> Option<HeaderValue> {
-    let mut list = ListSerializer::new();
-    for policy in policies {
-        let quota = policy.quota();
-        let name = sf_name(policy.name());
-        list.bare_item(&*name as &StringRef)
-            .parameter(key("q"), integer(clamp(quota.burst())))
-            .parameter(key("w"), integer(clamp(quota.window_secs())));
+/// What a tier's headers always say, built once per limiter: each policy's
+/// `X-RateLimit-Limit` value and structured-field name, and the tier's `RateLimit-Policy`.
+#[derive(Debug, Clone)]
+pub(crate) struct TierHeaders {
+    limits: [Option<HeaderValue>; MAX_POLICIES],
+    names: [Option<sfv::String>; MAX_POLICIES],
+    policy: Option<HeaderValue>,
+}
+
+impl TierHeaders {
+    fn new(tier: &Tier) -> Self {
+        let mut limits: [Option<HeaderValue>; MAX_POLICIES] = Default::default();
+        let mut names: [Option<sfv::String>; MAX_POLICIES] = Default::default();
+        let mut list = ListSerializer::new();
+        for (i, policy) in tier.policies().iter().enumerate().take(MAX_POLICIES) {
+            let quota = policy.quota();
+            let name = sf_name(policy.name());
+            list.bare_item(&*name as &StringRef)
+                .parameter(key("q"), integer(clamp(quota.burst())))
+                .parameter(key("w"), integer(clamp(quota.window_secs())));
+            limits[i] = Some(HeaderValue::from(quota.burst()));
+            names[i] = Some(name);
+        }
+        let policy = list.finish().and_then(|text| HeaderValue::from_str(&text).ok());
+        Self { limits, names, policy }
     }
-    list.finish().and_then(|text| HeaderValue::from_str(&text).ok())
+
+    /// The tier's `RateLimit-Policy` value.
+    #[cfg(test)]
+    pub(crate) fn policy(&self) -> Option<&HeaderValue> {
+        self.policy.as_ref()
+    }
+
+    fn name(&self, index: u8) -> Option<&sfv::String> {
+        self.names.get(usize::from(index))?.as_ref()
+    }
+}
+
+/// The constant header values of every tier of a [`Limits`], by tier index.
+#[derive(Debug, Clone)]
+pub(crate) struct Answers {
+    tiers: Box<[TierHeaders]>,
+}
+
+impl Answers {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self { tiers: limits.tiers().iter().map(TierHeaders::new).collect() }
+    }
+
+    /// The constants of `tier` (a tier of the limits these were built from).
+    #[inline]
+    pub(crate) fn of(&self, tier: &Tier) -> &TierHeaders {
+        &self.tiers[tier.index()]
+    }
 }
 
 fn clamp(n: u64) -> i64 {
@@ -138,20 +182,20 @@ pub(crate) static X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-
 
 impl RateLimitHeaders {
     /// Marks the answer as degraded (`X-RateLimit-Degraded: cached` or `minimal`).
-    pub(crate) fn degraded(&mut self, band: &'static str) {
-        self.degraded = Some(HeaderValue::from_static(band));
+    pub(crate) fn degraded(&mut self, band: Band) {
+        self.degraded = Some(HeaderValue::from_static(band.as_str()));
     }
 
-    pub(crate) fn new(mode: HeaderMode, tier: &Tier, decision: &Decision) -> Self {
+    pub(crate) fn new(mode: HeaderMode, tier: &TierHeaders, decision: &Decision) -> Self {
         let mut out = Self::default();
         let legacy = mode.legacy().then(|| decision.headline());
         if let Some(headline) = &legacy {
-            if let Some(policy) = tier.policies().get(usize::from(headline.index)) {
-                out.limit = Some(policy.limit_value.clone());
+            if let Some(Some(limit)) = tier.limits.get(usize::from(headline.index)) {
+                out.limit = Some(limit.clone());
             }
         }
         if mode.ietf() {
-            out.policy = tier.policy_header.clone();
+            out.policy = tier.policy.clone();
         }
         let retry_after = decision.retry_after();
         if legacy.is_none() && !mode.ietf() && retry_after.is_none() {
@@ -213,13 +257,9 @@ pub(crate) fn retry_after_secs(wait: Nanos) -> u64 {
 }
 
 /// The most bytes [`ratelimit_in`] may write for this answer.
-fn ratelimit_room(tier: &Tier, decision: &Decision) -> usize {
-    let names: usize = decision
-        .policies()
-        .iter()
-        .filter_map(|state| tier.policies().get(usize::from(state.index)))
-        .map(|policy| policy.sf_name.as_str().len())
-        .sum();
+fn ratelimit_room(tier: &TierHeaders, decision: &Decision) -> usize {
+    let names: usize =
+        decision.policies().iter().filter_map(|state| tier.name(state.index)).map(|n| n.as_str().len()).sum();
     // Per item: quotes, an escape per character at most, ";r=", ";t=", ", " and two numbers.
     2 * names + decision.policies().len() * (2 + 8 + 2 * MAX_DIGITS)
 }
@@ -232,17 +272,17 @@ thread_local! {
 /// `RateLimit` for one answer: one sf-list item per policy, `"name";r=R;t=T`, serialized by
 /// `sfv` into a reused per-thread string, then copied into the per-thread buffer (the caller
 /// made [`ratelimit_room`]), so no allocation happens in steady state.
-fn ratelimit_in(buf: &mut BytesMut, tier: &Tier, decision: &Decision) -> Option<HeaderValue> {
+fn ratelimit_in(buf: &mut BytesMut, tier: &TierHeaders, decision: &Decision) -> Option<HeaderValue> {
     let states = decision.policies();
-    if states.is_empty() || states.iter().any(|s| usize::from(s.index) >= tier.policies().len()) {
+    if states.is_empty() || states.iter().any(|s| tier.name(s.index).is_none()) {
         return None; // an empty sf-list (or a foreign decision) is no header at all
     }
     SF_TEXT.with_borrow_mut(|text| {
         text.clear();
         let mut list = ListSerializer::with_buffer(text);
         for state in states {
-            let policy = &tier.policies()[usize::from(state.index)];
-            list.bare_item(&*policy.sf_name as &StringRef)
+            let name = tier.name(state.index)?;
+            list.bare_item(&**name as &StringRef)
                 .parameter(key("r"), integer(clamp(state.remaining)))
                 .parameter(key("t"), integer(clamp(state.next_after.as_secs_ceil())));
         }
@@ -257,7 +297,7 @@ mod tests {
     use super::*;
     use crate::algorithm::Quota;
     use crate::policy::{Limits, TierSpec};
-    use crate::store::{Outcome, PolicyState};
+    use crate::store::{PolicyState, Verdict};
     use nonzero_ext::nonzero;
 
     fn free() -> Limits {
@@ -271,14 +311,15 @@ mod tests {
             .unwrap()
     }
 
+    /// The constant headers of the tier `name`.
+    fn constants(limits: &Limits, name: &str) -> TierHeaders {
+        Answers::new(limits).of(limits.tier(name).unwrap()).clone()
+    }
+
     #[test]
     fn policy_header_matches_the_contract_example() {
-        let limits = free();
-        let tier = limits.tier("free").unwrap();
-        assert_eq!(
-            tier.policy_header.as_ref().unwrap(),
-            "\"free\";q=10;w=10, \"free-daily\";q=10000;w=86400"
-        );
+        let tier = constants(&free(), "free");
+        assert_eq!(tier.policy().unwrap(), "\"free\";q=10;w=10, \"free-daily\";q=10000;w=86400");
     }
 
     /// `w` is exact for daily, hourly and per-minute policies whose emission interval had to be
@@ -291,18 +332,17 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(
-            limits.default_tier().policy_header.as_ref().unwrap(),
+            constants(&limits, "anonymous").policy().unwrap(),
             "\"anonymous\";q=7;w=60, \"anonymous-daily\";q=7;w=86400"
         );
-        assert_eq!(limits.tier("hourly").unwrap().policy_header.as_ref().unwrap(), "\"hourly\";q=7;w=3600");
+        assert_eq!(constants(&limits, "hourly").policy().unwrap(), "\"hourly\";q=7;w=3600");
     }
 
     #[test]
     fn headers_describe_the_tightest_policy() {
-        let limits = free();
-        let tier = limits.tier("free").unwrap();
+        let tier = &constants(&free(), "free");
         let now = Nanos::from_secs(1_700_000_000);
-        let decision = Decision::new(Outcome::Admitted, now, 1.0, 1)
+        let decision = Decision::new(Verdict::Admitted, now, 1.0, 1)
             .with(PolicyState {
                 index: 0,
                 limit: 10,
@@ -338,9 +378,8 @@ mod tests {
 
     #[test]
     fn handler_headers_win() {
-        let limits = free();
-        let tier = limits.tier("free").unwrap();
-        let decision = Decision::new(Outcome::Admitted, Nanos::ZERO, 1.0, 1).with(PolicyState {
+        let tier = &constants(&free(), "free");
+        let decision = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1).with(PolicyState {
             index: 0,
             limit: 10,
             remaining: 3,
@@ -374,11 +413,12 @@ mod tests {
             )
             .build()
             .unwrap();
+        let answers = Answers::new(&limits);
         let reference = |tier: &Tier, decision: &Decision| {
             let mut list = ListSerializer::new();
             for state in decision.policies() {
                 let policy = &tier.policies()[usize::from(state.index)];
-                list.bare_item(&*policy.sf_name as &StringRef)
+                list.bare_item(&*sf_name(policy.name()) as &StringRef)
                     .parameter(key("r"), integer(clamp(state.remaining)))
                     .parameter(key("t"), integer(clamp(state.next_after.as_secs_ceil())));
             }
@@ -388,7 +428,7 @@ mod tests {
             for (remaining, next_after) in
                 [(0, Nanos::ZERO), (3, Nanos::new(7_000_000_001)), (u64::MAX, Nanos::MAX)]
             {
-                let mut decision = Decision::new(Outcome::Admitted, Nanos::ZERO, 1.0, 1);
+                let mut decision = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1);
                 for index in 0..tier.policies().len() {
                     decision = decision.with(PolicyState {
                         index: index as u8,
@@ -399,17 +439,19 @@ mod tests {
                         next_after,
                     });
                 }
+                let constants = answers.of(tier);
                 let ours = SCRATCH
                     .with_borrow_mut(|buf| {
-                        room(buf, ratelimit_room(tier, &decision));
-                        ratelimit_in(buf, tier, &decision)
+                        room(buf, ratelimit_room(constants, &decision));
+                        ratelimit_in(buf, constants, &decision)
                     })
                     .unwrap();
                 assert_eq!(ours.to_str().unwrap(), reference(tier, &decision).unwrap());
             }
         }
-        let empty = Decision::new(Outcome::Admitted, Nanos::ZERO, 1.0, 1);
-        assert!(SCRATCH.with_borrow_mut(|buf| ratelimit_in(buf, limits.default_tier(), &empty)).is_none());
+        let empty = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1);
+        let constants = answers.of(limits.default_tier());
+        assert!(SCRATCH.with_borrow_mut(|buf| ratelimit_in(buf, constants, &empty)).is_none());
     }
 
     /// Once every value of a used-up chunk is dropped, the chunk is reused in place.

@@ -1,5 +1,9 @@
 use bytes::Bytes;
+use http::HeaderValue;
 use serde::Serialize;
+
+/// `Content-Type` of every problem the limiter writes.
+pub(crate) static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// `type` of a 429: the client is over its rate for now.
 pub const PROBLEM_RATE_LIMITED: &str = "https://docs.rs/tollgate/latest/tollgate/answer/#rate-limited";

@@ -115,3 +115,9 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl From<crate::policy::LimitsError> for ConfigError {
+    fn from(error: crate::policy::LimitsError) -> Self {
+        Self::invalid(error.key(), error.message())
+    }
+}

@@ -3,8 +3,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use crate::policy::Limits;
-use crate::store::{MemoryStore, OnError, Store};
+use crate::store::{redis_defaults, MemoryStore, OnError, Store, DEFAULT_CAPACITY};
 
 /// Where limiter state lives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -19,84 +18,49 @@ pub enum Backend {
 
 /// `[store]`: the backend and its settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `memory` (default) or `redis`.
-    #[serde(default)]
     pub backend: Backend,
     /// The Redis URL (`redis://[user:password@]host:port[/db]`), when `nodes` is empty.
-    #[serde(default = "default_url")]
     pub url: String,
     /// Redis Cluster: the URLs of some of its nodes (the others are discovered). When set,
     /// `url` is ignored. From the environment: `TOLLGATE_STORE__NODES='["redis://a:7000"]'`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
     /// What to do when the store cannot answer.
-    #[serde(default)]
     pub on_error: OnError,
     /// Prefix of every Redis key.
-    #[serde(default = "default_prefix")]
     pub prefix: String,
     /// The most states the in-process store keeps (one per key and policy); with Redis, the
     /// bound of the in-process fallback.
-    #[serde(default = "default_max_keys")]
     pub max_keys: usize,
     /// Redis: give up on a call after this many milliseconds (then `on_error` applies).
-    #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Redis: failed calls in a row that open the circuit breaker (no more calls wait on Redis).
-    #[serde(default = "default_breaker_failures")]
     pub breaker_failures: u32,
     /// Redis: while the breaker is open, one request every this many milliseconds probes Redis.
-    #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
     /// Redis: clients remembered as rejected until their deadline, answered without asking
     /// Redis (0 disables this over-limit cache).
-    #[serde(default = "default_blocked_keys")]
     pub blocked_keys: usize,
 }
 
-fn default_url() -> String {
-    "redis://127.0.0.1:6379".to_owned()
-}
-
-fn default_prefix() -> String {
-    "tollgate".to_owned()
-}
-
-fn default_max_keys() -> usize {
-    1 << 21
-}
-
-fn default_timeout_ms() -> u64 {
-    50
-}
-
-fn default_breaker_failures() -> u32 {
-    3
-}
-
-fn default_probe_interval_ms() -> u64 {
-    250
-}
-
-fn default_blocked_keys() -> usize {
-    10_000
-}
-
+/// The stores' own defaults ([`DEFAULT_CAPACITY`], the Redis store's), so that a file that says
+/// nothing builds the same store as code that says nothing.
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             backend: Backend::default(),
-            url: default_url(),
+            url: redis_defaults::URL.to_owned(),
             nodes: Vec::new(),
             on_error: OnError::default(),
-            prefix: default_prefix(),
-            max_keys: default_max_keys(),
-            timeout_ms: default_timeout_ms(),
-            breaker_failures: default_breaker_failures(),
-            probe_interval_ms: default_probe_interval_ms(),
-            blocked_keys: default_blocked_keys(),
+            prefix: redis_defaults::PREFIX.to_owned(),
+            max_keys: DEFAULT_CAPACITY,
+            timeout_ms: redis_defaults::TIMEOUT.as_millis() as u64,
+            breaker_failures: redis_defaults::BREAKER_FAILURES,
+            probe_interval_ms: redis_defaults::PROBE_INTERVAL.as_millis() as u64,
+            blocked_keys: redis_defaults::BLOCKED_KEYS,
         }
     }
 }
@@ -159,10 +123,10 @@ impl StoreConfig {
             .fallback_capacity(self.max_keys))
     }
 
-    /// Builds the store for `limits`.
-    pub fn build(&self, limits: &Limits) -> Result<Arc<dyn Store>, ConfigError> {
-        let _ = limits;
-        self.validate()?;
+    /// Builds the store these settings describe (checked by [`validate`](Self::validate), which
+    /// every [`Config`](super::Config) has passed). Connects to nothing: a Redis store
+    /// connects on its first request.
+    pub fn build(&self) -> Result<Arc<dyn Store>, ConfigError> {
         match self.backend {
             Backend::Memory => Ok(Arc::new(MemoryStore::new().capacity(self.max_keys))),
             #[cfg(feature = "redis")]
@@ -192,7 +156,7 @@ mod tests {
     #[test]
     fn redis_settings_have_defaults() {
         let config = Config::from_toml(CONTRACT).unwrap();
-        let store = &config.store;
+        let store = &config.settings().store;
         assert_eq!((store.timeout_ms, store.breaker_failures, store.probe_interval_ms), (50, 3, 250));
         assert_eq!(store.blocked_keys, 10_000);
         assert!(store.nodes.is_empty());
@@ -228,8 +192,8 @@ mod tests {
             jail.set_env("TOLLGATE_STORE__URL", "redis://127.0.0.1:1");
             jail.set_env("TOLLGATE_STORE__NODES", "[\"redis://127.0.0.1:7001\", \"redis://127.0.0.1:7002\"]");
             let config = Config::load("ok.toml").unwrap();
-            assert_eq!(config.store.backend, super::Backend::Redis);
-            assert_eq!(config.store.nodes.len(), 2);
+            assert_eq!(config.settings().store.backend, super::Backend::Redis);
+            assert_eq!(config.settings().store.nodes.len(), 2);
             let layer = crate::RateLimitLayer::try_new(config).unwrap();
             // The memory store counts its states; the Redis store cannot know Redis' count.
             assert_eq!(layer.store().tracked(), None);

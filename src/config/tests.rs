@@ -14,26 +14,26 @@ fn load_err(jail: &mut Jail, text: &str) -> ConfigError {
 #[test]
 fn the_demo_file_loads() {
     let config = Config::from_toml(CONTRACT).unwrap();
-    let limits = config.limits().unwrap();
+    let limits = config.limits();
     assert_eq!(limits.default_tier().name(), "anonymous");
     assert_eq!(limits.tier("free").unwrap().policies().len(), 2);
     assert_eq!(limits.tier("free").unwrap().upgrade_url(), Some("https://example.com/pricing"));
     assert_eq!(limits.routes().lookup(&http::Method::POST, "/api/generate").cost, 20);
     assert!(limits.routes().lookup(&http::Method::GET, "/health").exempt);
     assert!(limits.routes().lookup(&http::Method::GET, "/api/search").degrade);
-    assert_eq!(config.store.backend, Backend::Memory);
+    assert_eq!(config.settings().store.backend, Backend::Memory);
 }
 
 #[test]
 fn defaults_fill_everything_but_tiers() {
     let config = Config::from_toml("[tiers.anonymous]\nrequests_per_second = 2\nburst = 4\n").unwrap();
-    assert_eq!(config.algorithm, Algorithm::TokenBucket);
-    assert_eq!(config.headers, HeaderMode::Both);
-    assert_eq!(config.ipv6_prefix, 64);
-    assert!(config.trusted_proxies.is_empty() && config.degrade.is_none());
-    assert_eq!(config.alerts.near_quota, 0.8);
+    assert_eq!(config.settings().algorithm, Algorithm::TokenBucket);
+    assert_eq!(config.settings().headers, HeaderMode::Both);
+    assert_eq!(config.settings().ipv6_prefix, 64);
+    assert!(config.settings().trusted_proxies.is_empty() && config.settings().degrade.is_none());
+    assert_eq!(config.settings().alerts.near_quota, 0.8);
     assert_eq!(
-        (config.store.backend, config.store.on_error),
+        (config.settings().store.backend, config.settings().store.on_error),
         (Backend::Memory, crate::store::OnError::Local)
     );
     assert!(Config::from_toml("algorithm = \"token_bucket\"\n").unwrap_err().to_string().contains("tiers"));
@@ -47,9 +47,9 @@ fn environment_overrides_the_file() {
         jail.set_env("TOLLGATE_STORE__PREFIX", "other");
         jail.set_env("TOLLGATE_TIERS__FREE__BURST", "20");
         let config = Config::load("ok.toml").unwrap();
-        assert_eq!(config.default_tier.as_deref(), Some("free"));
-        assert_eq!(config.store.prefix, "other");
-        assert_eq!(config.tiers["free"].burst, Some(20));
+        assert_eq!(config.settings().default_tier.as_deref(), Some("free"));
+        assert_eq!(config.settings().store.prefix, "other");
+        assert_eq!(config.settings().tiers["free"].burst, Some(20));
         jail.set_env("TOLLGATE_DEFAULT_TIER", "platinum");
         let err = Config::load("ok.toml").unwrap_err().to_string();
         assert!(err.contains("default_tier") && err.contains("platinum"), "{err}");
@@ -107,7 +107,7 @@ fn rates_in_every_unit() {
         ("requests_per_hour", 1_800_000_000_000),
     ] {
         let config = Config::from_toml(&format!("[tiers.anonymous]\n{field} = 2\nburst = 3\n")).unwrap();
-        let limits = config.limits().unwrap();
+        let limits = config.limits();
         assert_eq!(limits.default_tier().policies()[0].quota().emission().as_nanos(), emission, "{field}");
     }
 }
@@ -115,7 +115,7 @@ fn rates_in_every_unit() {
 #[test]
 fn a_config_survives_a_round_trip() {
     let config = Config::from_toml(CONTRACT).unwrap();
-    let text = figment::providers::Serialized::defaults(&config);
-    let back: Config = figment::Figment::from(text).extract().unwrap();
-    assert_eq!(back, config);
+    let text = figment::providers::Serialized::defaults(config.settings());
+    let back: Settings = figment::Figment::from(text).extract().unwrap();
+    assert_eq!(Config::new(back).unwrap(), config);
 }

@@ -224,6 +224,19 @@ pub(crate) struct Pending {
     pub(crate) stored_at: Nanos,
 }
 
+impl Pending {
+    /// Starts recording the answer `response` to the pending request, if it may be kept.
+    /// Called before the limiter merges its own headers: a replay gets fresh ones.
+    pub(crate) fn start<B>(mut self: Box<Self>, response: &http::Response<B>) -> Option<Box<Recorder>> {
+        if !self.cache.admits(&self.method, response.status(), response.headers()) {
+            return None;
+        }
+        self.status = response.status();
+        self.headers = response.headers().clone();
+        Some(Box::new(Recorder::new(*self)))
+    }
+}
+
 /// Records a response body as it streams, and keeps it when it ends.
 #[derive(Debug)]
 pub(crate) struct Recorder {
@@ -233,7 +246,7 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    pub(crate) fn new(pending: Pending) -> Self {
+    fn new(pending: Pending) -> Self {
         Self { cache: pending.cache.clone(), pending: Some(pending), buffer: bytes::BytesMut::new() }
     }
 

@@ -33,9 +33,11 @@
 //! answers may be personal, and clients keyed by IP address may share one.
 
 mod cache;
+mod plan;
 
 pub use cache::CacheLimits;
-pub(crate) use cache::{Cached, Pending, Recorder, ResponseCache};
+pub(crate) use cache::{Pending, Recorder, ResponseCache};
+pub(crate) use plan::{replay, BandPlan, Chosen};
 
 /// How fully a request should be answered. Inserted into the request extensions by the
 /// limiter when it degrades a request; absent means [`Band::Full`].
@@ -66,6 +68,19 @@ impl Band {
     /// The band of a request: the one the limiter put in its extensions, else `Full`.
     pub fn of(extensions: &http::Extensions) -> Self {
         extensions.get::<Band>().copied().unwrap_or_default()
+    }
+
+    /// The band's name, as in `X-RateLimit-Degraded`: `full`, `cached` or `minimal`.
+    ///
+    /// ```
+    /// assert_eq!(tollgate::degrade::Band::Minimal.as_str(), "minimal");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Cached => "cached",
+            Self::Minimal => "minimal",
+        }
     }
 }
 

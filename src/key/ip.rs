@@ -52,9 +52,13 @@ impl Default for ClientIp {
 }
 
 impl ClientIp {
+    /// The bits of an IPv6 address that name one client unless told otherwise: a /64 is what
+    /// one subscriber is usually given.
+    pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
     /// Peer addresses only (no trusted proxies), IPv6 keyed by /64.
     pub fn new() -> Self {
-        Self { trusted: Arc::new([]), ipv6_prefix: 64 }
+        Self { trusted: Arc::new([]), ipv6_prefix: Self::DEFAULT_IPV6_PREFIX }
     }
 
     /// Trusts forwarding headers from peers inside these networks.

@@ -47,6 +47,10 @@ use http::request::Parts;
 pub use api_key::ApiKeys;
 pub use ip::ClientIp;
 
+/// The extractor a configuration builds: a [`Client`] set by an auth layer, else a known API
+/// key (`X-API-Key`), else the client IP.
+pub type DefaultExtractor = Or<Or<FromExtension, ApiKeys>, ClientIp>;
+
 /// The identity a client is limited by. Cheap to clone (an address, or a shared string).
 ///
 /// Keys are compared by value; a store hashes them with a per-process random seed.

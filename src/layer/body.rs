@@ -6,7 +6,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
-use super::concurrency::Permits;
+use super::concurrency::Slots;
 use crate::degrade::Recorder;
 
 pin_project! {
@@ -18,7 +18,7 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
-        permits: Permits,
+        slots: Slots,
         recorder: Option<Box<Recorder>>,
     }
 }
@@ -32,12 +32,12 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn inner(body: B, permits: Permits, recorder: Option<Box<Recorder>>) -> Self {
-        Self { kind: Kind::Inner { body }, permits, recorder }
+    pub(crate) fn inner(body: B, slots: Slots, recorder: Option<Box<Recorder>>) -> Self {
+        Self { kind: Kind::Inner { body }, slots, recorder }
     }
 
     pub(crate) fn own(bytes: Bytes) -> Self {
-        Self { kind: Kind::Own { body: Full::new(bytes) }, permits: Permits::default(), recorder: None }
+        Self { kind: Kind::Own { body: Full::new(bytes) }, slots: Slots::default(), recorder: None }
     }
 }
 
@@ -101,7 +101,7 @@ where
                 recorder.finish();
             }
             // Sent in full: the concurrency slots come back now, not when the body is dropped.
-            *this.permits = Permits::default();
+            *this.slots = Slots::default();
         }
         polled
     }

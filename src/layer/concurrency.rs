@@ -2,7 +2,7 @@
 //!
 //! A slot is taken before the rate limit is charged (so a request refused for concurrency costs
 //! no tokens) and given back when the response body has been sent in full, or when the response
-//! or its future is dropped: [`Permit`] releases on drop, whatever happens.
+//! or its future is dropped: a [`Slot`] is given back on drop, whatever happens.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -41,7 +41,7 @@ impl InFlight {
     }
 
     /// Takes a slot of `key` in `scope` if fewer than `limit` are taken.
-    pub(crate) fn acquire(self: &Arc<Self>, key: &Key, scope: Scope<'_>, limit: u32) -> Option<Permit> {
+    pub(crate) fn acquire(self: &Arc<Self>, key: &Key, scope: Scope<'_>, limit: u32) -> Option<Slot> {
         let digest = self.hasher.hash_one((key, scope));
         let mut shard = self.shard(digest);
         let count = shard.entry(digest).or_insert(0);
@@ -52,7 +52,7 @@ impl InFlight {
             return None;
         }
         *count += 1;
-        Some(Permit { owner: self.clone(), digest })
+        Some(Slot { owner: self.clone(), digest })
     }
 
     /// Keys with requests in flight.
@@ -62,14 +62,14 @@ impl InFlight {
     }
 }
 
-/// One taken slot; given back on drop.
+/// One taken slot of a client's in-flight count; given back on drop.
 #[derive(Debug)]
-pub(crate) struct Permit {
+pub(crate) struct Slot {
     owner: Arc<InFlight>,
     digest: u64,
 }
 
-impl Drop for Permit {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut shard = self.owner.shard(self.digest);
         if let Some(count) = shard.get_mut(&self.digest) {
@@ -83,7 +83,7 @@ impl Drop for Permit {
 
 /// The slots one request holds (a tier's and a route's).
 #[derive(Debug, Default)]
-pub(crate) struct Permits(pub(crate) [Option<Permit>; 2]);
+pub(crate) struct Slots(pub(crate) [Option<Slot>; 2]);
 
 #[cfg(test)]
 mod tests {

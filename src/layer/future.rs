@@ -1,18 +1,40 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use http::request::Parts;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::core::After;
-use super::core::{Core, Prepared};
-use crate::degrade::{Pending, Recorder};
-use crate::key::Key;
-use crate::store::StoreFuture;
+use super::concurrency::Slots;
+use crate::answer::{OwnResponse, RateLimitHeaders};
+use crate::degrade::{Band, Pending};
+use crate::store::{Decision, StoreError, StoreFuture};
+
+/// What happens to a request once its plan met the store's decision.
+#[derive(Debug)]
+pub(crate) enum Settled {
+    /// Call the handler (telling it the band, when degraded) and finish its answer with `After`.
+    Forward(After, Option<Band>),
+    /// The limiter answers itself.
+    Answer(OwnResponse),
+}
+
+/// What travels with a forwarded request until its response is complete.
+#[derive(Debug, Default)]
+pub(crate) struct After {
+    /// Merged into the handler's response.
+    pub(crate) headers: Option<RateLimitHeaders>,
+    /// Given back when the body has been sent.
+    pub(crate) slots: Slots,
+    /// Where the answer is kept for the cached band, if it may be.
+    pub(crate) record: Option<Box<Pending>>,
+}
+
+/// Turns the decision of an asynchronous store into what happens next: the plan, settled.
+pub(crate) type Settle = Box<dyn FnOnce(Result<Decision, StoreError>) -> Settled + Send>;
 
 pin_project! {
     /// The response future of [`RateLimit`](super::RateLimit).
@@ -25,6 +47,16 @@ pin_project! {
     }
 }
 
+/// Waiting for an asynchronous store: boxed, so that the future of the (usual) synchronous
+/// path stays small.
+struct Checking<S, ReqBody> {
+    check: StoreFuture,
+    settle: Settle,
+    /// The instance that was polled ready.
+    inner: S,
+    request: (Parts, ReqBody),
+}
+
 pin_project! {
     #[project = KindProj]
     enum Kind<S, ReqBody>
@@ -32,12 +64,7 @@ pin_project! {
         S: Service<Request<ReqBody>>,
     {
         /// Waiting for an asynchronous store; owns the inner service that was polled ready.
-        Checking {
-            check: StoreFuture,
-            inner: Option<S>,
-            core: Arc<Core>,
-            prepared: Option<(Prepared, Key, Request<ReqBody>)>,
-        },
+        Checking { state: Option<Box<Checking<S, ReqBody>>> },
         /// The inner service is answering; the headers are merged when it does.
         Inner {
             #[pin]
@@ -48,9 +75,6 @@ pin_project! {
         Ready { response: Option<OwnResponse> },
     }
 }
-
-/// A response the limiter made, with a body of our own that fits any inner body type.
-pub(crate) type OwnResponse = Response<bytes::Bytes>;
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
@@ -66,25 +90,35 @@ where
 
     pub(crate) fn checking(
         check: StoreFuture,
+        settle: Settle,
         inner: S,
-        core: Arc<Core>,
-        prepared: Prepared,
-        key: Key,
-        req: Request<ReqBody>,
+        parts: Parts,
+        body: ReqBody,
     ) -> Self {
-        Self {
-            kind: Kind::Checking { check, inner: Some(inner), core, prepared: Some((prepared, key, req)) },
-        }
+        let state = Checking { check, settle, inner, request: (parts, body) };
+        Self { kind: Kind::Checking { state: Some(Box::new(state)) } }
     }
 }
 
-/// What to do once the decision is known: call the inner service (with these headers to
-/// merge), or answer directly.
-// Boxing the request would allocate on every admitted request; the size is fine on a stack.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Next<ReqBody> {
-    Forward(Request<ReqBody>, After),
-    Answer(OwnResponse),
+/// Forwards `parts` and `body` to `inner`, telling the handler its band, or answers.
+pub(crate) fn next<S, ReqBody>(
+    settled: Settled,
+    inner: &mut S,
+    mut parts: Parts,
+    body: ReqBody,
+) -> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    match settled {
+        Settled::Forward(after, band) => {
+            if let Some(band) = band {
+                parts.extensions.insert(band);
+            }
+            ResponseFuture::inner(inner.call(Request::from_parts(parts, body)), after)
+        }
+        Settled::Answer(response) => ResponseFuture::ready(response),
+    }
 }
 
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
@@ -96,27 +130,23 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().kind.project() {
-                KindProj::Checking { check, inner, core, prepared } => {
-                    let result = ready!(Pin::new(check).poll(cx));
-                    let (prepared, key, req) = prepared.take().expect("polled after completion");
-                    let mut inner = inner.take().expect("polled after completion");
-                    match core.decided(prepared, &key, result, req) {
-                        Next::Forward(req, after) => {
-                            Kind::Inner { future: inner.call(req), after: Some(after) }
-                        }
-                        Next::Answer(response) => Kind::Ready { response: Some(response) },
-                    }
+                KindProj::Checking { state } => {
+                    let checking = state.as_mut().expect("polled after completion");
+                    let result = ready!(Pin::new(&mut checking.check).poll(cx));
+                    let Checking { settle, mut inner, request: (parts, body), .. } =
+                        *state.take().expect("polled after completion");
+                    next(settle(result), &mut inner, parts, body).kind
                 }
                 KindProj::Inner { future, after } => {
                     let mut response = ready!(future.poll(cx))?;
                     let after = after.take().expect("polled after completion");
                     // Record before our headers are merged: a replay gets fresh ones.
-                    let recorder = after.record.and_then(|pending| record(pending, &response));
+                    let recorder = after.record.and_then(|pending| pending.start(&response));
                     if let Some(headers) = after.headers {
                         headers.apply(response.headers_mut());
                     }
                     return Poll::Ready(Ok(
-                        response.map(|body| ResponseBody::inner(body, after.permits, recorder))
+                        response.map(|body| ResponseBody::inner(body, after.slots, recorder))
                     ));
                 }
                 KindProj::Ready { response } => {
@@ -127,16 +157,6 @@ where
             self.as_mut().project().kind.set(next);
         }
     }
-}
-
-/// Starts recording a response for the cache, if it may be kept.
-fn record<B>(mut pending: Box<Pending>, response: &Response<B>) -> Option<Box<Recorder>> {
-    if !pending.cache.admits(&pending.method, response.status(), response.headers()) {
-        return None;
-    }
-    pending.status = response.status();
-    pending.headers = response.headers().clone();
-    Some(Box::new(Recorder::new(*pending)))
 }
 
 impl<S, ReqBody> std::fmt::Debug for ResponseFuture<S, ReqBody>

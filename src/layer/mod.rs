@@ -1,13 +1,13 @@
 //! The Tower layer: [`RateLimitLayer`] and the [`RateLimit`] service.
 //!
-//! For each request the service
-//! 1. looks up the route's rule (axum's `MatchedPath` template, else the URI path): exempt
-//!    routes pass straight through, untouched;
-//! 2. finds the client with its [`KeyExtractor`] and resolves the client's tier;
-//! 3. charges the route's cost to the [`Store`], every policy of the tier at once;
-//! 4. forwards the request and merges the rate-limit headers into the response, or answers
-//!    429 (with `Retry-After`), 403 (cost above the burst) or, for a store fault with
-//!    `on_error = "deny"`, 503 — all with `application/problem+json` bodies.
+//! For each request the service runs the crate's [pipeline](crate#the-pipeline): it looks up
+//! the route's rule (axum's `MatchedPath` template, else the URI path; exempt routes pass
+//! straight through, untouched), finds the client with its [`KeyExtractor`] and the client's
+//! tier, plans the request (concurrency, degradation band, charge), has the [`Store`] charge
+//! every policy of the tier at once, and then forwards the request with the rate-limit headers
+//! merged into the response, or answers 429 (with `Retry-After`), 403 (cost above the burst)
+//! or, for a store fault with `on_error = "deny"`, 503, all with `application/problem+json`
+//! bodies. The flow reads top to bottom in `src/layer/pipeline.rs`.
 //!
 //! Rejections are responses, never errors: the service's error type is the inner service's,
 //! so it fits axum's `Router::layer` and `route_layer` and hyper alike. An in-process store
@@ -37,8 +37,9 @@
 
 mod body;
 mod concurrency;
-pub(crate) mod core;
+mod core;
 mod future;
+mod pipeline;
 mod service;
 
 use std::sync::Arc;
@@ -50,24 +51,21 @@ use tower_layer::Layer;
 
 use self::core::Core;
 use crate::answer::HeaderMode;
-use crate::config::{Config, ConfigError};
-use crate::key::Key;
-use crate::key::{ApiKeys, ClientIp, FromExtension, KeyExtractor, Or};
+use crate::config::{ConfigError, Settings};
+use crate::degrade::CacheLimits;
+use crate::key::{ClientIp, DefaultExtractor, Key, KeyExtractor};
 use crate::observe::Observer;
-use crate::policy::Tier;
-use crate::policy::{Limits, RouteRule};
-use crate::store::{Charge, Decision, StoreError};
-use crate::store::{MemoryStore, OnError, Store};
+use crate::policy::{Limits, RouteRule, Tier};
+use crate::store::{Charge, Decision, MemoryStore, OnError, Store, StoreError};
+use crate::Config;
 use http::request::Parts;
-
-/// The extractor a configuration builds: a [`Client`](crate::key::Client) set by an auth
-/// layer, else a known API key (`X-API-Key`), else the client IP.
-pub type DefaultExtractor = Or<Or<FromExtension, ApiKeys>, ClientIp>;
 
 /// A layer that rate-limits every request to the wrapped service.
 ///
 /// Holds only configuration behind `Arc`s: cloning it is cheap and every clone (and every
-/// service it makes) shares one store, so limits hold across clones.
+/// service it makes) shares one store, so limits hold across clones. Its builder methods
+/// change the layer in place; only a layer that was already cloned is copied first (its
+/// clones keep what they had).
 #[derive(Debug)]
 pub struct RateLimitLayer<K = DefaultExtractor> {
     core: Arc<Core>,
@@ -81,11 +79,13 @@ impl<K> Clone for RateLimitLayer<K> {
 }
 
 impl RateLimitLayer<DefaultExtractor> {
-    /// A layer enforcing a configuration, on the store it names.
+    /// The limiter `config` describes: its limits and client keys, headers, store and
+    /// `on_error`, response cache, and near-quota alerts (logged, and POSTed to
+    /// `[alerts] webhook` when one is set).
     ///
     /// # Panics
-    /// When the configuration is invalid (the message names the offending key) or names a
-    /// store this build cannot reach; [`try_new`](Self::try_new) returns the error instead.
+    /// When the limiter cannot be built: a webhook outside a Tokio runtime, or a store this
+    /// build lacks. [`try_new`](Self::try_new) returns the error instead.
     pub fn new(config: Config) -> Self {
         match Self::try_new(config) {
             Ok(layer) => layer,
@@ -93,13 +93,41 @@ impl RateLimitLayer<DefaultExtractor> {
         }
     }
 
-    /// A layer enforcing a configuration, or why it cannot.
+    /// The limiter `config` describes, or why it cannot be built. Checks nothing again: a
+    /// [`Config`] was checked when it was made.
     pub fn try_new(config: Config) -> Result<Self, ConfigError> {
-        let limits = config.limits()?;
-        let store = config.store.build(&limits)?;
         let extractor = config.extractor();
-        let core = Core::new(limits, store, config.headers, config.store.on_error);
+        let (settings, limits) = config.into_parts();
+        let store = settings.store.build()?;
+        let mut core = Core::new(limits, store, settings.headers, settings.store.on_error);
+        if let Some(degrade) = &settings.degrade {
+            core.cache_limits = degrade.cache_limits();
+            core.cache = None;
+            core.fit_cache();
+        }
+        core.observer = Some(alerts(&settings)?);
         Ok(Self { core: Arc::new(core), extractor: Arc::new(extractor) })
+    }
+}
+
+/// The near-quota alerts of `[alerts]`: logged, and POSTed to the webhook when one is set.
+fn alerts(settings: &Settings) -> Result<Arc<dyn Observer>, ConfigError> {
+    use crate::observe::{LogNearQuota, NearQuota};
+    let threshold = settings.alerts.near_quota;
+    #[cfg(feature = "webhook")]
+    {
+        let webhook = match &settings.alerts.webhook {
+            Some(url) => Some(
+                crate::observe::Webhook::new(url.as_str())
+                    .map_err(|e| ConfigError::invalid("alerts.webhook", e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(NearQuota::new((LogNearQuota, webhook)).threshold(threshold)))
+    }
+    #[cfg(not(feature = "webhook"))]
+    {
+        Ok(Arc::new(NearQuota::new(LogNearQuota).threshold(threshold)))
     }
 }
 
@@ -128,7 +156,7 @@ impl RateLimitLayer<ClientIp> {
 impl<K> RateLimitLayer<K> {
     /// The limits enforced.
     pub fn limits(&self) -> &Limits {
-        &self.core.limits
+        &self.core.snapshot.limits
     }
 
     /// The store charged.
@@ -141,24 +169,17 @@ impl<K> RateLimitLayer<K> {
         &self.extractor
     }
 
-    fn rebuild(self, f: impl FnOnce(&mut Core)) -> Self {
-        let mut core = Core::new(
-            self.core.limits.clone(),
-            self.core.store.clone(),
-            self.core.headers,
-            self.core.on_error,
-        );
-        core.observer = self.core.observer.clone();
-        core.clock = self.core.clock.clone();
-        f(&mut core);
-        Self { core: Arc::new(core), extractor: self.extractor }
+    /// Changes the shared part in place, or a copy of it when clones of this layer use it.
+    fn edit(mut self, f: impl FnOnce(&mut Core)) -> Self {
+        f(Arc::make_mut(&mut self.core));
+        self
     }
 
     /// Finds clients with `extractor` instead.
     ///
     /// ```
-    /// # use nonzero_ext::nonzero;
     /// use tollgate::key::{Client, Key};
+    /// # use nonzero_ext::nonzero;
     /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
     /// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)))).build().unwrap();
     /// let layer = RateLimitLayer::from_limits(limits).extractor(|parts: &http::request::Parts| {
@@ -173,29 +194,55 @@ impl<K> RateLimitLayer<K> {
 
     /// Charges `store` instead (pass an `Arc` to keep a handle on it).
     pub fn with_store(self, store: impl Store) -> Self {
-        self.rebuild(|c| c.store = Arc::new(store))
+        self.edit(|c| c.store = Arc::new(store))
     }
 
     /// Sends these rate-limit headers.
     pub fn headers(self, mode: HeaderMode) -> Self {
-        self.rebuild(|c| c.headers = mode)
+        self.edit(|c| c.snapshot_mut().headers = mode)
     }
 
     /// Does this when the store faults.
     pub fn on_error(self, policy: OnError) -> Self {
-        self.rebuild(|c| c.on_error = policy)
+        self.edit(|c| c.on_error = policy)
+    }
+
+    /// Bounds the response cache of the `cached` band (a new, empty cache).
+    ///
+    /// ```
+    /// # use nonzero_ext::nonzero;
+    /// # use tollgate::{algorithm::Quota, policy::{Bands, Limits, TierSpec}, RateLimitLayer};
+    /// use tollgate::clock::Nanos;
+    /// use tollgate::degrade::CacheLimits;
+    /// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32))))
+    /// #     .degrade(["/search"], Bands::default()).build().unwrap();
+    /// let layer = RateLimitLayer::from_limits(limits)
+    ///     .cache_limits(CacheLimits { ttl: Nanos::from_secs(60), ..CacheLimits::default() });
+    /// # let _ = layer;
+    /// ```
+    pub fn cache_limits(self, limits: CacheLimits) -> Self {
+        self.edit(|c| {
+            c.cache_limits = limits;
+            c.cache = None;
+            c.fit_cache();
+        })
     }
 
     /// Reads the time from `clock` for the layer's own needs (its stores keep their own
     /// clocks): tests pass a [`ManualClock`](crate::clock::ManualClock).
     pub fn clock(self, clock: impl crate::clock::Clock) -> Self {
-        self.rebuild(|c| c.clock = Arc::new(clock))
+        self.edit(|c| c.clock = Arc::new(clock))
     }
 
-    /// Tells `observer` of every decision (replacing any earlier observer; combine several
-    /// with a tuple `(a, b)`).
+    /// Also tells `observer` of every decision, after the observers it has (a layer built
+    /// from a [`Config`] starts with its near-quota alerts).
     pub fn observer(self, observer: impl Observer) -> Self {
-        self.rebuild(|c| c.observer = Some(Arc::new(observer)))
+        self.edit(|c| {
+            c.observer = Some(match c.observer.take() {
+                Some(earlier) => Arc::new((earlier, observer)),
+                None => Arc::new(observer),
+            })
+        })
     }
 
     /// Sets the cost of `route` (`"/path"` or `"METHOD /path"`, an axum route template): the
@@ -214,12 +261,12 @@ impl<K> RateLimitLayer<K> {
     /// assert_eq!(layer.limits().routes().lookup(&http::Method::POST, "/reports/{id}").cost, 8);
     /// ```
     pub fn route_cost(self, route: &str, cost: u32) -> Self {
-        self.rebuild(|c| {
+        self.edit(|c| {
             let set = |r: &mut RouteRule| {
                 r.cost = cost;
                 r.exempt = false;
             };
-            c.limits.routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
+            c.snapshot_mut().limits.routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
         })
     }
 
@@ -228,9 +275,9 @@ impl<K> RateLimitLayer<K> {
     /// # Panics
     /// When `route` is not a route.
     pub fn exempt(self, route: &str) -> Self {
-        self.rebuild(|c| {
+        self.edit(|c| {
             let set = |r: &mut RouteRule| *r = RouteRule::EXEMPT;
-            c.limits.routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
+            c.snapshot_mut().limits.routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
         })
     }
 }
@@ -270,7 +317,7 @@ impl<K: KeyExtractor> RateLimitLayer<K> {
     /// # }
     /// ```
     pub async fn standing(&self, parts: &Parts) -> Result<Standing<'_>, StoreError> {
-        let (key, tier) = self.core.identify(&*self.extractor, parts);
+        let (key, tier) = self.core.identify(&self.core.snapshot, &*self.extractor, parts);
         let decision = self.core.store.check(&key, tier, Charge::new(0)).await?;
         Ok(Standing { key, tier, decision })
     }

@@ -1,26 +1,19 @@
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
-use tower_service::Service;
-
-use super::body::ResponseBody;
-use super::core::{After, Core};
-use super::future::{Next, ResponseFuture};
+use super::core::Core;
 use super::RateLimitLayer;
-use crate::key::KeyExtractor;
+use crate::config::Config;
 
-/// The rate-limiting service: see the [module documentation](crate::layer).
+/// The rate-limiting service: see the [module documentation](crate::layer). What it does with
+/// a request is the crate's [pipeline](crate#the-pipeline).
 ///
 /// Always ready when the inner service is; cheap to clone, and every clone shares the same
 /// state, so a limit holds across axum's per-request cloning.
 #[derive(Debug)]
 pub struct RateLimit<S, K> {
-    inner: S,
-    core: Arc<Core>,
-    extractor: Arc<K>,
+    pub(super) inner: S,
+    pub(super) core: Arc<Core>,
+    pub(super) extractor: Arc<K>,
 }
 
 impl<S: Clone, K> Clone for RateLimit<S, K> {
@@ -33,11 +26,6 @@ impl<S, K> RateLimit<S, K> {
     /// Wraps `inner` with the limits of `layer`.
     pub fn new(inner: S, layer: &RateLimitLayer<K>) -> Self {
         Self { inner, core: layer.core.clone(), extractor: layer.extractor.clone() }
-    }
-
-    /// A layer wrapping services in this limiter (same as [`RateLimitLayer`] itself).
-    pub fn layer(layer: RateLimitLayer<K>) -> RateLimitLayer<K> {
-        layer
     }
 
     /// The inner service.
@@ -56,49 +44,21 @@ impl<S, K> RateLimit<S, K> {
     }
 }
 
-impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, K>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    K: KeyExtractor,
-    ResBody: Body<Data = Bytes>,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let core = &*self.core;
-        let (parts, body) = req.into_parts();
-        let rule = core.route(&parts);
-        if rule.exempt {
-            return ResponseFuture::inner(
-                self.inner.call(Request::from_parts(parts, body)),
-                After::default(),
-            );
-        }
-        let (key, tier) = core.identify(&*self.extractor, &parts);
-        let (prepared, charge) = match core.prepare(rule, &key, tier, &parts) {
-            Ok(prepared) => prepared,
-            Err(answer) => return ResponseFuture::ready(*answer),
-        };
-        let mut check = core.store.check(&key, tier, charge);
-        let req = Request::from_parts(parts, body);
-        match check.try_take() {
-            Some(result) => match core.decided(prepared, &key, result, req) {
-                Next::Forward(req, after) => ResponseFuture::inner(self.inner.call(req), after),
-                Next::Answer(response) => ResponseFuture::ready(response),
-            },
-            None => {
-                // The store does I/O: the instance polled ready moves into the future and a
-                // clone takes its place (see "Be careful when cloning inner services").
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::checking(check, inner, self.core.clone(), prepared, key, req)
-            }
-        }
+impl RateLimit<(), crate::key::DefaultExtractor> {
+    /// The layer enforcing `config`, as tower-http's services offer (`Timeout::layer`):
+    /// `ServiceBuilder::new().layer(RateLimit::layer(config))`.
+    ///
+    /// # Panics
+    /// Where [`RateLimitLayer::new`] does; [`RateLimitLayer::try_new`] returns the error.
+    ///
+    /// ```
+    /// use tollgate::{Config, RateLimit};
+    ///
+    /// let config = Config::from_toml("[tiers.anonymous]\nrequests_per_second = 1\nburst = 5\n").unwrap();
+    /// let layer = RateLimit::layer(config);
+    /// assert_eq!(layer.limits().default_tier().policies()[0].quota().burst(), 5);
+    /// ```
+    pub fn layer(config: Config) -> RateLimitLayer {
+        RateLimitLayer::new(config)
     }
 }

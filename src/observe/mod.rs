@@ -90,8 +90,8 @@ pub struct Event<'a> {
     pub outcome: Outcome<'a>,
 }
 
-/// Sees every decision of a layer. Implemented for closures `Fn(&Event<'_>)`, and for tuples
-/// of two observers (both are told).
+/// Sees every decision of a layer. Implemented for closures `Fn(&Event<'_>)`, for `Arc`s, and
+/// for tuples of two observers (both are told).
 pub trait Observer: Send + Sync + 'static {
     /// Called once per limited request.
     fn on_event(&self, event: &Event<'_>);
@@ -103,6 +103,12 @@ where
 {
     fn on_event(&self, event: &Event<'_>) {
         self(event)
+    }
+}
+
+impl<O: Observer + ?Sized> Observer for std::sync::Arc<O> {
+    fn on_event(&self, event: &Event<'_>) {
+        (**self).on_event(event)
     }
 }
 

@@ -152,7 +152,7 @@ impl<A: OnNearQuota, B: OnNearQuota> OnNearQuota for (A, B) {
 ///
 /// ```
 /// use tollgate::observe::{LogNearQuota, NearQuota, OnNearQuota};
-/// let webhook_url: Option<&str> = None; // e.g. config.alerts.webhook
+/// let webhook_url: Option<&str> = None; // e.g. config.settings().alerts.webhook
 /// let optional = webhook_url.map(|_| LogNearQuota);
 /// let alerts = NearQuota::new((LogNearQuota, optional));
 /// # let _ = alerts;
@@ -221,15 +221,17 @@ impl OnNearQuota for LogNearQuota {
 ///
 /// let limits = Limits::builder()
 ///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
-///     .near_quota(0.8)
 ///     .build().unwrap();
 /// let events = Arc::new(Mutex::new(Vec::new()));
 /// let sink = events.clone();
 /// let alerts = NearQuota::new(move |e: &NearQuotaEvent| sink.lock().unwrap().push(e.clone()))
-///     .threshold(limits.near_quota());
+///     .threshold(0.8);
 /// let layer = RateLimitLayer::from_limits(limits).observer(alerts);
 /// # let _ = layer;
 /// ```
+///
+/// A layer built from a [`Config`](crate::Config) has one already: `NearQuota` with
+/// [`LogNearQuota`] (and the webhook of `[alerts] webhook`), at `[alerts] near_quota`.
 #[derive(Debug)]
 pub struct NearQuota<H> {
     hook: H,
@@ -246,8 +248,7 @@ impl<H: OnNearQuota> NearQuota<H> {
     }
 
     /// Fires at `fraction` of a policy used instead (clamped to `(0, 1]`; a value that is not
-    /// a number keeps the current threshold). Pass `limits.near_quota()` to follow the
-    /// configuration's `[alerts] near_quota`.
+    /// a number keeps the current threshold).
     ///
     /// ```
     /// # use tollgate::observe::NearQuota;
@@ -351,7 +352,7 @@ mod tests {
     use crate::algorithm::Quota;
     use crate::clock::ManualClock;
     use crate::policy::{Limits, TierSpec};
-    use crate::store::{Charge, MemoryStore, Outcome as StoreOutcome, PolicyState};
+    use crate::store::{Charge, MemoryStore, PolicyState, Verdict};
     use nonzero_ext::nonzero;
 
     fn limits() -> Limits {
@@ -365,7 +366,7 @@ mod tests {
     }
 
     fn admitted(remaining: u64, charged: u64) -> Decision {
-        Decision::new(StoreOutcome::Admitted, Nanos::ZERO, 1.0, charged).with(PolicyState {
+        Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, charged).with(PolicyState {
             index: 0,
             limit: 10,
             remaining,

@@ -123,11 +123,7 @@ impl WebhookBuilder {
 
     /// Starts the sender task on the current Tokio runtime.
     pub fn start(self) -> Result<Webhook, WebhookError> {
-        let bad = || WebhookError::BadUrl(self.url.clone());
-        let uri: Uri = self.url.parse().map_err(|_| bad())?;
-        if uri.scheme() != Some(&http::uri::Scheme::HTTP) || uri.authority().is_none() {
-            return Err(bad());
-        }
+        let uri = Webhook::check_url(&self.url)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| WebhookError::NoRuntime)?;
         let (queue, events) = mpsc::channel(self.queue);
         let counters = Arc::new(Counters::default());
@@ -141,6 +137,23 @@ impl Webhook {
     /// runtime.
     pub fn new(url: impl Into<String>) -> Result<Self, WebhookError> {
         Self::builder(url).start()
+    }
+
+    /// The URL a webhook would POST to, or why it cannot: an absolute `http://` URL.
+    ///
+    /// ```
+    /// use tollgate::observe::Webhook;
+    /// assert!(Webhook::check_url("http://127.0.0.1:9/alerts").is_ok());
+    /// assert!(Webhook::check_url("https://example.com/hook").is_err());
+    /// assert!(Webhook::check_url("not a url").is_err());
+    /// ```
+    pub fn check_url(url: &str) -> Result<Uri, WebhookError> {
+        let bad = || WebhookError::BadUrl(url.to_owned());
+        let uri: Uri = url.parse().map_err(|_| bad())?;
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) || uri.authority().is_none() {
+            return Err(bad());
+        }
+        Ok(uri)
     }
 
     /// Settings for a webhook POSTing to `url`.

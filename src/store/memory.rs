@@ -25,12 +25,10 @@ use crate::clock::{Clock, Nanos, SystemClock};
 use crate::key::Key;
 use crate::policy::{Policy, Tier, MAX_POLICIES};
 
-use super::{Charge, Decision, Outcome, PolicyState, Store, StoreFuture};
+use super::{Charge, Decision, PolicyState, Store, StoreFuture, Verdict, DEFAULT_CAPACITY};
 
 /// States a shard may reach before its first sweep.
 const MIN_SWEEP: usize = 1_024;
-/// Default capacity: states (one per key and policy) kept at most.
-const DEFAULT_CAPACITY: usize = 1 << 21;
 
 /// The digest is already a good hash: hand it to the map unchanged.
 #[derive(Default)]
@@ -252,31 +250,19 @@ impl<C: Clock> MemoryStore<C> {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
                 let slot = self.slot(&data, policy.uid(), digest, now);
-                let mut current = slot.map_or(0, |s| s.load(Ordering::Acquire));
+                let current = slot.map_or(0, |s| s.load(Ordering::Acquire));
                 let fraction = rule.fraction(current, now);
                 let cost = charge.cost_for(fraction);
                 if cost == 0 || cost > policy.quota().burst() {
                     return standing(std::slice::from_ref(policy), &[current], now, cost, fraction);
                 }
                 if let Some(slot) = slot {
-                    loop {
-                        let check = rule.check(current, now, cost);
-                        let Some(next) = check.new_state() else {
-                            return Decision::new(Outcome::Rejected, now, fraction, 0).with(policy_state(
-                                0,
-                                policy,
-                                &check,
-                                Outcome::Rejected,
-                            ));
-                        };
-                        match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                            Ok(_) => {
-                                return Decision::new(Outcome::Admitted, now, fraction, cost)
-                                    .with(policy_state(0, policy, &check, Outcome::Admitted))
-                            }
-                            Err(actual) => current = actual,
-                        }
-                    }
+                    let (verdict, check, charged) = match charge_slot(slot, current, rule, now, cost) {
+                        Ok(check) => (Verdict::Admitted, check, cost),
+                        Err(check) => (Verdict::Rejected, check, 0),
+                    };
+                    return Decision::new(verdict, now, fraction, charged)
+                        .with(policy_state(0, policy, &check, verdict));
                 }
             }
             self.insert(shard, digest, std::slice::from_ref(policy), now);
@@ -352,7 +338,7 @@ impl<C: Clock> MemoryStore<C> {
 
 /// A decision that charges nothing: cost 0, or a cost that can never fit.
 fn standing(policies: &[Policy], states: &[u64], now: Nanos, cost: u64, fraction: f64) -> Decision {
-    let outcome = if cost == 0 { Outcome::Admitted } else { Outcome::Exceeds };
+    let outcome = if cost == 0 { Verdict::Admitted } else { Verdict::Exceeds };
     let mut decision = Decision::new(outcome, now, fraction, 0);
     for (index, (policy, &state)) in policies.iter().zip(states).enumerate() {
         // Report the standing as it is: nothing is charged.
@@ -362,14 +348,35 @@ fn standing(policies: &[Policy], states: &[u64], now: Nanos, cost: u64, fraction
     decision
 }
 
-fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Outcome) -> PolicyState {
+fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Verdict) -> PolicyState {
     PolicyState {
         index: index as u8,
         limit: policy.quota().burst(),
         remaining: check.remaining,
         reset_after: check.reset_after,
-        retry_after: if outcome == Outcome::Rejected { check.retry_after } else { Nanos::ZERO },
+        retry_after: if outcome == Verdict::Rejected { check.retry_after } else { Nanos::ZERO },
         next_after: check.next_after,
+    }
+}
+
+/// Takes `cost` from one state, starting from its value `current`: the one compare-and-swap
+/// loop of the store. `Err` with the refusing check when the rule refuses; nothing is written
+/// then.
+#[inline]
+fn charge_slot(
+    slot: &AtomicU64,
+    mut current: u64,
+    rule: &Rule,
+    now: Nanos,
+    cost: u64,
+) -> Result<Check, Check> {
+    loop {
+        let check = rule.check(current, now, cost);
+        let Some(next) = check.new_state() else { return Err(check) };
+        match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Ok(check),
+            Err(actual) => current = actual,
+        }
     }
 }
 
@@ -384,11 +391,9 @@ fn charge_all(
     let mut checks = [None; MAX_POLICIES];
     for (i, policy) in policies.iter().enumerate() {
         let slot = slots[i].expect("every slot present");
-        let rule = policy.rule();
-        let mut current = slot.load(Ordering::Acquire);
-        loop {
-            let check = rule.check(current, now, cost);
-            let Some(next) = check.new_state() else {
+        match charge_slot(slot, slot.load(Ordering::Acquire), policy.rule(), now, cost) {
+            Ok(check) => checks[i] = Some(check),
+            Err(_) => {
                 // Refused: undo the policies already charged, then report the standing.
                 for (j, earlier) in policies[..i].iter().enumerate() {
                     let slot = slots[j].expect("every slot present");
@@ -397,20 +402,13 @@ fn charge_all(
                     });
                 }
                 return rejected(policies, slots, now, cost, fraction);
-            };
-            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    checks[i] = Some(check);
-                    break;
-                }
-                Err(actual) => current = actual,
             }
         }
     }
-    let mut decision = Decision::new(Outcome::Admitted, now, fraction, cost);
+    let mut decision = Decision::new(Verdict::Admitted, now, fraction, cost);
     for (index, (policy, check)) in policies.iter().zip(&checks).enumerate() {
         let check = check.expect("every policy charged");
-        decision = decision.with(policy_state(index, policy, &check, Outcome::Admitted));
+        decision = decision.with(policy_state(index, policy, &check, Verdict::Admitted));
     }
     decision
 }
@@ -422,13 +420,13 @@ fn rejected(
     cost: u64,
     fraction: f64,
 ) -> Decision {
-    let mut decision = Decision::new(Outcome::Rejected, now, fraction, 0);
+    let mut decision = Decision::new(Verdict::Rejected, now, fraction, 0);
     for (index, policy) in policies.iter().enumerate() {
         let state = slots[index].map_or(0, |s| s.load(Ordering::Acquire));
         let check = policy.rule().check(state, now, cost);
         // A policy that would have admitted reports its standing as it is (nothing charged).
         let check = if check.new_state().is_some() { policy.rule().check(state, now, 0) } else { check };
-        decision = decision.with(policy_state(index, policy, &check, Outcome::Rejected));
+        decision = decision.with(policy_state(index, policy, &check, Verdict::Rejected));
     }
     decision
 }

@@ -27,6 +27,23 @@ use crate::clock::Nanos;
 use crate::key::Key;
 use crate::policy::{Tier, MAX_POLICIES};
 
+/// The most states (one per key and policy) a memory store keeps unless told otherwise; also
+/// the bound of the Redis store's in-process fallback.
+pub const DEFAULT_CAPACITY: usize = 1 << 21;
+
+/// What a [`RedisStore`](crate::store::RedisStore) uses unless told otherwise, and the
+/// defaults of the configuration's `[store]` (written here once for both).
+pub(crate) mod redis_defaults {
+    use std::time::Duration;
+
+    pub(crate) const URL: &str = "redis://127.0.0.1:6379";
+    pub(crate) const PREFIX: &str = "tollgate";
+    pub(crate) const TIMEOUT: Duration = Duration::from_millis(50);
+    pub(crate) const BREAKER_FAILURES: u32 = 3;
+    pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+    pub(crate) const BLOCKED_KEYS: usize = 10_000;
+}
+
 /// What the limiter does when its store cannot answer (`on_error` in the configuration).
 ///
 /// ```
@@ -91,9 +108,10 @@ impl Charge {
     }
 }
 
-/// How a store answered.
+/// How a store answered (what the layer then does with the request is an
+/// [`observe::Outcome`](crate::observe::Outcome)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Verdict {
     /// Admitted; every policy was charged.
     Admitted,
     /// Not now: some policy lacks tokens. Nothing was charged.
@@ -135,9 +153,9 @@ impl PolicyState {
 ///
 /// ```
 /// use tollgate::clock::Nanos;
-/// use tollgate::store::{Decision, Outcome, PolicyState};
+/// use tollgate::store::{Decision, PolicyState, Verdict};
 ///
-/// let d = Decision::new(Outcome::Rejected, Nanos::from_secs(1), 1.0, 0).with(PolicyState {
+/// let d = Decision::new(Verdict::Rejected, Nanos::from_secs(1), 1.0, 0).with(PolicyState {
 ///     index: 0,
 ///     limit: 10,
 ///     remaining: 0,
@@ -151,7 +169,7 @@ impl PolicyState {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
-    outcome: Outcome,
+    verdict: Verdict,
     now: Nanos,
     fraction_before: f64,
     charged: u64,
@@ -161,9 +179,9 @@ pub struct Decision {
 
 impl Decision {
     /// A decision made at `now` (since the Unix epoch) with no policies yet.
-    pub fn new(outcome: Outcome, now: Nanos, fraction_before: f64, charged: u64) -> Self {
+    pub fn new(verdict: Verdict, now: Nanos, fraction_before: f64, charged: u64) -> Self {
         Self {
-            outcome,
+            verdict,
             now,
             fraction_before,
             charged,
@@ -181,14 +199,14 @@ impl Decision {
         self
     }
 
-    /// The outcome.
-    pub fn outcome(&self) -> Outcome {
-        self.outcome
+    /// Admitted, rejected for now, or never at this tier.
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
     }
 
     /// True when the request was admitted (and charged).
     pub fn is_admitted(&self) -> bool {
-        self.outcome == Outcome::Admitted
+        self.verdict == Verdict::Admitted
     }
 
     /// When the decision was made, since the Unix epoch (the store's clock).
@@ -213,7 +231,7 @@ impl Decision {
 
     /// How long until the request would be admitted, when it was rejected for now.
     pub fn retry_after(&self) -> Option<Nanos> {
-        (self.outcome == Outcome::Rejected)
+        (self.verdict == Verdict::Rejected)
             .then(|| self.policies().iter().map(|p| p.retry_after).max().unwrap_or(Nanos::ZERO))
     }
 
@@ -221,7 +239,7 @@ impl Decision {
     /// longest wait), otherwise the one with the smallest remaining fraction.
     pub fn headline(&self) -> PolicyState {
         let policies = self.policies();
-        let pick = if self.outcome == Outcome::Admitted {
+        let pick = if self.verdict == Verdict::Admitted {
             policies.iter().min_by(|a, b| a.fraction().total_cmp(&b.fraction()))
         } else {
             policies.iter().max_by_key(|p| (p.retry_after, u64::MAX - p.remaining))

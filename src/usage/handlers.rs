@@ -2,20 +2,19 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::request::Parts;
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 
 use super::page;
 use super::report::{PublishedLimits, UsageReport};
-use crate::answer::{Problem, PROBLEM_UNAVAILABLE};
+use crate::answer::{self, Unavailable};
 use crate::key::KeyExtractor;
 use crate::store::StoreError;
 use crate::RateLimitLayer;
 
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 static HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
-static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 /// A caller's standing changes with every request: never cache it.
 static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
@@ -54,19 +53,5 @@ pub async fn dashboard<K: KeyExtractor>(State(layer): State<RateLimitLayer<K>>, 
 /// 503 with a problem+json body: the store could not say how much the caller has left.
 pub(crate) fn unavailable(error: &StoreError) -> Response {
     tracing::debug!(%error, "tollgate: usage unavailable: store fault");
-    let body = Problem::new(
-        PROBLEM_UNAVAILABLE,
-        "Rate limiter unavailable",
-        503,
-        "The rate limiter's store cannot be reached, so your usage cannot be read right now. \
-         Please retry shortly.",
-    )
-    .retry_after(1)
-    .to_bytes();
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(CONTENT_TYPE, PROBLEM_JSON.clone()), (RETRY_AFTER, HeaderValue::from_static("1"))],
-        body,
-    )
-        .into_response()
+    answer::unavailable(Unavailable::Usage).map(axum::body::Body::from).into_response()
 }

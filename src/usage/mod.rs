@@ -59,24 +59,21 @@
 //! # });
 //! ```
 //!
-//! Everything together: usage routes, `/metrics`, metrics and near-quota alerts (logged, and
-//! POSTed to `[alerts] webhook` when the configuration names one):
+//! Everything together: usage routes, `/metrics`, and metrics next to the near-quota alerts the
+//! configuration describes (logged, and POSTed to `[alerts] webhook` when it names one):
 //!
 #![cfg_attr(all(feature = "prometheus", feature = "webhook"), doc = "```no_run")]
 #![cfg_attr(not(all(feature = "prometheus", feature = "webhook")), doc = "```ignore")]
 //! use std::net::SocketAddr;
 //! use axum::{routing::get, Router};
-//! use tollgate::observe::{LogNearQuota, MetricsObserver, NearQuota, Webhook};
+//! use tollgate::observe::MetricsObserver;
 //! use tollgate::usage::{install_prometheus, UsageRoutes};
 //! use tollgate::{Config, RateLimitLayer};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = Config::load("config/ratelimit.toml")?;
 //! let prometheus = install_prometheus()?; // once per process
-//! let webhook = config.alerts.webhook.as_deref().map(Webhook::new).transpose()?;
-//! let layer = RateLimitLayer::try_new(config)?;
-//! let alerts = NearQuota::new((LogNearQuota, webhook)).threshold(layer.limits().near_quota());
-//! let layer = layer.observer((MetricsObserver::new(), alerts));
+//! let layer = RateLimitLayer::try_new(config)?.observer(MetricsObserver::new());
 //!
 //! let app = Router::new()
 //!     .route("/api/simple", get(|| async { "{}" }))

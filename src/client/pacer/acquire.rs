@@ -73,6 +73,25 @@ pin_project! {
     /// The request joins the host's queue when first polled. Only the head of the queue may
     /// go, when the host's pace allows, so concurrent requests leave one at a time. Dropping
     /// the future gives its place up; the queue's lock is never held across a wait.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use tollgate::client::Pacer;
+    ///
+    /// let pacer = Pacer::new();
+    /// let probe = pacer.acquire("api.test:443").await.unwrap();
+    /// // While the first request's answer is awaited, the next one queues...
+    /// let waiting = tokio::spawn(pacer.acquire("api.test:443"));
+    /// tokio::task::yield_now().await;
+    /// assert_eq!(pacer.queued("api.test:443"), 1);
+    /// // ... and gives its place up when dropped.
+    /// waiting.abort();
+    /// let _ = waiting.await;
+    /// assert_eq!(pacer.queued("api.test:443"), 0);
+    /// # drop(probe);
+    /// # }
+    /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct Acquire {
         state: Arc<State>,

@@ -86,7 +86,7 @@ fn a_rejection_charges_no_policy() {
         assert!(store.decide(&key, tier, Charge::new(1)).is_admitted());
     }
     let refused = store.decide(&key, tier, Charge::new(1));
-    assert_eq!(refused.outcome(), Outcome::Rejected);
+    assert_eq!(refused.verdict(), Verdict::Rejected);
     assert_eq!(refused.headline().index, 1, "the daily policy is the violated one");
     let d = store.decide(&key, tier, Charge::new(0));
     assert_eq!(d.policies()[0].remaining, 5, "the refused request was refunded");
@@ -151,19 +151,19 @@ fn cost_zero_and_impossible_costs_store_nothing() {
     let tier = limits.default_tier();
     let (store, _) = store();
     assert!(store.decide(&Key::new("a"), tier, Charge::new(0)).is_admitted());
-    assert_eq!(store.decide(&Key::new("a"), tier, Charge::new(11)).outcome(), Outcome::Exceeds);
+    assert_eq!(store.decide(&Key::new("a"), tier, Charge::new(11)).verdict(), Verdict::Exceeds);
     assert_eq!(store.len(), 0);
     // Over one policy's burst: every policy reports its standing untouched.
     let daily = limits.tier("daily").unwrap();
     let never = store.decide(&Key::new("a"), daily, Charge::new(12));
-    assert_eq!(never.outcome(), Outcome::Exceeds);
+    assert_eq!(never.verdict(), Verdict::Exceeds);
     assert_eq!((never.policies()[0].remaining, never.policies()[1].remaining), (10, 15));
     // Refused by the burst policy: the daily one reports what it has, not what it would have.
     for _ in 0..10 {
         store.decide(&Key::new("b"), daily, Charge::new(1));
     }
     let refused = store.decide(&Key::new("b"), daily, Charge::new(1));
-    assert_eq!(refused.outcome(), Outcome::Rejected);
+    assert_eq!(refused.verdict(), Verdict::Rejected);
     assert_eq!(refused.policies()[1].remaining, 5);
 }
 
@@ -179,8 +179,8 @@ proptest! {
         let (mut admitted, mut refused, mut charged) = (0, 0, 0);
         for &cost in &costs {
             let d = store.decide(&key, tier, Charge::new(cost));
-            match d.outcome() {
-                Outcome::Admitted => { admitted += 1; charged += d.charged(); prop_assert_eq!(d.charged(), cost); }
+            match d.verdict() {
+                Verdict::Admitted => { admitted += 1; charged += d.charged(); prop_assert_eq!(d.charged(), cost); }
                 _ => { refused += 1; prop_assert_eq!(d.charged(), 0); }
             }
         }
@@ -191,7 +191,7 @@ proptest! {
 }
 
 proptest! {
-    /// The one-policy fast path decides exactly as the general path: same outcomes, standings,
+    /// The one-policy fast path decides exactly as the general path: same verdicts, standings,
     /// fractions and charges, over streams of costs (reduced below half the burst), time steps
     /// and keys, on a store small enough to hit its capacity and share the overflow state.
     #[test]

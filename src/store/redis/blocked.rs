@@ -21,7 +21,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::clock::Nanos;
 use crate::key::Key;
 use crate::policy::Tier;
-use crate::store::{Charge, Decision, Outcome, PolicyState};
+use crate::store::{Charge, Decision, PolicyState, Verdict};
 
 const SHARDS: usize = 16;
 
@@ -82,7 +82,7 @@ impl Blocked {
     /// Remembers that Redis rejected `charge` at local time `now`.
     pub(super) fn insert(&self, digest: u64, charge: Charge, decision: &Decision, now: Nanos) {
         let Some(wait) = decision.retry_after() else { return };
-        if self.per_shard == 0 || decision.outcome() != Outcome::Rejected {
+        if self.per_shard == 0 || decision.verdict() != Verdict::Rejected {
             return;
         }
         // Rejected at the full cost of a charge that has a cheaper band: other instances could
@@ -115,7 +115,7 @@ impl Blocked {
 /// `decision`, `elapsed` later: the same standing, with its waits shortened.
 fn aged(decision: &Decision, elapsed: Nanos) -> Decision {
     let mut aged = Decision::new(
-        Outcome::Rejected,
+        Verdict::Rejected,
         decision.now().saturating_add(elapsed),
         decision.fraction_before(),
         0,
@@ -159,7 +159,7 @@ mod tests {
     }
 
     fn rejection(now: Nanos, retry: Nanos) -> Decision {
-        Decision::new(Outcome::Rejected, now, 0.0, 0).with(PolicyState {
+        Decision::new(Verdict::Rejected, now, 0.0, 0).with(PolicyState {
             index: 0,
             limit: 5,
             remaining: 0,
@@ -178,7 +178,7 @@ mod tests {
         let clock = ManualClock::new(Duration::from_secs(1_000));
         let digest = blocked.digest(&Key::new("abuser"), limits.default_tier());
         let charge = Charge::new(2);
-        let decision = Decision::new(Outcome::Rejected, clock.now(), 0.0, 0).with(PolicyState {
+        let decision = Decision::new(Verdict::Rejected, clock.now(), 0.0, 0).with(PolicyState {
             index: 0,
             limit: 5,
             remaining: 0,
@@ -207,7 +207,7 @@ mod tests {
 
         clock.advance(Duration::from_millis(500));
         let d = blocked.get(digest, charge, clock.now()).expect("cached");
-        assert_eq!(d.outcome(), Outcome::Rejected);
+        assert_eq!(d.verdict(), Verdict::Rejected);
         assert_eq!(d.retry_after(), Some(Nanos::from_millis(1_500)));
         assert_eq!(d.now(), redis_now + SEC / 2);
         assert_eq!(d.policies()[0].reset_after, 4 * SEC + SEC / 2);
@@ -244,12 +244,12 @@ mod tests {
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
         let charge = Charge::new(5).reduced(0.2, 1);
         // 40% left (2 tokens): the full cost 5 was refused; 1 could fit if the band were reached.
-        let high = Decision::new(Outcome::Rejected, Nanos::ZERO, 0.4, 0)
+        let high = Decision::new(Verdict::Rejected, Nanos::ZERO, 0.4, 0)
             .with(PolicyState { retry_after: SEC, ..PolicyState::default() });
         blocked.insert(digest, charge, &high, Nanos::ZERO);
         assert_eq!(blocked.get(digest, charge, Nanos::ZERO), None);
         // 0% left: even the reduced cost was refused, so every such request is until the deadline.
-        let low = Decision::new(Outcome::Rejected, Nanos::ZERO, 0.0, 0)
+        let low = Decision::new(Verdict::Rejected, Nanos::ZERO, 0.0, 0)
             .with(PolicyState { retry_after: SEC, ..PolicyState::default() });
         blocked.insert(digest, charge, &low, Nanos::ZERO);
         assert!(blocked.get(digest, charge, Nanos::ZERO).is_some());
@@ -260,7 +260,7 @@ mod tests {
         let limits = tier();
         let blocked = Blocked::new(100);
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
-        let admitted = Decision::new(Outcome::Admitted, Nanos::ZERO, 1.0, 1);
+        let admitted = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1);
         blocked.insert(digest, Charge::new(1), &admitted, Nanos::ZERO);
         assert_eq!(blocked.len(), 0);
     }

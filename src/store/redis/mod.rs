@@ -13,19 +13,16 @@ use blocked::Blocked;
 use breaker::{Breaker, Gate, Transition};
 use connection::{Lazy, Target};
 
-use super::{Charge, Decision, MemoryStore, OnError, Outcome, PolicyState, Store, StoreError, StoreFuture};
+use super::{
+    redis_defaults, Charge, Decision, MemoryStore, OnError, PolicyState, Store, StoreError, StoreFuture,
+    Verdict, DEFAULT_CAPACITY,
+};
 use crate::algorithm::Algorithm;
 use crate::clock::{Clock, Nanos, SystemClock};
 use crate::key::Key;
 use crate::policy::{Policy, Tier};
 
 const SCRIPT: &str = include_str!("check.lua");
-
-const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
-const DEFAULT_BREAKER_FAILURES: u32 = 3;
-const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
-const DEFAULT_BLOCKED_KEYS: usize = 10_000;
-const DEFAULT_FALLBACK_CAPACITY: usize = 1 << 21;
 
 /// Where the store connects.
 #[derive(Debug, Clone)]
@@ -67,13 +64,13 @@ impl RedisStoreBuilder {
     fn new(endpoint: Endpoint) -> Self {
         Self {
             endpoint,
-            prefix: "tollgate".to_owned(),
-            timeout: DEFAULT_TIMEOUT,
+            prefix: redis_defaults::PREFIX.to_owned(),
+            timeout: redis_defaults::TIMEOUT,
             on_error: OnError::default(),
-            breaker_failures: DEFAULT_BREAKER_FAILURES,
-            probe_interval: DEFAULT_PROBE_INTERVAL,
-            blocked_keys: DEFAULT_BLOCKED_KEYS,
-            fallback_capacity: DEFAULT_FALLBACK_CAPACITY,
+            breaker_failures: redis_defaults::BREAKER_FAILURES,
+            probe_interval: redis_defaults::PROBE_INTERVAL,
+            blocked_keys: redis_defaults::BLOCKED_KEYS,
+            fallback_capacity: DEFAULT_CAPACITY,
         }
     }
 
@@ -468,8 +465,8 @@ impl Inner {
         }
     }
 
-    fn decided(&self, digest: u64, charge: Charge, decision: &Decision) {
-        if decision.outcome() == Outcome::Rejected {
+    fn remember_rejection(&self, digest: u64, charge: Charge, decision: &Decision) {
+        if decision.verdict() == Verdict::Rejected {
             self.blocked.insert(digest, charge, decision, self.clock.now());
         }
     }
@@ -513,9 +510,9 @@ fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
     }
     let nonneg = |v: i64| u64::try_from(v).ok();
     let outcome = match reply[0] {
-        0 => Outcome::Admitted,
-        1 => Outcome::Rejected,
-        2 => Outcome::Exceeds,
+        0 => Verdict::Admitted,
+        1 => Verdict::Rejected,
+        2 => Verdict::Exceeds,
         _ => return None,
     };
     let now = Nanos::from_secs(nonneg(reply[1])?).checked_add(Nanos::from_micros(nonneg(reply[2])?))?;
@@ -565,7 +562,7 @@ impl Store for RedisStore {
             match inner.ask(&call).await {
                 Ok(decision) => {
                     inner.succeeded();
-                    inner.decided(digest, charge, &decision);
+                    inner.remember_rejection(digest, charge, &decision);
                     Ok(decision)
                 }
                 Err(fault) => {
@@ -606,7 +603,7 @@ mod tests {
             10,
         ];
         let d = parse(&reply, &[10, 10]).unwrap();
-        assert_eq!(d.outcome(), Outcome::Rejected);
+        assert_eq!(d.verdict(), Verdict::Rejected);
         assert_eq!(d.now(), Nanos::new(1_700_000_000_250_000_000));
         assert_eq!(d.policies()[0].reset_after, Nanos::from_secs(5));
         assert_eq!(d.retry_after(), Some(Nanos::from_millis(1_500)));

@@ -5,13 +5,19 @@
 //! rejection charges none. [`Routes`] gives each route its cost (by method and route template),
 //! marks routes exempt, and opts routes into degradation.
 //!
-//! These are the compiled, validated form of [`Config`](crate::config::Config); the
-//! [`Limits`] type holds all of them.
+//! [`Limits`] holds all of them, validated: made in code with [`Limits::builder`], or compiled
+//! from a [`Config`](crate::config::Config) (which depends on this module, never the other way
+//! round). Nothing here knows HTTP beyond a request's method: the header values a policy is
+//! shown as are built once per limiter by [`answer`](crate::answer).
+
+mod builder;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::{HeaderValue, Method};
+use http::Method;
+
+pub use builder::{LimitsBuilder, LimitsError};
 
 use crate::algorithm::{Algorithm, Quota, Rule};
 
@@ -37,21 +43,12 @@ pub struct Policy {
     rule: Rule,
     /// Index of this policy among all policies of a [`Limits`]: a store's slot number.
     uid: usize,
-    pub(crate) limit_value: HeaderValue,
-    pub(crate) sf_name: sfv::String,
 }
 
 impl Policy {
     /// A policy named `name`.
     pub fn new(name: impl Into<Arc<str>>, algorithm: Algorithm, quota: Quota) -> Self {
-        let name = name.into();
-        Self {
-            sf_name: crate::answer::sf_name(&name),
-            name,
-            rule: Rule::new(algorithm, quota),
-            uid: 0,
-            limit_value: HeaderValue::from(quota.burst()),
-        }
+        Self { name: name.into(), rule: Rule::new(algorithm, quota), uid: 0 }
     }
 
     /// The policy's name.
@@ -89,7 +86,6 @@ pub struct Tier {
     policies: Box<[Policy]>,
     upgrade_url: Option<Arc<str>>,
     concurrency: Option<u32>,
-    pub(crate) policy_header: Option<HeaderValue>,
 }
 
 impl Tier {
@@ -327,12 +323,23 @@ impl Routes {
 }
 
 /// Degradation bands: fractions of the burst remaining below which answers get cheaper.
+///
+/// ```
+/// use tollgate::policy::Bands;
+/// assert_eq!(Bands::default(), Bands { cached_below: 0.5, minimal_below: 0.1 });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bands {
     /// Below this fraction, a cacheable request is answered from the caller's cached copy.
     pub cached_below: f64,
     /// Below this fraction, the handler is asked for a minimal answer.
     pub minimal_below: f64,
+}
+
+impl Default for Bands {
+    fn default() -> Self {
+        Self { cached_below: 0.5, minimal_below: 0.1 }
+    }
 }
 
 /// Every tier and route: the validated, compiled form of a configuration.
@@ -343,8 +350,6 @@ pub struct Limits {
     pub(crate) default_tier: usize,
     pub(crate) routes: Routes,
     pub(crate) bands: Option<Bands>,
-    pub(crate) cache: crate::degrade::CacheLimits,
-    pub(crate) near_quota: f64,
     policy_count: usize,
 }
 
@@ -366,44 +371,40 @@ impl Limits {
     /// assert_eq!(limits.tier("pro").unwrap().policies().len(), 2);
     /// assert_eq!(limits.default_tier().name(), "anonymous");
     /// ```
-    pub fn builder() -> crate::config::Builder {
-        crate::config::Builder::default()
+    pub fn builder() -> LimitsBuilder {
+        LimitsBuilder::default()
     }
 
-    pub(crate) fn new(
-        specs: Vec<(String, TierSpec)>,
+    /// Compiles tiers whose specs the builder validated.
+    fn new(
+        specs: Vec<(String, TierSpec, Vec<Quota>)>,
         default_algorithm: Algorithm,
-        default_tier: &str,
+        default_tier: usize,
         routes: Routes,
         bands: Option<Bands>,
-        cache: crate::degrade::CacheLimits,
-        near_quota: f64,
     ) -> Self {
         let mut uid = 0;
         let mut tiers = Vec::with_capacity(specs.len());
-        for (index, (name, spec)) in specs.into_iter().enumerate() {
+        for (index, (name, spec, quotas)) in specs.into_iter().enumerate() {
             let algorithm = spec.algorithm.unwrap_or(default_algorithm);
-            let mut policies = vec![Policy::new(name.as_str(), algorithm, spec.quota)];
-            if let Some(daily) = spec.daily.and_then(Quota::daily) {
-                policies.push(Policy::new(format!("{name}-daily"), algorithm, daily));
-            }
-            for policy in &mut policies {
+            let mut policies = Vec::with_capacity(quotas.len());
+            for (i, quota) in quotas.into_iter().enumerate() {
+                let policy_name = if i == 0 { name.clone() } else { format!("{name}-daily") };
+                let mut policy = Policy::new(policy_name, algorithm, quota);
                 policy.uid = uid;
                 uid += 1;
+                policies.push(policy);
             }
-            let policy_header = crate::answer::policy_header(&policies);
             tiers.push(Tier {
                 name: name.into(),
                 index,
                 policies: policies.into(),
                 upgrade_url: spec.upgrade_url.map(Into::into),
                 concurrency: spec.concurrency,
-                policy_header,
             });
         }
         let by_name = tiers.iter().map(|t| (t.name.clone(), t.index)).collect::<HashMap<_, _, _>>();
-        let default_tier = by_name[default_tier];
-        Self { tiers, by_name, default_tier, routes, bands, cache, near_quota, policy_count: uid }
+        Self { tiers, by_name, default_tier, routes, bands, policy_count: uid }
     }
 
     /// The tier named `name`.
@@ -430,16 +431,6 @@ impl Limits {
     /// The degradation bands, when degradation is on.
     pub fn bands(&self) -> Option<Bands> {
         self.bands
-    }
-
-    /// The bounds of the degradation band's response cache.
-    pub fn cache_limits(&self) -> crate::degrade::CacheLimits {
-        self.cache
-    }
-
-    /// The fraction of a policy used at which the near-quota event fires.
-    pub fn near_quota(&self) -> f64 {
-        self.near_quota
     }
 
     /// How many policies all tiers have together.

@@ -1,0 +1,324 @@
+//! One request through the limiter, top to bottom: [`RateLimit::call`] runs the steps below in
+//! order, and each value a step works out (the route, the client, the plan, the decision) is
+//! handed on to the next, never worked out again.
+//!
+//! 1. **Route** ([`Core::route`], [`policy::Routes`](crate::policy::Routes)): the route
+//!    template axum matched (else the URI path) and its rule. An exempt route is forwarded
+//!    untouched.
+//! 2. **Client** ([`Core::identify`], [`key`](crate::key)): who is asking, and their tier.
+//! 3. **Plan** ([`Core::prepare`], [`Plan`]): concurrency slots ([`concurrency`](super::concurrency);
+//!    a 429 at once when the client has too many in flight), the degradation band plan
+//!    ([`BandPlan`]) and the [`Charge`].
+//! 4. **Decision** ([`store`](crate::store)): the store charges every policy of the tier at
+//!    once, running an [`algorithm`](crate::algorithm) against its [`clock`](crate::clock).
+//! 5. **Outcome** ([`Core::settle`]): the plan and the decision become what happens next:
+//!    forward with headers (perhaps degraded), replay a cached copy, or answer 429/403/503
+//!    ([`answer`](crate::answer)); the observers are told ([`observe`](crate::observe)).
+//! 6. **Response** (`future.rs`, `body.rs`): the headers are merged into the handler's answer,
+//!    which is recorded for the cached band when it may be, and the slots come back once the
+//!    body is sent.
+//!
+//! An in-process store answers in step 4 at once, and steps 5 and 6 run inside `call` with
+//! everything borrowed. A store doing I/O answers later: the plan is [detached](Plan::detach)
+//! (it takes a share of the limits it was made under) and settled in the response future.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Method, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::body::ResponseBody;
+use super::concurrency::{Scope, Slots};
+use super::core::{Core, Snapshot};
+use super::future::{next, After, ResponseFuture, Settled};
+use super::service::RateLimit;
+use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
+use crate::degrade::{self, Band, BandPlan, Chosen};
+use crate::key::{Key, KeyExtractor};
+use crate::observe::{Event, Outcome};
+use crate::policy::{RouteRule, Tier};
+use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
+
+impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, K>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    K: KeyExtractor,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let core = &*self.core;
+        // Every step reads the limits of this one snapshot (hot reload: load it once here).
+        let snapshot = &core.snapshot;
+
+        // 1. Route.
+        let route = Core::route(snapshot, &parts);
+        if route.rule.exempt {
+            return ResponseFuture::inner(
+                self.inner.call(Request::from_parts(parts, body)),
+                After::default(),
+            );
+        }
+        // 2. Client. (An allow list is checked here, before the store is touched.)
+        let (key, tier) = core.identify(snapshot, &*self.extractor, &parts);
+        // 3. Plan.
+        let plan = match core.prepare(snapshot, route, key, tier, &parts) {
+            Ok(plan) => plan,
+            Err(answer) => return ResponseFuture::ready(*answer),
+        };
+        // 4. Decision.
+        let mut check = core.store.check(&plan.key, plan.tier, plan.charge);
+        match check.try_take() {
+            // 5. Outcome, now; 6. the response, in the future.
+            Some(result) => next(core.settle(plan, result), &mut self.inner, parts, body),
+            None => {
+                // The store does I/O: the plan outlives this call, and the instance polled
+                // ready moves into the future while a clone takes its place (see "Be careful
+                // when cloning inner services" in tower's docs).
+                let detached = plan.detach();
+                let core = self.core.clone();
+                let settle = Box::new(move |result| detached.settle(&core, result));
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::checking(check, settle, inner, parts, body)
+            }
+        }
+    }
+}
+
+/// A request's route: the template it matched, and the rule of that template.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Route<'a> {
+    /// axum's matched route template, else the request path.
+    pub(crate) path: &'a str,
+    pub(crate) rule: RouteRule,
+}
+
+/// Everything the limiter settled about one request before asking the store, and all that
+/// turning the store's decision into an outcome needs: the one value handed from step 3 to
+/// step 5.
+///
+/// Borrowed from the request and from the [`Snapshot`] of the limits it was made under, so
+/// making one copies nothing but the key. Room for what comes next: a mode (enforce or shadow,
+/// from the tier), a delay the request may be held for, and how its cost is settled from the
+/// answer are each one more field here, read in [`Core::settle`].
+pub(crate) struct Plan<'a> {
+    /// The limits the plan was made under.
+    snapshot: &'a Arc<Snapshot>,
+    pub(crate) tier: &'a Tier,
+    pub(crate) key: Key,
+    route: &'a str,
+    method: &'a Method,
+    /// The route's cost.
+    cost: u64,
+    /// What the store takes (the cost, or less in a degradation band).
+    pub(crate) charge: Charge,
+    band: Option<BandPlan>,
+    /// Concurrency slots, held until the response is sent.
+    slots: Slots,
+}
+
+impl Plan<'_> {
+    /// The plan as a value of its own, for a decision that arrives after `call` returned: it
+    /// keeps a share of its snapshot (so it finishes under the limits it started with) and its
+    /// own copies of the route and method.
+    fn detach(self) -> Detached {
+        Detached {
+            snapshot: self.snapshot.clone(),
+            tier: self.tier.index(),
+            key: self.key,
+            route: self.route.into(),
+            method: self.method.clone(),
+            cost: self.cost,
+            charge: self.charge,
+            band: self.band,
+            slots: self.slots,
+        }
+    }
+}
+
+/// A [`Plan`] that owns what it borrowed.
+struct Detached {
+    snapshot: Arc<Snapshot>,
+    tier: usize,
+    key: Key,
+    route: Box<str>,
+    method: Method,
+    cost: u64,
+    charge: Charge,
+    band: Option<BandPlan>,
+    slots: Slots,
+}
+
+impl Detached {
+    fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
+        let Self { snapshot, tier, key, route, method, cost, charge, band, slots } = self;
+        let tier = &snapshot.limits.tiers()[tier];
+        let plan = Plan {
+            snapshot: &snapshot,
+            tier,
+            key,
+            route: &route,
+            method: &method,
+            cost,
+            charge,
+            band,
+            slots,
+        };
+        core.settle(plan, result)
+    }
+}
+
+/// The route template axum matched, else the request path.
+#[inline]
+fn route_path(parts: &Parts) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+        return matched.as_str();
+    }
+    parts.uri.path()
+}
+
+impl Core {
+    /// Step 1: the route's rule.
+    #[inline]
+    pub(crate) fn route<'a>(snapshot: &Snapshot, parts: &'a Parts) -> Route<'a> {
+        let path = route_path(parts);
+        Route { path, rule: snapshot.limits.routes().lookup(&parts.method, path) }
+    }
+
+    /// Step 2: who is asking, and in which tier.
+    #[inline]
+    pub(crate) fn identify<'a, K: KeyExtractor + ?Sized>(
+        &self,
+        snapshot: &'a Snapshot,
+        extractor: &K,
+        parts: &Parts,
+    ) -> (Key, &'a Tier) {
+        let limits = &snapshot.limits;
+        match extractor.extract(parts) {
+            Some(client) => {
+                let (key, tier) = client.into_parts();
+                let tier = tier.and_then(|name| limits.tier(&name)).unwrap_or(limits.default_tier());
+                (key, tier)
+            }
+            None => {
+                if !self.warnings.unidentified.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "tollgate: a request matched no key extractor (no client address: serve with \
+                         into_make_service_with_connect_info?); such requests share one bucket"
+                    );
+                }
+                (self.unidentified.clone(), limits.default_tier())
+            }
+        }
+    }
+
+    /// Step 3: concurrency, band plan and charge; `Err` is an answer given at once (too many
+    /// requests in flight).
+    #[inline]
+    pub(crate) fn prepare<'a>(
+        &self,
+        snapshot: &'a Arc<Snapshot>,
+        route: Route<'a>,
+        key: Key,
+        tier: &'a Tier,
+        parts: &'a Parts,
+    ) -> Result<Plan<'a>, Box<OwnResponse>> {
+        let mut slots = Slots::default();
+        if let Some(limit) = tier.concurrency() {
+            let slot = self.inflight.acquire(&key, Scope::Tier(tier.index()), limit);
+            slots.0[0] = Some(slot.ok_or_else(|| Box::new(answer::too_many_in_flight(tier, limit)))?);
+        }
+        let in_flight = route.rule.concurrency;
+        if in_flight > 0 {
+            let slot = self.inflight.acquire(&key, Scope::Route(route.path), in_flight);
+            slots.0[1] = Some(slot.ok_or_else(|| Box::new(answer::too_many_in_flight(tier, in_flight)))?);
+        }
+        let cost = u64::from(route.rule.cost);
+        let band = match (snapshot.limits.bands(), &self.cache) {
+            (Some(bands), Some(cache)) if route.rule.degrade => {
+                Some(BandPlan::new(bands, cache, &key, parts))
+            }
+            _ => None,
+        };
+        let charge = band.as_ref().map_or(Charge::new(cost), |band| band.charge(cost));
+        Ok(Plan { snapshot, tier, key, route: route.path, method: &parts.method, cost, charge, band, slots })
+    }
+
+    /// Step 5: the plan and the store's decision become what happens next. The one place that
+    /// does.
+    pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
+        let Plan { snapshot, tier, key, route, method, cost, band, slots, .. } = plan;
+        let observe = |outcome: Outcome<'_>| {
+            if let Some(observer) = &self.observer {
+                observer.on_event(&Event { key: &key, tier, method, route, cost, outcome });
+            }
+        };
+        let decision = match result {
+            Ok(decision) => decision,
+            Err(error) => {
+                observe(Outcome::StoreFault(&error));
+                return self.fault(&error, slots);
+            }
+        };
+        let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
+        match decision.verdict() {
+            Verdict::Admitted => match band.map_or(Chosen::Full(None), |band| band.choose(&decision)) {
+                Chosen::Full(record) => {
+                    observe(Outcome::Admitted(&decision));
+                    Settled::Forward(After { headers: Some(headers), slots, record }, None)
+                }
+                Chosen::Cached(copy) => {
+                    observe(Outcome::Degraded(&decision, Band::Cached));
+                    headers.degraded(Band::Cached);
+                    let mut response = degrade::replay(&copy, method, decision.now());
+                    headers.apply(response.headers_mut());
+                    Settled::Answer(response)
+                }
+                Chosen::Minimal => {
+                    observe(Outcome::Degraded(&decision, Band::Minimal));
+                    headers.degraded(Band::Minimal);
+                    Settled::Forward(
+                        After { headers: Some(headers), slots, record: None },
+                        Some(Band::Minimal),
+                    )
+                }
+            },
+            Verdict::Rejected => {
+                observe(Outcome::Rejected(&decision));
+                Settled::Answer(answer::too_many_requests(tier, &decision, headers))
+            }
+            Verdict::Exceeds => {
+                observe(Outcome::Exceeds(&decision));
+                Settled::Answer(answer::over_capacity(tier, &decision, cost, headers))
+            }
+        }
+    }
+
+    /// The store could not decide: `on_error` says what happens.
+    fn fault(&self, error: &StoreError, slots: Slots) -> Settled {
+        // At most one warning a second, whatever the rate of faults.
+        let second = self.clock.now().as_secs();
+        if self.warnings.last_fault.swap(second, Ordering::Relaxed) != second {
+            tracing::warn!(%error, on_error = ?self.on_error, "tollgate: rate-limit store fault");
+        }
+        match self.on_error {
+            OnError::Deny => Settled::Answer(answer::unavailable(Unavailable::Limit)),
+            OnError::Allow | OnError::Local => Settled::Forward(After { slots, ..After::default() }, None),
+        }
+    }
+}
