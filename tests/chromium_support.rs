@@ -96,7 +96,15 @@ pub async fn dom(browser: &Path, scratch: &Path, url: &str, scheme: Scheme) -> S
 
 /// A screenshot of `url`, `width` × `height` CSS pixels, in `scheme`, written to `to`;
 /// returns the PNG's bytes (checked to be a PNG of that size).
-pub async fn screenshot(browser: &Path, scratch: &Path, url: &str, width: u32, height: u32, scheme: Scheme, to: &Path) -> Vec<u8> {
+pub async fn screenshot(
+    browser: &Path,
+    scratch: &Path,
+    url: &str,
+    width: u32,
+    height: u32,
+    scheme: Scheme,
+    to: &Path,
+) -> Vec<u8> {
     let shot = format!("--screenshot={}", to.display());
     let size = format!("--window-size={width},{height}");
     let mut args: Vec<&str> = scheme.flags().to_vec();

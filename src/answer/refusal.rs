@@ -8,8 +8,8 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::headers::{retry_after_secs, RateLimitHeaders};
 use super::problem::{
-    Problem, PROBLEM_CONCURRENCY, PROBLEM_JSON, PROBLEM_OVER_CAPACITY, PROBLEM_RATE_LIMITED,
-    PROBLEM_UNAVAILABLE,
+    Problem, PROBLEM_ADMIN_ONLY, PROBLEM_CONCURRENCY, PROBLEM_JSON, PROBLEM_OVER_CAPACITY,
+    PROBLEM_RATE_LIMITED, PROBLEM_UNAVAILABLE,
 };
 use crate::policy::Tier;
 use crate::store::Decision;
@@ -99,6 +99,8 @@ pub(crate) enum Unavailable {
     Limit,
     /// Read the caller's usage (`/usage`, `/dashboard`).
     Usage,
+    /// Read the usage history of the operator's view (`/admin`, `/admin/usage`).
+    History,
 }
 
 /// 503: the store cannot be reached. Never a 500, never a 429.
@@ -112,10 +114,25 @@ pub(crate) fn unavailable(what: Unavailable) -> OwnResponse {
             "The rate limiter's store cannot be reached, so your usage cannot be read right now. \
              Please retry shortly."
         }
+        Unavailable::History => {
+            "The usage history cannot be read from the rate limiter's store right now. Please retry \
+             shortly."
+        }
     };
     let problem = Problem::new(PROBLEM_UNAVAILABLE, "Rate limiter unavailable", 503, detail).retry_after(1);
     let mut response =
         problem_response(StatusCode::SERVICE_UNAVAILABLE, &problem, RateLimitHeaders::default());
     response.headers_mut().insert(RETRY_AFTER, ONE_SECOND.clone());
     response
+}
+
+/// 403 for the operator's routes: no admin key, or not one of `[admin] keys`.
+pub(crate) fn not_an_admin() -> OwnResponse {
+    let problem = Problem::new(
+        PROBLEM_ADMIN_ONLY,
+        "Forbidden",
+        403,
+        "The operator's view needs an admin key in the X-API-Key header (one of [admin] keys).",
+    );
+    problem_response(StatusCode::FORBIDDEN, &problem, RateLimitHeaders::default())
 }
