@@ -419,9 +419,10 @@ impl History {
     }
 }
 
-/// A history records every decision it is told of: admitted and degraded requests as
-/// admitted, 429 and 403 answers as rejected (a store fault is not recorded: nothing was
-/// decided).
+/// A history records the decisions it is told of: admitted and degraded requests that were
+/// charged as admitted, 429 and 403 answers as rejected. Not recorded: a request that cost
+/// nothing (reading `/usage` or the dashboard, a route of cost 0: it used none of the
+/// client's limits), and a store fault (nothing was decided).
 impl Observer for History {
     fn on_event(&self, event: &Event<'_>) {
         let (decision, admitted) = match event.outcome {
@@ -429,6 +430,9 @@ impl Observer for History {
             Outcome::Rejected(d) | Outcome::Exceeds(d) => (d, false),
             Outcome::StoreFault(_) => return,
         };
+        if admitted && decision.charged() == 0 {
+            return;
+        }
         self.record(&Visit {
             key: event.key,
             name: event.name,
