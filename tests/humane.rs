@@ -8,7 +8,6 @@ mod app;
 #[path = "smtp_support.rs"]
 mod smtp;
 #[path = "redis_support.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;
