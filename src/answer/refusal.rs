@@ -8,8 +8,8 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::headers::{retry_after_secs, RateLimitHeaders};
 use super::problem::{
-    Problem, PROBLEM_ADMIN_ONLY, PROBLEM_CONCURRENCY, PROBLEM_JSON, PROBLEM_OVER_CAPACITY,
-    PROBLEM_RATE_LIMITED, PROBLEM_UNAVAILABLE,
+    Problem, PROBLEM_CONCURRENCY, PROBLEM_JSON, PROBLEM_OVER_CAPACITY, PROBLEM_RATE_LIMITED,
+    PROBLEM_UNAVAILABLE,
 };
 use crate::policy::Tier;
 use crate::store::Decision;
@@ -94,6 +94,7 @@ pub(crate) fn too_many_in_flight(tier: &Tier, limit: u32) -> OwnResponse {
 
 /// What could not be done because the store could not be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "usage"), allow(dead_code))] // the usage routes' answers
 pub(crate) enum Unavailable {
     /// Limit the request (`on_error = "deny"`).
     Limit,
@@ -127,9 +128,10 @@ pub(crate) fn unavailable(what: Unavailable) -> OwnResponse {
 }
 
 /// 403 for the operator's routes: no admin key, or not one of `[admin] keys`.
+#[cfg(feature = "usage")]
 pub(crate) fn not_an_admin() -> OwnResponse {
     let problem = Problem::new(
-        PROBLEM_ADMIN_ONLY,
+        super::problem::PROBLEM_ADMIN_ONLY,
         "Forbidden",
         403,
         "The operator's view needs an admin key in the X-API-Key header (one of [admin] keys).",

@@ -433,7 +433,7 @@ impl Config {
     }
 
     /// The key extractor this configuration describes: an auth layer's
-    /// [`Client`](crate::key::Client), else a known `X-API-Key`, else the client IP.
+    /// [`Client`], else a known `X-API-Key`, else the client IP.
     pub fn extractor(&self) -> DefaultExtractor {
         self.settings.extractor()
     }

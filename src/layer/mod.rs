@@ -317,6 +317,7 @@ impl<K> RateLimitLayer<K> {
 
     /// True when `parts` carries one of the admin keys (compared without an early exit, so
     /// the time taken says nothing of how much of a key was right).
+    #[cfg(feature = "usage")]
     pub(crate) fn is_admin(&self, parts: &Parts) -> bool {
         let Some(given) = parts.headers.get("x-api-key").map(http::HeaderValue::as_bytes) else {
             return false;
@@ -332,6 +333,7 @@ impl<K> RateLimitLayer<K> {
     }
 
     /// The layer's clock, read now (Unix epoch seconds).
+    #[cfg(feature = "usage")]
     pub(crate) fn now_secs(&self) -> u64 {
         self.core.clock.now().as_secs()
     }
