@@ -39,7 +39,7 @@ use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::degrade::{self, Band, BandPlan, Chosen};
-use crate::key::{Key, KeyExtractor};
+use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
@@ -73,9 +73,9 @@ where
             );
         }
         // 2. Client. (An allow list is checked here, before the store is touched.)
-        let (key, tier) = core.identify(snapshot, &*self.extractor, &parts);
+        let (key, tier, who) = core.identify(snapshot, &*self.extractor, &parts);
         // 3. Plan.
-        let plan = match core.prepare(snapshot, route, key, tier, &parts) {
+        let plan = match core.prepare(snapshot, route, key, who, tier, &parts) {
             Ok(plan) => plan,
             Err(answer) => return ResponseFuture::ready(*answer),
         };
@@ -120,6 +120,8 @@ pub(crate) struct Plan<'a> {
     snapshot: &'a Arc<Snapshot>,
     pub(crate) tier: &'a Tier,
     pub(crate) key: Key,
+    /// The client's name and address, for observers (history, emails).
+    who: Who,
     route: &'a str,
     method: &'a Method,
     /// The route's cost.
@@ -140,6 +142,7 @@ impl Plan<'_> {
             snapshot: self.snapshot.clone(),
             tier: self.tier.index(),
             key: self.key,
+            who: self.who,
             route: self.route.into(),
             method: self.method.clone(),
             cost: self.cost,
@@ -155,6 +158,7 @@ struct Detached {
     snapshot: Arc<Snapshot>,
     tier: usize,
     key: Key,
+    who: Who,
     route: Box<str>,
     method: Method,
     cost: u64,
@@ -165,12 +169,13 @@ struct Detached {
 
 impl Detached {
     fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, route, method, cost, charge, band, slots } = self;
+        let Self { snapshot, tier, key, who, route, method, cost, charge, band, slots } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
             tier,
             key,
+            who,
             route: &route,
             method: &method,
             cost,
@@ -207,13 +212,13 @@ impl Core {
         snapshot: &'a Snapshot,
         extractor: &K,
         parts: &Parts,
-    ) -> (Key, &'a Tier) {
+    ) -> (Key, &'a Tier, Who) {
         let limits = &snapshot.limits;
         match extractor.extract(parts) {
             Some(client) => {
-                let (key, tier) = client.into_parts();
+                let (key, tier, who) = client.into_parts();
                 let tier = tier.and_then(|name| limits.tier(&name)).unwrap_or(limits.default_tier());
-                (key, tier)
+                (key, tier, who)
             }
             None => {
                 if !self.warnings.unidentified.swap(true, Ordering::Relaxed) {
@@ -222,7 +227,7 @@ impl Core {
                          into_make_service_with_connect_info?); such requests share one bucket"
                     );
                 }
-                (self.unidentified.clone(), limits.default_tier())
+                (self.unidentified.clone(), limits.default_tier(), Who::default())
             }
         }
     }
@@ -235,6 +240,7 @@ impl Core {
         snapshot: &'a Arc<Snapshot>,
         route: Route<'a>,
         key: Key,
+        who: Who,
         tier: &'a Tier,
         parts: &'a Parts,
     ) -> Result<Plan<'a>, Box<OwnResponse>> {
@@ -256,16 +262,37 @@ impl Core {
             _ => None,
         };
         let charge = band.as_ref().map_or(Charge::new(cost), |band| band.charge(cost));
-        Ok(Plan { snapshot, tier, key, route: route.path, method: &parts.method, cost, charge, band, slots })
+        Ok(Plan {
+            snapshot,
+            tier,
+            key,
+            who,
+            route: route.path,
+            method: &parts.method,
+            cost,
+            charge,
+            band,
+            slots,
+        })
     }
 
     /// Step 5: the plan and the store's decision become what happens next. The one place that
     /// does.
     pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, route, method, cost, band, slots, .. } = plan;
+        let Plan { snapshot, tier, key, who, route, method, cost, band, slots, .. } = plan;
         let observe = |outcome: Outcome<'_>| {
             if let Some(observer) = &self.observer {
-                observer.on_event(&Event { key: &key, tier, method, route, cost, outcome });
+                observer.on_event(&Event {
+                    key: &key,
+                    name: who.name.as_deref(),
+                    email: who.email.as_deref(),
+                    identified: who.identified,
+                    tier,
+                    method,
+                    route,
+                    cost,
+                    outcome,
+                });
             }
         };
         let decision = match result {
