@@ -78,3 +78,75 @@ async fn it_listens_obeys_the_environment_and_shuts_down_on_sigterm() {
     assert!(status.success());
     assert!(wait(&mut child, Duration::from_secs(10)).success(), "a graceful shutdown exits 0");
 }
+
+/// SIGHUP reloads the file (and the environment) at once, and never stops the server. The
+/// configuration path is a symlink into another directory, so the file watcher (which watches
+/// the symlink's directory) sees no change: only SIGHUP reloads it.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_configuration_and_never_stops_the_server() {
+    let root = std::env::temp_dir().join(format!("tollgate-sighup-{}", std::process::id()));
+    let (watched, elsewhere) = (root.join("watched"), root.join("elsewhere"));
+    std::fs::create_dir_all(&watched).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let contract =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ratelimit.toml")).unwrap();
+    let real = elsewhere.join("ratelimit.toml");
+    std::fs::write(&real, &contract).unwrap();
+    let link = watched.join("ratelimit.toml");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    let mut child = server(&["--bind", "127.0.0.1:0", "--config", link.to_str().unwrap()], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let burst = async || -> u64 {
+        let policy: serde_json::Value =
+            http.get(format!("http://{addr}/policy")).send().await.unwrap().json().await.unwrap();
+        let tiers = policy["tiers"].as_array().unwrap();
+        let anonymous = tiers.iter().find(|t| t["name"] == "anonymous").unwrap();
+        anonymous["policies"][0]["burst"].as_u64().unwrap()
+    };
+    assert_eq!(burst().await, 5);
+    let hup = || {
+        let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    };
+
+    std::fs::write(&real, contract.replacen("burst = 5", "burst = 7", 1)).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(burst().await, 5, "the watcher saw nothing: only SIGHUP reloads");
+    hup();
+    let start = Instant::now();
+    while burst().await != 7 {
+        assert!(start.elapsed() < Duration::from_secs(2), "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An invalid file: refused (each time), the server keeps serving the previous limits.
+    std::fs::write(&real, contract.replacen("burst = 5", "burst = 0", 1)).unwrap();
+    let metrics =
+        async || http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    for errors in 1..=3 {
+        hup();
+        let counted = format!("tollgate_config_reloads_total{{result=\"error\"}} {errors}");
+        let start = Instant::now();
+        while !metrics().await.contains(&counted) {
+            assert!(start.elapsed() < Duration::from_secs(2), "no {counted}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP never stops the server");
+    assert_eq!(burst().await, 7);
+    let page = metrics().await;
+    assert!(page.contains("tollgate_config_reloads_total{result=\"ok\"} 1"), "{page}");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(wait(&mut child, Duration::from_secs(10)).success());
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -7,6 +7,9 @@
 //! Defaults: `--config config/ratelimit.toml`, `--bind 127.0.0.1:3000`. Configuration values
 //! can be overridden with `TOLLGATE_` environment variables (`TOLLGATE_STORE__BACKEND=redis`).
 //! An invalid configuration exits non-zero before listening, naming the file and the key.
+//!
+//! While it runs, the server reloads its configuration when the file changes (written in place
+//! or renamed into place) and on SIGHUP: see "Changing limits without a restart" in the README.
 
 mod app;
 
@@ -70,6 +73,22 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let app = app::router(layer.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // The limits change while the server runs: when the file changes, and at once on SIGHUP
+    // (the file and the TOLLGATE_ environment are read again; an invalid result is logged and
+    // the previous limits stay in force).
+    let reloader = layer.reloader();
+    let _watcher = match reloader.watch(&args.config) {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch {}: reload it with SIGHUP", args.config);
+            None
+        }
+    };
+    #[cfg(unix)]
+    if let Err(error) = reloader.reload_on_sighup(&args.config) {
+        tracing::warn!(%error, "cannot reload on SIGHUP");
+    }
     let listener = match tokio::net::TcpListener::bind(&args.bind).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -79,7 +98,7 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().expect("a bound listener has an address");
     println!("listening on http://{addr}");
-    let app = app::router(layer).into_make_service_with_connect_info::<SocketAddr>();
+
     if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown()).await {
         eprintln!("error: server failed: {error}");
         return ExitCode::FAILURE;

@@ -23,7 +23,12 @@ pub(super) fn check(quota: &Quota, tat: u64, now: Nanos, cost: u64) -> Check {
     // The standing at `tat`: whole tokens, and the wait for the next one. Only a refusal
     // reports the standing before the request (one division saved on the admitted path).
     let standing = |tat: u64| {
-        let room = horizon.saturating_sub(tat);
+        if tat > horizon {
+            // More used than this burst holds (a reload lowered it): nothing left until the
+            // use refills below it.
+            return (0, tat - horizon + t);
+        }
+        let room = horizon - tat;
         let (tokens, part) = (room / t, room % t);
         let next = if tokens >= burst { 0 } else { t - part };
         (tokens, next)
@@ -55,8 +60,7 @@ pub(super) fn refund(quota: &Quota, tat: u64, cost: u64) -> u64 {
 }
 
 /// `tat`, written under `from`, as a TAT of `to` as of `at`: the same time to refill, scaled
-/// to the new emission interval (rounded up), and at most a full bucket of `to` (lowering the
-/// burst empties the bucket at worst: it takes nothing back beyond the new burst).
+/// to the new emission interval (rounded up, so no token is ever handed out twice).
 pub(super) fn carry(from: &Quota, to: &Quota, tat: u64, at: Nanos) -> u64 {
     let at = at.as_nanos();
     let owed = tat.saturating_sub(at);
@@ -64,25 +68,23 @@ pub(super) fn carry(from: &Quota, to: &Quota, tat: u64, at: Nanos) -> u64 {
         return 0;
     }
     let (from_t, to_t) = (from.emission().as_nanos(), to.emission().as_nanos());
-    let owed = if from_t == to_t {
-        owed
-    } else {
-        let scaled = (u128::from(owed) * u128::from(to_t)).div_ceil(u128::from(from_t));
-        u64::try_from(scaled).unwrap_or(u64::MAX)
-    };
-    at + owed.min(to.refill_time().as_nanos())
+    if from_t == to_t {
+        return tat;
+    }
+    let scaled = (u128::from(owed) * u128::from(to_t)).div_ceil(u128::from(from_t));
+    // Far beyond any bucket (146 years): held there, still nothing left.
+    at.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX).min(1 << 62))
 }
 
 /// Tokens used at `now` (whole, rounded up).
 pub(super) fn used(quota: &Quota, tat: u64, now: Nanos) -> u64 {
-    let owed = tat.saturating_sub(now.as_nanos()).min(quota.refill_time().as_nanos());
-    owed.div_ceil(quota.emission().as_nanos())
+    tat.saturating_sub(now.as_nanos()).div_ceil(quota.emission().as_nanos())
 }
 
-/// The TAT of a bucket with `used` tokens used at `now` (at most a full bucket).
+/// The TAT of a bucket with `used` tokens used at `now` (more than its burst, perhaps).
 pub(super) fn with_used(quota: &Quota, used: u64, now: Nanos) -> u64 {
     if used == 0 {
         return 0;
     }
-    now.as_nanos() + used.min(quota.burst()) * quota.emission().as_nanos()
+    now.as_nanos().saturating_add(used.saturating_mul(quota.emission().as_nanos()).min(1 << 62))
 }

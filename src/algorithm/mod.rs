@@ -365,18 +365,18 @@ impl Rule {
 
     /// `state`, kept under the rule `from`, as a state of this rule as of `at`: what a store
     /// does with a client's state when a reload changes its policy's rule (`at` is when the
-    /// new rule took over). The tokens the client had used carry over: raising the burst gives
-    /// the difference, and lowering it takes nothing back beyond the new burst (at worst the
-    /// bucket is empty at `at`, and refills from there).
+    /// new rule took over). The tokens the client has used carry over: raising the burst gives
+    /// the difference; lowering it takes nothing back beyond the new burst (a client that has
+    /// used no more than the new burst keeps the rest of it), and a client that has used more
+    /// than the new burst has nothing left until its use refills below it. Use is never
+    /// forgotten, so no reload, nor a lower-then-raise, ever hands a client more than the
+    /// largest burst in force plus what the fastest rate in force refills.
     ///
     /// * Token bucket to token bucket: the time to refill is scaled to the new rate (the same
-    ///   tokens owed, rounded up), and held to one full bucket of the new rule.
-    /// * Sliding window to sliding window with the same window: the counts are kept as they are
-    ///   (the burst is only what they are compared with; counts above a lowered burst slide out
-    ///   within two windows).
-    /// * Anything else (another window, another algorithm): the tokens used (rounded up, at
-    ///   most the new burst) are charged to the new rule at `at`; a sliding window counts them
-    ///   in its current window.
+    ///   tokens owed, rounded up).
+    /// * Sliding window to sliding window with the same window: the counts are kept as they are.
+    /// * Anything else (another window, another algorithm): the tokens used (rounded up) are
+    ///   charged to the new rule at `at`; a sliding window counts them in its current window.
     ///
     /// ```
     /// use nonzero_ext::nonzero;
@@ -394,10 +394,12 @@ impl Rule {
     /// // The rate doubles too: still 3 used, 17 left.
     /// let faster = per_minute(nonzero!(120u32), nonzero!(20u32));
     /// assert_eq!(faster.check(faster.carry(&five, used_3, now), now, 0).remaining, 17);
-    /// // The burst becomes 2: empty, the next token in one second.
+    /// // The burst becomes 4: 1 left. It becomes 2: none, until one of the 3 refills.
+    /// let four = per_minute(nonzero!(60u32), nonzero!(4u32));
+    /// assert_eq!(four.check(four.carry(&five, used_3, now), now, 0).remaining, 1);
     /// let two = per_minute(nonzero!(60u32), nonzero!(2u32));
     /// let check = two.check(two.carry(&five, used_3, now), now, 1);
-    /// assert_eq!((check.remaining, check.retry_after), (0, Nanos::from_secs(1)));
+    /// assert_eq!((check.remaining, check.retry_after), (0, Nanos::from_secs(2)));
     /// ```
     pub fn carry(&self, from: &Rule, state: u64, at: Nanos) -> u64 {
         if from.is_idle(state, at) {

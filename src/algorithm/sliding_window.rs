@@ -155,11 +155,12 @@ pub(super) fn used(quota: &Quota, state: u64, now: Nanos) -> u64 {
     scaled_estimate(&win, w).div_ceil(u128::from(w)) as u64
 }
 
-/// A window with `used` requests counted in its current window at `now` (at most the limit).
+/// A window with `used` requests counted in its current window at `now` (more than its limit,
+/// perhaps: they slide out within two windows).
 pub(super) fn with_used(quota: &Quota, used: u64, now: Nanos) -> u64 {
     if used == 0 {
         return 0;
     }
     let tag = (now.as_nanos() / quota.refill_time().as_nanos()) & INDEX_MASK;
-    pack(tag, 0, used.min(quota.burst()).min(COUNT_MASK))
+    pack(tag, 0, used.min(COUNT_MASK))
 }

@@ -49,9 +49,9 @@ use crate::algorithm::{Algorithm, Quota};
 use crate::answer::HeaderMode;
 use crate::clock::Nanos;
 use crate::degrade::CacheLimits;
-use crate::key::{ApiKeys, Client, ClientIp, DefaultExtractor, FromExtension, Key, KeyExtractor};
+use crate::key::{AllowList, ApiKeys, Client, ClientIp, DefaultExtractor, FromExtension, Key, KeyExtractor};
 use crate::observe::DEFAULT_NEAR_QUOTA;
-use crate::policy::{Bands, Limits, LimitsBuilder, TierSpec};
+use crate::policy::{Bands, Limits, LimitsBuilder, Mode, TierSpec};
 
 /// The whole configuration file, as written (nothing checked yet: see [`Config`]).
 ///
@@ -62,6 +62,9 @@ use crate::policy::{Bands, Limits, LimitsBuilder, TierSpec};
 pub struct Settings {
     /// The algorithm of every tier that does not choose its own.
     pub algorithm: Algorithm,
+    /// Whether limits bite (`enforce`, the default) or are only rehearsed (`shadow`), for every
+    /// tier that does not choose its own.
+    pub mode: Mode,
     /// The tier of clients without a known API key; a tier named `anonymous` by default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_tier: Option<String>,
@@ -92,12 +95,15 @@ pub struct Settings {
     pub history: HistoryConfig,
     /// The operator's view (`/admin`, `/admin/usage`).
     pub admin: AdminConfig,
+    /// Clients never limited.
+    pub allow: AllowConfig,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             algorithm: Algorithm::default(),
+            mode: Mode::default(),
             default_tier: None,
             headers: HeaderMode::default(),
             trusted_proxies: Vec::new(),
@@ -112,8 +118,20 @@ impl Default for Settings {
             store: StoreConfig::default(),
             history: HistoryConfig::default(),
             admin: AdminConfig::default(),
+            allow: AllowConfig::default(),
         }
     }
+}
+
+/// `[allow]`: clients never limited, never charged, given no rate-limit headers (see
+/// [`AllowList`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllowConfig {
+    /// Networks (CIDRs), matched on the client IP as resolved (after `trusted_proxies`).
+    pub ips: Vec<IpNet>,
+    /// `X-API-Key` values (they need not be keys of `[api_keys]`).
+    pub keys: Vec<String>,
 }
 
 /// One entry of `[api_keys]`: the short form, a tier name (`"free-demo-key" = "free"`), or the
@@ -267,6 +285,9 @@ pub struct TierConfig {
     /// The most requests one client of this tier may have in flight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<i64>,
+    /// This tier's mode, overriding the top-level one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
 }
 
 /// `[exempt]`: routes never limited.
@@ -432,6 +453,32 @@ impl Config {
         (self.settings, self.limits)
     }
 
+    /// The allow list of `[allow]`, resolving client addresses as the extractor does (through
+    /// `trusted_proxies`).
+    ///
+    /// ```
+    /// use tollgate::Config;
+    /// let config = Config::from_toml(r#"
+    ///     [tiers.anonymous]
+    ///     requests_per_minute = 30
+    ///     burst = 5
+    ///     [allow]
+    ///     ips = ["10.20.0.0/16"]
+    ///     keys = ["internal-monitor-key"]
+    /// "#).unwrap();
+    /// assert!(!config.allow_list().is_empty());
+    /// let err = Config::from_toml(r#"[tiers.anonymous]
+    /// requests_per_minute = 1
+    /// burst = 1
+    /// [allow]
+    /// ips = ["nope"]
+    /// "#).unwrap_err();
+    /// assert!(err.to_string().contains("allow.ips"), "{err}");
+    /// ```
+    pub fn allow_list(&self) -> AllowList {
+        self.settings.allow_list()
+    }
+
     /// The key extractor this configuration describes: an auth layer's
     /// [`Client`], else a known `X-API-Key`, else the client IP.
     pub fn extractor(&self) -> DefaultExtractor {
@@ -444,7 +491,7 @@ impl Settings {
     /// the limits themselves are [`LimitsBuilder`]'s; what is checked here is what only the
     /// file has (types and ranges of its values, API keys, alerts, the store).
     fn compile(&self) -> Result<Limits, ConfigError> {
-        let mut builder = LimitsBuilder::default().algorithm(self.algorithm);
+        let mut builder = LimitsBuilder::default().algorithm(self.algorithm).mode(self.mode);
         for (name, tier) in &self.tiers {
             builder = builder.tier(name, tier.spec(name)?);
         }
@@ -453,6 +500,14 @@ impl Settings {
         }
         for (key, entry) in &self.api_keys {
             check_api_key(key, entry, &self.tiers)?;
+        }
+        for (i, key) in self.allow.keys.iter().enumerate() {
+            if key.is_empty() || http::HeaderValue::from_str(key).is_err() {
+                return Err(ConfigError::invalid(
+                    format!("allow.keys[{i}]"),
+                    "an allowed key is a non-empty header value (visible ASCII)",
+                ));
+            }
         }
         for (i, key) in self.admin.keys.iter().enumerate() {
             if key.is_empty() || http::HeaderValue::from_str(key).is_err() {
@@ -520,6 +575,14 @@ impl Settings {
         Ok(builder.build()?)
     }
 
+    fn client_ip(&self) -> ClientIp {
+        ClientIp::new().trusted(self.trusted_proxies.iter().copied()).ipv6_prefix(self.ipv6_prefix)
+    }
+
+    fn allow_list(&self) -> AllowList {
+        AllowList::new().ips(self.allow.ips.iter().copied()).keys(&self.allow.keys).resolver(self.client_ip())
+    }
+
     fn extractor(&self) -> DefaultExtractor {
         let keys = self.api_keys.iter().fold(ApiKeys::new("x-api-key"), |keys, (k, entry)| {
             let mut client = Client::new(Key::new(k.as_str())).with_tier(entry.tier());
@@ -531,8 +594,7 @@ impl Settings {
             }
             keys.client(k, client)
         });
-        let ip = ClientIp::new().trusted(self.trusted_proxies.iter().copied()).ipv6_prefix(self.ipv6_prefix);
-        FromExtension.or(keys).or(ip)
+        FromExtension.or(keys).or(self.client_ip())
     }
 }
 
@@ -678,6 +740,9 @@ impl TierConfig {
         }
         if let Some(algorithm) = algorithm {
             spec = spec.algorithm(algorithm);
+        }
+        if let Some(mode) = self.mode {
+            spec = spec.mode(mode);
         }
         if let Some(url) = &self.upgrade_url {
             if http::HeaderValue::from_str(url).is_err() || url.is_empty() {

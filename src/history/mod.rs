@@ -428,7 +428,8 @@ impl Observer for History {
         let (decision, admitted) = match event.outcome {
             Outcome::Admitted(d) | Outcome::Degraded(d, _) => (d, true),
             Outcome::Rejected(d) | Outcome::Exceeds(d) => (d, false),
-            Outcome::StoreFault(_) => return,
+            // Shadow mode: nothing was refused, and nothing charged.
+            Outcome::StoreFault(_) | Outcome::ShadowRejected(_) => return,
         };
         if admitted && decision.charged() == 0 {
             return;

@@ -161,11 +161,27 @@ fn peer(parts: &Parts) -> Option<IpAddr> {
     parts.extensions.get::<SocketAddr>().map(|a| a.ip())
 }
 
+impl ClientIp {
+    /// The client's address, as [`extract`](KeyExtractor::extract) finds it (the TCP peer, or
+    /// the forwarded client behind a trusted proxy), before IPv6 addresses are reduced to
+    /// their prefix; `None` when the request carries no peer address.
+    ///
+    /// ```
+    /// use tollgate::key::ClientIp;
+    /// let ip = ClientIp::new().trusted(["10.0.0.0/8".parse().unwrap()]);
+    /// let mut req = http::Request::builder().header("x-forwarded-for", "203.0.113.9").body(()).unwrap();
+    /// req.extensions_mut().insert("10.0.0.2:4000".parse::<std::net::SocketAddr>().unwrap());
+    /// assert_eq!(ip.resolve(&req.into_parts().0), Some("203.0.113.9".parse().unwrap()));
+    /// ```
+    pub fn resolve(&self, parts: &Parts) -> Option<IpAddr> {
+        let peer = canonical(peer(parts)?);
+        Some(if self.is_trusted(peer) { self.forwarded_client(parts, peer) } else { peer })
+    }
+}
+
 impl KeyExtractor for ClientIp {
     fn extract(&self, parts: &Parts) -> Option<Client> {
-        let peer = canonical(peer(parts)?);
-        let client = if self.is_trusted(peer) { self.forwarded_client(parts, peer) } else { peer };
-        Some(Client::new(self.key_for(client)))
+        Some(Client::new(self.key_for(self.resolve(parts)?)))
     }
 }
 

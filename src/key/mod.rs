@@ -35,6 +35,7 @@
 //! assert_eq!(client.tier(), None); // the default tier
 //! ```
 
+mod allow;
 mod api_key;
 mod ip;
 
@@ -44,6 +45,7 @@ use std::sync::Arc;
 
 use http::request::Parts;
 
+pub use allow::AllowList;
 pub use api_key::ApiKeys;
 pub use ip::ClientIp;
 

@@ -40,21 +40,25 @@ mod concurrency;
 mod core;
 mod future;
 mod pipeline;
+mod reload;
 mod service;
 
 use std::sync::Arc;
 
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
+#[cfg(feature = "watch")]
+pub use reload::ConfigWatcher;
+pub use reload::{ReloadStats, Reloader};
 pub use service::RateLimit;
 use tower_layer::Layer;
 
-use self::core::Core;
+use self::core::{Core, Live, Shared, Snapshot};
 use crate::answer::HeaderMode;
 use crate::config::{ConfigError, Settings};
 use crate::degrade::CacheLimits;
 use crate::history::History;
-use crate::key::{ClientIp, DefaultExtractor, Key, KeyExtractor};
+use crate::key::{AllowList, ClientIp, DefaultExtractor, Key, KeyExtractor};
 use crate::observe::Observer;
 use crate::policy::{Limits, RouteRule, Tier};
 use crate::store::{Charge, Decision, MemoryStore, OnError, Store, StoreError};
@@ -67,15 +71,18 @@ use http::request::Parts;
 /// service it makes) shares one store, so limits hold across clones. Its builder methods
 /// change the layer in place; only a layer that was already cloned is copied first (its
 /// clones keep what they had).
+///
+/// The limits in force can be replaced while it serves, atomically and without a lock on the
+/// request path: see [`reloader`](Self::reloader).
 #[derive(Debug)]
 pub struct RateLimitLayer<K = DefaultExtractor> {
     core: Arc<Core>,
-    extractor: Arc<K>,
+    shared: Arc<Shared<K>>,
 }
 
 impl<K> Clone for RateLimitLayer<K> {
     fn clone(&self) -> Self {
-        Self { core: self.core.clone(), extractor: self.extractor.clone() }
+        Self { core: self.core.clone(), shared: self.shared.clone() }
     }
 }
 
@@ -98,22 +105,44 @@ impl RateLimitLayer<DefaultExtractor> {
     /// [`Config`] was checked when it was made.
     pub fn try_new(config: Config) -> Result<Self, ConfigError> {
         let extractor = config.extractor();
+        let allow = config.allow_list();
         let (settings, limits) = config.into_parts();
         let store = settings.store.build()?;
-        let mut core = Core::new(limits, store, settings.headers, settings.store.on_error);
-        if let Some(degrade) = &settings.degrade {
-            core.cache_limits = degrade.cache_limits();
-            core.cache = None;
-            core.fit_cache();
-        }
-        core.observer = Some(alerts(&settings)?);
-        core.admin_keys = settings.admin.keys.iter().map(|k| Box::from(k.as_str())).collect();
-        let layer = Self { core: Arc::new(core), extractor: Arc::new(extractor) };
-        Ok(match history(&settings)? {
+        let core = Core::new(store, settings.store.on_error);
+        let snapshot = snapshot_of(&settings, limits, allow, None)?;
+        let live = Live { snapshot: Arc::new(snapshot), extractor: Arc::new(extractor) };
+        let history = history(&settings)?;
+        let rebuild: fn(&Config) -> DefaultExtractor = Config::extractor;
+        let shared = Shared::new(live, Some(settings), Some(rebuild));
+        let layer = Self { core: Arc::new(core), shared: Arc::new(shared) };
+        Ok(match history {
             Some(history) => layer.history(history),
             None => layer,
         })
     }
+}
+
+/// Everything of `settings` that a reload replaces, around `limits`. With `previous` (a
+/// reload), what did not change is kept as it is: the response cache with its copies, and the
+/// alerts with what they remember (and their background tasks).
+pub(crate) fn snapshot_of(
+    settings: &Settings,
+    limits: Limits,
+    allow: AllowList,
+    previous: Option<(&Settings, &Snapshot)>,
+) -> Result<Snapshot, ConfigError> {
+    let mut snapshot = Snapshot::new(limits, settings.headers);
+    snapshot.allow = allow;
+    snapshot.admin_keys = settings.admin.keys.iter().map(|k| Box::from(k.as_str())).collect();
+    if let Some(degrade) = &settings.degrade {
+        snapshot.cache_limits = degrade.cache_limits();
+    }
+    snapshot.fit_cache(previous.map(|(_, snapshot)| snapshot));
+    snapshot.alerts = match previous {
+        Some((before, snapshot)) if before.alerts == settings.alerts => snapshot.alerts.clone(),
+        _ => Some(alerts(settings)?),
+    };
+    Ok(snapshot)
 }
 
 /// The usage history of `[history]`: in process, or in Redis with `backend = "redis"`.
@@ -201,15 +230,18 @@ impl RateLimitLayer<ClientIp> {
     /// assert_eq!(layer.limits().default_tier().name(), "anonymous");
     /// ```
     pub fn from_limits(limits: Limits) -> Self {
-        let core = Core::new(limits, Arc::new(MemoryStore::new()), HeaderMode::Both, OnError::default());
-        Self { core: Arc::new(core), extractor: Arc::new(ClientIp::new()) }
+        let core = Core::new(Arc::new(MemoryStore::new()), OnError::default());
+        let snapshot = Snapshot::new(limits, HeaderMode::Both);
+        let live = Live { snapshot: Arc::new(snapshot), extractor: Arc::new(ClientIp::new()) };
+        Self { core: Arc::new(core), shared: Arc::new(Shared::new(live, None, None)) }
     }
 }
 
 impl<K> RateLimitLayer<K> {
-    /// The limits enforced.
-    pub fn limits(&self) -> &Limits {
-        &self.core.snapshot.limits
+    /// The limits in force now (a reload replaces them; this is a share of the ones in force
+    /// when it was called).
+    pub fn limits(&self) -> Arc<Limits> {
+        self.shared.live.load().snapshot.limits.clone()
     }
 
     /// The store charged.
@@ -217,14 +249,40 @@ impl<K> RateLimitLayer<K> {
         &self.core.store
     }
 
-    /// The key extractor.
-    pub fn key_extractor(&self) -> &K {
-        &self.extractor
+    /// The key extractor in force now (a reload of a layer built from a [`Config`] replaces
+    /// it with the one the new configuration describes).
+    pub fn key_extractor(&self) -> Arc<K> {
+        self.shared.live.load().extractor.clone()
+    }
+
+    /// The handle that replaces this layer's limits while it serves (every clone of the layer,
+    /// and every service made from one, sees the swap at once): see [`Reloader`].
+    ///
+    /// Take it once the layer is built: a builder method called afterwards makes a layer of
+    /// its own, which this handle does not reach.
+    pub fn reloader(&self) -> Reloader<K> {
+        Reloader::new(self.core.clone(), self.shared.clone())
+    }
+
+    /// The snapshot in force.
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.live.load().snapshot.clone()
     }
 
     /// Changes the shared part in place, or a copy of it when clones of this layer use it.
     fn edit(mut self, f: impl FnOnce(&mut Core)) -> Self {
         f(Arc::make_mut(&mut self.core));
+        self
+    }
+
+    /// Changes the limits in force, in a shared part of this layer's own (its clones, and a
+    /// reloader taken before, keep theirs).
+    fn edit_live(mut self, f: impl FnOnce(&mut Snapshot)) -> Self {
+        let live = self.shared.live.load_full();
+        let mut snapshot = (*live.snapshot).clone();
+        f(&mut snapshot);
+        let live = Live { snapshot: Arc::new(snapshot), extractor: live.extractor.clone() };
+        self.shared = Arc::new(self.shared.fork(live));
         self
     }
 
@@ -242,7 +300,11 @@ impl<K> RateLimitLayer<K> {
     /// # let _ = layer;
     /// ```
     pub fn extractor<K2: KeyExtractor>(self, extractor: K2) -> RateLimitLayer<K2> {
-        RateLimitLayer { core: self.core, extractor: Arc::new(extractor) }
+        let snapshot = self.snapshot();
+        let settings =
+            self.shared.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner).settings.clone();
+        let live = Live { snapshot, extractor: Arc::new(extractor) };
+        RateLimitLayer { core: self.core, shared: Arc::new(Shared::new(live, settings, None)) }
     }
 
     /// Charges `store` instead (pass an `Arc` to keep a handle on it).
@@ -252,7 +314,7 @@ impl<K> RateLimitLayer<K> {
 
     /// Sends these rate-limit headers.
     pub fn headers(self, mode: HeaderMode) -> Self {
-        self.edit(|c| c.snapshot_mut().headers = mode)
+        self.edit_live(|s| s.headers = mode)
     }
 
     /// Does this when the store faults.
@@ -274,11 +336,26 @@ impl<K> RateLimitLayer<K> {
     /// # let _ = layer;
     /// ```
     pub fn cache_limits(self, limits: CacheLimits) -> Self {
-        self.edit(|c| {
-            c.cache_limits = limits;
-            c.cache = None;
-            c.fit_cache();
+        self.edit_live(|s| {
+            s.cache_limits = limits;
+            s.fit_cache(None);
         })
+    }
+
+    /// Never limits the clients `allow` lets through (`[allow]` in a configuration): no
+    /// charge, no store call, no rate-limit headers.
+    ///
+    /// ```
+    /// # use nonzero_ext::nonzero;
+    /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
+    /// use tollgate::key::AllowList;
+    /// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)))).build().unwrap();
+    /// let layer = RateLimitLayer::from_limits(limits)
+    ///     .allow(AllowList::new().ips(["10.0.0.0/8".parse().unwrap()]).keys(["monitor-key"]));
+    /// # let _ = layer;
+    /// ```
+    pub fn allow(self, allow: AllowList) -> Self {
+        self.edit_live(|s| s.allow = allow)
     }
 
     /// Reads the time from `clock` for the layer's own needs (its stores keep their own
@@ -312,7 +389,7 @@ impl<K> RateLimitLayer<K> {
     /// `/admin/usage` of `UsageRoutes`); `[admin] keys` in a configuration.
     pub fn admin_keys<I: IntoIterator<Item = S>, S: AsRef<str>>(self, keys: I) -> Self {
         let keys: Arc<[Box<str>]> = keys.into_iter().map(|k| Box::from(k.as_ref())).collect();
-        self.edit(|c| c.admin_keys = keys)
+        self.edit_live(|s| s.admin_keys = keys)
     }
 
     /// True when `parts` carries one of the admin keys (compared without an early exit, so
@@ -323,7 +400,7 @@ impl<K> RateLimitLayer<K> {
             return false;
         };
         let mut found = false;
-        for key in self.core.admin_keys.iter() {
+        for key in self.snapshot().admin_keys.iter() {
             let key = key.as_bytes();
             let same =
                 key.len() == given.len() && key.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
@@ -365,12 +442,12 @@ impl<K> RateLimitLayer<K> {
     /// assert_eq!(layer.limits().routes().lookup(&http::Method::POST, "/reports/{id}").cost, 8);
     /// ```
     pub fn route_cost(self, route: &str, cost: u32) -> Self {
-        self.edit(|c| {
+        self.edit_live(|s| {
             let set = |r: &mut RouteRule| {
                 r.cost = cost;
                 r.exempt = false;
             };
-            c.snapshot_mut().limits.routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
+            s.limits_mut().routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
         })
     }
 
@@ -379,22 +456,22 @@ impl<K> RateLimitLayer<K> {
     /// # Panics
     /// When `route` is not a route.
     pub fn exempt(self, route: &str) -> Self {
-        self.edit(|c| {
+        self.edit_live(|s| {
             let set = |r: &mut RouteRule| *r = RouteRule::EXEMPT;
-            c.snapshot_mut().limits.routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
+            s.limits_mut().routes.update(route, set).unwrap_or_else(|e| panic!("{e}"));
         })
     }
 }
 
 /// A client's standing, read without charging anything: see [`RateLimitLayer::standing`].
 #[derive(Debug, Clone)]
-pub struct Standing<'a> {
+pub struct Standing {
     /// The client's key.
     pub key: Key,
     /// How people know the client, when it has a name.
     pub name: Option<std::sync::Arc<str>>,
-    /// The client's tier.
-    pub tier: &'a Tier,
+    /// The client's tier, in the limits in force when the standing was read.
+    pub tier: Tier,
     /// The store's answer for a request of cost 0: every policy's limit, remaining and reset.
     pub decision: Decision,
 }
@@ -422,9 +499,13 @@ impl<K: KeyExtractor> RateLimitLayer<K> {
     /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     /// # }
     /// ```
-    pub async fn standing(&self, parts: &Parts) -> Result<Standing<'_>, StoreError> {
-        let (key, tier, who) = self.core.identify(&self.core.snapshot, &*self.extractor, parts);
-        let decision = self.core.store.check(&key, tier, Charge::new(0)).await?;
+    pub async fn standing(&self, parts: &Parts) -> Result<Standing, StoreError> {
+        let (key, tier, who) = {
+            let live = self.shared.live.load();
+            let (key, tier, who) = self.core.identify(&live.snapshot, &*live.extractor, parts);
+            (key, tier.clone(), who)
+        };
+        let decision = self.core.store.check(&key, &tier, Charge::new(0)).await?;
         Ok(Standing { key, name: who.name, tier, decision })
     }
 }

@@ -41,7 +41,7 @@ use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::degrade::{self, Band, BandPlan, Chosen};
 use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
-use crate::policy::{RouteRule, Tier};
+use crate::policy::{Mode, RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
 
 impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, K>
@@ -61,8 +61,10 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (parts, body) = req.into_parts();
         let core = &*self.core;
-        // Every step reads the limits of this one snapshot (hot reload: load it once here).
-        let snapshot = &core.snapshot;
+        // Every step reads the limits of this one snapshot, loaded once (lock-free): a reload
+        // swaps in a new one for the next request, and this one finishes under these.
+        let live = self.shared.live.load();
+        let snapshot = &live.snapshot;
 
         // 1. Route.
         let route = Core::route(snapshot, &parts);
@@ -72,12 +74,24 @@ where
                 After::default(),
             );
         }
-        // 2. Client. (An allow list is checked here, before the store is touched.)
-        let (key, tier, who) = core.identify(snapshot, &*self.extractor, &parts);
+        // 2. Client: the allow list first (no store call, no headers), then who is asking.
+        if !snapshot.allow.is_empty() && snapshot.allow.allows(&parts) {
+            return ResponseFuture::inner(
+                self.inner.call(Request::from_parts(parts, body)),
+                After::default(),
+            );
+        }
+        let (key, tier, who) = core.identify(snapshot, &*live.extractor, &parts);
         // 3. Plan.
         let plan = match core.prepare(snapshot, route, key, who, tier, &parts) {
             Ok(plan) => plan,
-            Err(answer) => return ResponseFuture::ready(*answer),
+            Err(Early::Answer(answer)) => return ResponseFuture::ready(*answer),
+            Err(Early::Forward) => {
+                return ResponseFuture::inner(
+                    self.inner.call(Request::from_parts(parts, body)),
+                    After::default(),
+                )
+            }
         };
         // 4. Decision.
         let mut check = core.store.check(&plan.key, plan.tier, plan.charge);
@@ -99,6 +113,14 @@ where
     }
 }
 
+/// A request settled before the store was asked.
+pub(crate) enum Early {
+    /// The limiter answers (too many requests in flight).
+    Answer(Box<OwnResponse>),
+    /// Forwarded untouched: shadow mode, where enforcement would have answered.
+    Forward,
+}
+
 /// A request's route: the template it matched, and the rule of that template.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Route<'a> {
@@ -112,9 +134,9 @@ pub(crate) struct Route<'a> {
 /// step 5.
 ///
 /// Borrowed from the request and from the [`Snapshot`] of the limits it was made under, so
-/// making one copies nothing but the key. Room for what comes next: a mode (enforce or shadow,
-/// from the tier), a delay the request may be held for, and how its cost is settled from the
-/// answer are each one more field here, read in [`Core::settle`].
+/// making one copies nothing but the key. The tier says the mode (enforce or shadow), read in
+/// [`Core::settle`]. Room for what comes next: a delay the request may be held for, and how
+/// its cost is settled from the answer, are each one more field here.
 pub(crate) struct Plan<'a> {
     /// The limits the plan was made under.
     snapshot: &'a Arc<Snapshot>,
@@ -232,8 +254,19 @@ impl Core {
         }
     }
 
-    /// Step 3: concurrency, band plan and charge; `Err` is an answer given at once (too many
-    /// requests in flight).
+    /// Tells the configuration's alerts, then the layer's observers, of one decision.
+    #[inline]
+    fn tell(&self, snapshot: &Snapshot, event: &Event<'_>) {
+        if let Some(alerts) = &snapshot.alerts {
+            alerts.on_event(event);
+        }
+        if let Some(observer) = &self.observer {
+            observer.on_event(event);
+        }
+    }
+
+    /// Step 3: concurrency, band plan and charge; `Err` is settled at once: too many requests
+    /// in flight (answered, or in shadow mode counted and forwarded).
     #[inline]
     pub(crate) fn prepare<'a>(
         &self,
@@ -243,19 +276,37 @@ impl Core {
         who: Who,
         tier: &'a Tier,
         parts: &'a Parts,
-    ) -> Result<Plan<'a>, Box<OwnResponse>> {
+    ) -> Result<Plan<'a>, Early> {
         let mut slots = Slots::default();
-        if let Some(limit) = tier.concurrency() {
-            let slot = self.inflight.acquire(&key, Scope::Tier(tier.name()), limit);
-            slots.0[0] = Some(slot.ok_or_else(|| Box::new(answer::too_many_in_flight(tier, limit)))?);
-        }
-        let in_flight = route.rule.concurrency;
-        if in_flight > 0 {
-            let slot = self.inflight.acquire(&key, Scope::Route(route.path), in_flight);
-            slots.0[1] = Some(slot.ok_or_else(|| Box::new(answer::too_many_in_flight(tier, in_flight)))?);
+        let limits = [
+            tier.concurrency().map(|limit| (Scope::Tier(tier.name()), limit)),
+            (route.rule.concurrency > 0).then_some((Scope::Route(route.path), route.rule.concurrency)),
+        ];
+        for (slot, (scope, limit)) in slots.0.iter_mut().zip(limits).filter_map(|(s, l)| Some((s, l?))) {
+            match self.inflight.acquire(&key, scope, limit) {
+                Some(taken) => *slot = Some(taken),
+                None if tier.mode() == Mode::Shadow => {
+                    let event = Event {
+                        key: &key,
+                        name: who.name.as_deref(),
+                        email: who.email.as_deref(),
+                        identified: who.identified,
+                        tier,
+                        method: &parts.method,
+                        route: route.path,
+                        cost: u64::from(route.rule.cost),
+                        outcome: Outcome::ShadowRejected(None),
+                        mode: Mode::Shadow,
+                    };
+                    self.tell(snapshot, &event);
+                    shadow_log(&event, None, Some(limit));
+                    return Err(Early::Forward);
+                }
+                None => return Err(Early::Answer(Box::new(answer::too_many_in_flight(tier, limit)))),
+            }
         }
         let cost = u64::from(route.rule.cost);
-        let band = match (snapshot.limits.bands(), &self.cache) {
+        let band = match (snapshot.limits.bands(), &snapshot.cache) {
             (Some(bands), Some(cache)) if route.rule.degrade => {
                 Some(BandPlan::new(bands, cache, &key, parts))
             }
@@ -280,28 +331,55 @@ impl Core {
     /// does.
     pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
         let Plan { snapshot, tier, key, who, route, method, cost, band, slots, .. } = plan;
+        let mode = tier.mode();
         let observe = |outcome: Outcome<'_>| {
-            if let Some(observer) = &self.observer {
-                observer.on_event(&Event {
-                    key: &key,
-                    name: who.name.as_deref(),
-                    email: who.email.as_deref(),
-                    identified: who.identified,
-                    tier,
-                    method,
-                    route,
-                    cost,
-                    outcome,
-                });
+            let event = Event {
+                key: &key,
+                name: who.name.as_deref(),
+                email: who.email.as_deref(),
+                identified: who.identified,
+                tier,
+                method,
+                route,
+                cost,
+                outcome,
+                mode,
+            };
+            self.tell(snapshot, &event);
+            if let Outcome::ShadowRejected(decision) = outcome {
+                shadow_log(&event, decision, None);
             }
         };
         let decision = match result {
             Ok(decision) => decision,
             Err(error) => {
                 observe(Outcome::StoreFault(&error));
-                return self.fault(&error, slots);
+                return match mode {
+                    // The handler answers, whatever happens: never a 503.
+                    Mode::Shadow => Settled::Forward(After { slots, ..After::default() }, None),
+                    Mode::Enforce => self.fault(&error, slots),
+                };
             }
         };
+        if mode == Mode::Shadow {
+            // Decided and charged as enforcement would (a refusal charged nothing); answered
+            // by the handler, in full, without headers.
+            return match decision.verdict() {
+                Verdict::Admitted => {
+                    // Kept for the cached band exactly when enforcement would have kept it.
+                    let record = match band.map(|band| band.choose(&decision)) {
+                        Some(Chosen::Full(record)) => record,
+                        _ => None,
+                    };
+                    observe(Outcome::Admitted(&decision));
+                    Settled::Forward(After { headers: None, slots, record }, None)
+                }
+                Verdict::Rejected | Verdict::Exceeds => {
+                    observe(Outcome::ShadowRejected(Some(&decision)));
+                    Settled::Forward(After { slots, ..After::default() }, None)
+                }
+            };
+        }
         let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
         match decision.verdict() {
             Verdict::Admitted => match band.map_or(Chosen::Full(None), |band| band.choose(&decision)) {
@@ -347,5 +425,42 @@ impl Core {
             OnError::Deny => Settled::Answer(answer::unavailable(Unavailable::Limit)),
             OnError::Allow | OnError::Local => Settled::Forward(After { slots, ..After::default() }, None),
         }
+    }
+}
+
+/// Logs a request shadow mode forwarded that enforcement would have refused: one line each,
+/// at `info` under the target `tollgate::shadow` (filter it with `RUST_LOG`, e.g.
+/// `tollgate::shadow=off` or `=info`). The client shows as its address, or as the tail of a
+/// long key: never a whole API key.
+fn shadow_log(event: &Event<'_>, decision: Option<&Decision>, in_flight: Option<u32>) {
+    let client = crate::observe::redacted(event.key);
+    match decision {
+        Some(decision) => {
+            let headline = decision.headline();
+            let policy = event.tier.policies().get(usize::from(headline.index)).map_or("", |p| p.name());
+            let why = if decision.verdict() == Verdict::Exceeds {
+                "over capacity (403)"
+            } else {
+                "rate limited (429)"
+            };
+            tracing::info!(
+                target: "tollgate::shadow",
+                tier = event.tier.name(),
+                route = event.route,
+                %client,
+                policy,
+                remaining = headline.remaining,
+                retry_after_ms = decision.retry_after().map_or(0, |w| w.as_nanos() / 1_000_000),
+                "tollgate: would have refused: {why}",
+            );
+        }
+        None => tracing::info!(
+            target: "tollgate::shadow",
+            tier = event.tier.name(),
+            route = event.route,
+            %client,
+            in_flight_limit = in_flight.unwrap_or(0),
+            "tollgate: would have refused: too many requests in flight (429)",
+        ),
     }
 }

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::core::Core;
+use super::core::{Core, Shared};
 use super::RateLimitLayer;
 use crate::config::Config;
 
@@ -13,19 +13,19 @@ use crate::config::Config;
 pub struct RateLimit<S, K> {
     pub(super) inner: S,
     pub(super) core: Arc<Core>,
-    pub(super) extractor: Arc<K>,
+    pub(super) shared: Arc<Shared<K>>,
 }
 
 impl<S: Clone, K> Clone for RateLimit<S, K> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), core: self.core.clone(), extractor: self.extractor.clone() }
+        Self { inner: self.inner.clone(), core: self.core.clone(), shared: self.shared.clone() }
     }
 }
 
 impl<S, K> RateLimit<S, K> {
     /// Wraps `inner` with the limits of `layer`.
     pub fn new(inner: S, layer: &RateLimitLayer<K>) -> Self {
-        Self { inner, core: layer.core.clone(), extractor: layer.extractor.clone() }
+        Self { inner, core: layer.core.clone(), shared: layer.shared.clone() }
     }
 
     /// The inner service.

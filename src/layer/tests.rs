@@ -361,10 +361,11 @@ async fn unidentified_clients_share_one_bucket_of_the_default_tier() {
 #[test]
 fn route_annotations_in_code() {
     let layer = RateLimitLayer::from_limits(limits()).route_cost("/report/{id}", 3).exempt("/search");
-    let routes = layer.limits().routes();
+    let limits = layer.limits();
+    let routes = limits.routes();
     assert_eq!(routes.lookup(&http::Method::GET, "/report/{id}").cost, 3);
     assert!(routes.lookup(&http::Method::GET, "/search").exempt);
-    let _: &dyn KeyExtractor = layer.key_extractor();
+    let _: &dyn KeyExtractor = &*layer.key_extractor();
 }
 
 /// A handler whose answers are numbered, so a replay is recognisable; `?nostore` answers carry
@@ -600,5 +601,212 @@ async fn limiters_sharing_a_store_keep_their_own_buckets() {
         let (res, _) = send(&mut loose, get("/a", "ann")).await;
         assert_eq!(res.status(), StatusCode::OK, "the loose limiter's own bucket");
         assert_eq!(res.headers()["x-ratelimit-remaining"], left.to_string().as_str());
+    }
+}
+
+fn limits_with(burst: std::num::NonZeroU32, mode: crate::policy::Mode) -> Limits {
+    Limits::builder()
+        .mode(mode)
+        .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(burst)))
+        .route("/search", 2)
+        .route("/huge", 50)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_reload_takes_effect_at_once_for_every_clone_and_keeps_what_was_used() {
+    let clock = ManualClock::new(START);
+    let layer = RateLimitLayer::from_limits(limits_with(nonzero!(5u32), crate::policy::Mode::Enforce))
+        .with_store(MemoryStore::with_clock(clock.clone()))
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+    let reloader = layer.reloader();
+    let mut svc = ServiceBuilder::new().layer(layer.clone()).service(handler(Arc::default()));
+    for _ in 0..3 {
+        assert_eq!(send(&mut svc, get("/a", "ann")).await.0.status(), StatusCode::OK);
+    }
+    reloader.reload_limits(limits_with(nonzero!(20u32), crate::policy::Mode::Enforce));
+    let (res, _) = send(&mut svc.clone(), get("/a", "ann")).await;
+    assert_eq!(res.headers()["x-ratelimit-limit"], "20");
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "16", "3 of 5 used: 17 left, then this one");
+    assert_eq!(layer.limits().generation(), 1);
+    assert_eq!(reloader.stats().ok, 1);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_under_the_limits_it_started_with() {
+    let clock = ManualClock::new(START);
+    let store = Deferred(Arc::new(MemoryStore::with_clock(clock.clone())));
+    let layer = RateLimitLayer::from_limits(limits_with(nonzero!(5u32), crate::policy::Mode::Enforce))
+        .with_store(store)
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+    let reloader = layer.reloader();
+    let mut svc = ServiceBuilder::new().layer(layer).service(handler(Arc::default()));
+    // Planned (and decided) under burst 5; its answer is written after the reload.
+    let pending = svc.ready().await.unwrap().call(get("/a", "ann"));
+    reloader.reload_limits(limits_with(nonzero!(20u32), crate::policy::Mode::Enforce));
+    let res = pending.await.unwrap();
+    assert_eq!(res.headers()["x-ratelimit-limit"], "5");
+    assert_eq!(res.headers()["ratelimit-policy"], "\"anonymous\";q=5;w=10");
+    let (next, _) = send(&mut svc, get("/a", "ann")).await;
+    assert_eq!(next.headers()["x-ratelimit-limit"], "20");
+    assert_eq!(next.headers()["x-ratelimit-remaining"], "18");
+}
+
+/// A store that counts its calls.
+#[derive(Clone)]
+struct Counting(Arc<MemoryStore<ManualClock>>, Arc<AtomicUsize>);
+
+impl Store for Counting {
+    fn check(&self, key: &Key, tier: &crate::policy::Tier, charge: Charge) -> StoreFuture {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.check(key, tier, charge)
+    }
+}
+
+#[tokio::test]
+async fn allowed_clients_are_never_limited_nor_charged_and_cost_no_store_call() {
+    let clock = ManualClock::new(START);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let store = Counting(Arc::new(MemoryStore::with_clock(clock.clone())), calls.clone());
+    let allow = crate::key::AllowList::new()
+        .ips(["10.20.0.0/16".parse().unwrap()])
+        .keys(["monitor-key"])
+        .resolver(crate::key::ClientIp::new().trusted(["192.0.2.0/24".parse().unwrap()]));
+    let layer = RateLimitLayer::from_limits(limits_with(nonzero!(2u32), crate::policy::Mode::Enforce))
+        .with_store(store)
+        .allow(allow);
+    let mut svc = ServiceBuilder::new().layer(layer).service(handler(Arc::default()));
+    let from = |peer: &str, headers: &[(&str, &str)]| {
+        let mut req = Request::get("/a").body(Full::default()).unwrap();
+        for (name, value) in headers {
+            req.headers_mut()
+                .insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        req.extensions_mut().insert(peer.parse::<std::net::SocketAddr>().unwrap());
+        req
+    };
+    for _ in 0..20 {
+        for req in [
+            from("10.20.1.1:5000", &[]),
+            from("192.0.2.9:5000", &[("x-forwarded-for", "10.20.7.7")]),
+            from("203.0.113.5:5000", &[("x-api-key", "monitor-key")]),
+        ] {
+            let (res, _) = send(&mut svc, req).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            assert!(
+                res.headers().get("x-ratelimit-limit").is_none() && res.headers().get("ratelimit").is_none()
+            );
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "no store call for allowed clients");
+    // A forged forwarding header from an untrusted peer is no way in.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let res = send(&mut svc, from("203.0.113.5:5000", &[("x-forwarded-for", "10.20.7.7")])).await.0;
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
+#[tokio::test]
+async fn shadow_mode_never_refuses_never_adds_headers_and_counts_each_would_be_refusal() {
+    use crate::observe::{Event, Outcome};
+    let clock = ManualClock::new(START);
+    let shadowed = Arc::new(AtomicUsize::new(0));
+    let count = shadowed.clone();
+    let layer = RateLimitLayer::from_limits(limits_with(nonzero!(3u32), crate::policy::Mode::Shadow))
+        .with_store(MemoryStore::with_clock(clock.clone()))
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>)
+        .observer(move |event: &Event<'_>| {
+            if let Outcome::ShadowRejected(_) = event.outcome {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ServiceBuilder::new().layer(layer.clone()).service(handler(calls.clone()));
+    for path in ["/a", "/a", "/a", "/a", "/huge", "/a"] {
+        let (res, _) = send(&mut svc, get(path, "ann")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(
+            res.headers()
+                .iter()
+                .all(|(name, _)| !name.as_str().contains("ratelimit") && name != "retry-after"),
+            "{:?}",
+            res.headers()
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 6, "the handler answered every request");
+    assert_eq!(shadowed.load(Ordering::SeqCst), 3, "two 429s and one 403 under enforcement");
+    // The standing is what enforcement would have left: 3 used, the refusals charged nothing.
+    let mut req = get("/usage", "ann").into_parts().0;
+    req.extensions.insert(Client::new(Key::new("ann")));
+    let standing = layer.standing(&req).await.unwrap();
+    assert_eq!(standing.decision.policies()[0].remaining, 0);
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(layer.standing(&req).await.unwrap().decision.policies()[0].remaining, 1);
+}
+
+/// A tier in shadow mode moves to enforcement by a reload, its clients' state intact.
+#[tokio::test]
+async fn a_reload_moves_a_tier_from_shadow_to_enforce_with_its_state() {
+    let clock = ManualClock::new(START);
+    let layer = RateLimitLayer::from_limits(limits_with(nonzero!(3u32), crate::policy::Mode::Shadow))
+        .with_store(MemoryStore::with_clock(clock.clone()))
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+    let reloader = layer.reloader();
+    let mut svc = ServiceBuilder::new().layer(layer).service(handler(Arc::default()));
+    for _ in 0..5 {
+        assert_eq!(send(&mut svc, get("/a", "ann")).await.0.status(), StatusCode::OK);
+    }
+    reloader.reload_limits(limits_with(nonzero!(3u32), crate::policy::Mode::Enforce));
+    assert_eq!(send(&mut svc, get("/a", "ann")).await.0.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(send(&mut svc, get("/a", "bob")).await.0.status(), StatusCode::OK);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Shadow mode decides exactly as enforcement: for any sequence of requests (clients,
+    /// routes of several costs, time passing), a shadow layer counts a would-be refusal exactly
+    /// where an enforcing layer answers 429 or 403, and forwards everything.
+    #[test]
+    fn shadow_counts_exactly_the_refusals_enforcement_makes(
+        steps in proptest::collection::vec((0usize..3, 0usize..3, 0u64..1_500), 1..80),
+    ) {
+        use crate::observe::{Event, Outcome};
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let clock = ManualClock::new(START);
+            let build = |mode| RateLimitLayer::from_limits(limits_with(nonzero!(4u32), mode))
+                .with_store(MemoryStore::with_clock(clock.clone()))
+                .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+            let mut enforce = ServiceBuilder::new().layer(build(crate::policy::Mode::Enforce)).service(handler(Arc::default()));
+            let shadowed = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = shadowed.clone();
+            let shadow_layer = build(crate::policy::Mode::Shadow).observer(move |event: &Event<'_>| {
+                if let Outcome::ShadowRejected(_) = event.outcome {
+                    seen.lock().unwrap().push(event.route.to_owned());
+                }
+            });
+            let mut shadow = ServiceBuilder::new().layer(shadow_layer).service(handler(Arc::default()));
+            let (mut refused, mut expected) = (0, 0);
+            for (user, route, advance_ms) in steps {
+                clock.advance(Duration::from_millis(advance_ms));
+                let path = ["/a", "/search", "/huge"][route];
+                let user = ["ann", "bob", "cid"][user];
+                let enforced = send(&mut enforce, get(path, user)).await.0.status();
+                let before = shadowed.lock().unwrap().len();
+                let shadowed_now = send(&mut shadow, get(path, user)).await.0;
+                assert_eq!(shadowed_now.status(), StatusCode::OK);
+                let counted = shadowed.lock().unwrap().len() - before;
+                if enforced != StatusCode::OK {
+                    expected += 1;
+                }
+                refused += counted;
+                assert_eq!(counted, usize::from(enforced != StatusCode::OK), "{path} for {user}: {enforced}");
+            }
+            assert_eq!(refused, expected);
+        });
     }
 }

@@ -10,7 +10,8 @@ use crate::degrade::Band;
 use crate::store::Store;
 
 /// Decisions, by `tier`, `route` and `outcome` (`admitted`, `degraded`, `rejected`, `exceeds`,
-/// `store_fault`).
+/// `store_fault`, and in shadow mode `shadow_rejected`: a request enforcement would have
+/// refused, forwarded).
 pub const DECISIONS: &str = "tollgate_decisions_total";
 /// Degraded answers, by `tier`, `route` and `band` (`cached`, `minimal`).
 pub const DEGRADED: &str = "tollgate_degraded_total";
@@ -22,6 +23,8 @@ pub const TOKENS_CHARGED: &str = "tollgate_tokens_charged_total";
 pub const REMAINING_RATIO: &str = "tollgate_remaining_ratio";
 /// Policy states the store keeps (keys tracked × policies), when the store knows.
 pub const KEYS_TRACKED: &str = "tollgate_keys_tracked";
+/// Configuration reloads, by `result` (`ok`, `error`): see [`Reloader`](crate::layer::Reloader).
+pub const CONFIG_RELOADS: &str = "tollgate_config_reloads_total";
 
 /// The label value of routes past the limit of distinct routes.
 const OTHER: &str = "other";
@@ -93,6 +96,7 @@ impl MetricsObserver {
             "Share of the capacity left after each decision (the policy closest to its limit)."
         );
         describe_gauge!(KEYS_TRACKED, Unit::Count, "Policy states the rate-limit store keeps.");
+        describe_counter!(CONFIG_RELOADS, Unit::Count, "Configuration reloads by result (ok, error).");
     }
 
     /// Sets the [`KEYS_TRACKED`] gauge from `store` (when the store knows the number). A
@@ -131,6 +135,15 @@ impl Observer for MetricsObserver {
             Outcome::StoreFault(_) => {
                 counter!(STORE_FAULTS, "tier" => tier.clone()).increment(1);
                 counter!(DECISIONS, "tier" => tier, "route" => route, "outcome" => "store_fault")
+                    .increment(1);
+                return;
+            }
+            Outcome::ShadowRejected(decision) => {
+                if let Some(decision) = decision {
+                    histogram!(REMAINING_RATIO, "tier" => tier.clone())
+                        .record(decision.headline().fraction());
+                }
+                counter!(DECISIONS, "tier" => tier, "route" => route, "outcome" => "shadow_rejected")
                     .increment(1);
                 return;
             }

@@ -41,10 +41,12 @@ mod webhook;
 
 #[cfg(feature = "metrics")]
 pub use self::metrics::{
-    MetricsObserver, DECISIONS, DEGRADED, KEYS_TRACKED, REMAINING_RATIO, STORE_FAULTS, TOKENS_CHARGED,
+    MetricsObserver, CONFIG_RELOADS, DECISIONS, DEGRADED, KEYS_TRACKED, REMAINING_RATIO, STORE_FAULTS,
+    TOKENS_CHARGED,
 };
 #[cfg(feature = "email")]
 pub use email::{EmailAlerts, EmailAlertsBuilder, EmailError, EmailStats, Notice};
+pub(crate) use near_quota::redacted;
 pub use near_quota::{LogNearQuota, NearQuota, NearQuotaEvent, OnNearQuota, DEFAULT_NEAR_QUOTA};
 #[cfg(feature = "webhook")]
 pub use webhook::{Webhook, WebhookBuilder, WebhookError, WebhookStats};
@@ -53,7 +55,7 @@ use http::Method;
 
 use crate::degrade::Band;
 use crate::key::Key;
-use crate::policy::Tier;
+use crate::policy::{Mode, Tier};
 use crate::store::{Decision, StoreError};
 
 /// What happened to one request.
@@ -70,6 +72,12 @@ pub enum Outcome<'a> {
     Exceeds(&'a Decision),
     /// The store could not decide.
     StoreFault(&'a StoreError),
+    /// Shadow mode ([`Mode::Shadow`](crate::policy::Mode)): enforcement would have refused
+    /// this request (429 or 403), but it was forwarded, uncharged, and answered by the
+    /// handler. The store's decision says why; `None` when the client had too many requests
+    /// in flight. (Requests shadow mode admits are reported as
+    /// [`Admitted`](Outcome::Admitted), with [`Event::mode`] saying no limit was enforced.)
+    ShadowRejected(Option<&'a Decision>),
 }
 
 /// One decision, as an observer sees it.
@@ -96,6 +104,9 @@ pub struct Event<'a> {
     pub cost: u64,
     /// What happened.
     pub outcome: Outcome<'a>,
+    /// Whether the tier's limits were enforced, or only rehearsed (shadow mode: the handler
+    /// answered whatever the decision).
+    pub mode: Mode,
 }
 
 /// Sees every decision of a layer. Implemented for closures `Fn(&Event<'_>)`, for `Arc`s, and

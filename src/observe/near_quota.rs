@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{Event, Observer, Outcome};
 use crate::clock::Nanos;
 use crate::key::Key;
-use crate::policy::PolicyId;
+use crate::policy::{Mode, PolicyId};
 use crate::store::Decision;
 
 /// The default near-quota threshold: 80 % of a policy used.
@@ -111,7 +111,9 @@ impl NearQuotaEvent {
     }
 }
 
-fn redacted(key: &Key) -> String {
+/// A client as it may be shown outside the process (logs, webhooks): an address, or the last
+/// four characters of a long named key.
+pub(crate) fn redacted(key: &Key) -> String {
     if let Some(ip) = key.ip() {
         return format!("ip:{ip}");
     }
@@ -343,6 +345,10 @@ impl<H: OnNearQuota> NearQuota<H> {
 
 impl<H: OnNearQuota> Observer for NearQuota<H> {
     fn on_event(&self, event: &Event<'_>) {
+        // A limit being rehearsed (shadow mode) sends no alert: it does not bite yet.
+        if event.mode == Mode::Shadow {
+            return;
+        }
         let decision = match event.outcome {
             Outcome::Admitted(d) | Outcome::Degraded(d, _) => d,
             _ => return,
@@ -449,6 +455,7 @@ mod tests {
                     route: "/",
                     cost: 1,
                     outcome,
+                    mode: crate::policy::Mode::Enforce,
                 };
                 nq.on_event(&event);
             }
@@ -491,6 +498,7 @@ mod tests {
                     route: "/",
                     cost: 1,
                     outcome: Outcome::Admitted(&d),
+                    mode: crate::policy::Mode::Enforce,
                 };
                 nq.on_event(&event);
             }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{Bands, Limits, RouteRule, Routes, TierSpec, MAX_POLICIES};
+use super::{Bands, Limits, Mode, RouteRule, Routes, TierSpec, MAX_POLICIES};
 use crate::algorithm::{Algorithm, Quota, SLIDING_WINDOW_MAX_BURST};
 
 /// Why limits were refused: the offending setting, named as in the configuration file
@@ -89,6 +89,7 @@ enum Table {
 pub struct LimitsBuilder {
     tiers: Vec<(String, TierSpec)>,
     algorithm: Algorithm,
+    mode: Mode,
     default_tier: Option<String>,
     routes: Vec<(Table, String, RouteRule)>,
     bands: Option<Bands>,
@@ -105,6 +106,12 @@ impl LimitsBuilder {
     /// The algorithm of tiers that do not choose one (token bucket by default).
     pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
+        self
+    }
+
+    /// The mode of tiers that do not choose one ([`Mode::Enforce`] by default).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
         self
     }
 
@@ -207,7 +214,7 @@ impl LimitsBuilder {
             };
             result.map_err(|e| LimitsError::new(key(), e.to_string()))?;
         }
-        Ok(Limits::new(specs, self.algorithm, default_tier, routes, self.bands))
+        Ok(Limits::new(specs, self.algorithm, self.mode, default_tier, routes, self.bands))
     }
 }
 

@@ -22,11 +22,46 @@ use http::Method;
 pub use builder::{LimitsBuilder, LimitsError};
 
 use crate::algorithm::{Algorithm, Quota, Rule};
+use crate::clock::Nanos;
 
 /// The most policies one tier may have: its rate and, optionally, a daily quota. A store's
 /// [`Decision`](crate::store::Decision) has room for exactly this many, so it stays small enough
 /// to move cheaply on every request.
 pub const MAX_POLICIES: usize = 2;
+
+/// Whether a tier's limits bite: `mode` in the configuration, globally or per tier.
+///
+/// In [`Shadow`](Mode::Shadow) mode the limiter decides and charges exactly as it would when
+/// enforcing (a request that would be refused is not charged), but always forwards the request
+/// untouched and answers with the handler's own response: no 429 or 403, no degraded answer, no
+/// rate-limit headers. Each request that would have been refused is counted and logged (see
+/// [`Outcome::ShadowRejected`](crate::observe::Outcome::ShadowRejected)). A tier moves from one
+/// mode to the other by a reload, with its clients' state intact.
+///
+/// ```
+/// use nonzero_ext::nonzero;
+/// use tollgate::algorithm::Quota;
+/// use tollgate::policy::{Limits, Mode, TierSpec};
+///
+/// let limits = Limits::builder()
+///     .mode(Mode::Shadow)
+///     .tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32))))
+///     .tier("pro", TierSpec::new(Quota::per_second(nonzero!(9u32))).mode(Mode::Enforce))
+///     .build()
+///     .unwrap();
+/// assert_eq!(limits.default_tier().mode(), Mode::Shadow);
+/// assert_eq!(limits.tier("pro").unwrap().mode(), Mode::Enforce);
+/// assert_eq!(Mode::default(), Mode::Enforce);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Limits bite: 429, 403, degraded answers, rate-limit headers.
+    #[default]
+    Enforce,
+    /// Limits are decided and charged, never enforced: a rehearsal.
+    Shadow,
+}
 
 /// Who a policy's state belongs to in a store: see [`Policy::id`].
 ///
@@ -86,6 +121,9 @@ pub struct Policy {
     /// The generation since which the limits have had a policy of this name without a break:
     /// a state older than that belongs to a policy that was gone, and is forgotten.
     since: u32,
+    /// When the policy took its current rule (Unix epoch, the reloader's clock; zero for
+    /// limits as built): a store that converts lazily converts as of then.
+    changed_at: Nanos,
 }
 
 impl Policy {
@@ -93,7 +131,15 @@ impl Policy {
     pub fn new(name: impl Into<Arc<str>>, algorithm: Algorithm, quota: Quota) -> Self {
         let name: Arc<str> = name.into();
         let id = PolicyId::new(0, &name);
-        Self { name, rule: Rule::new(algorithm, quota), uid: 0, id, version: 0, since: 0 }
+        Self {
+            name,
+            rule: Rule::new(algorithm, quota),
+            uid: 0,
+            id,
+            version: 0,
+            since: 0,
+            changed_at: Nanos::ZERO,
+        }
     }
 
     /// The policy's name.
@@ -140,6 +186,12 @@ impl Policy {
     pub(crate) fn since(&self) -> u32 {
         self.since
     }
+
+    /// When the policy took its current rule (zero: as built).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // Read by the Redis store.
+    pub(crate) fn changed_at(&self) -> Nanos {
+        self.changed_at
+    }
 }
 
 /// A class of clients and the policies they are held to.
@@ -151,6 +203,7 @@ pub struct Tier {
     policies: Arc<[Policy]>,
     upgrade_url: Option<Arc<str>>,
     concurrency: Option<u32>,
+    mode: Mode,
     /// The identity and version of every policy, hashed: equal for the same state under the
     /// same rules.
     state_id: u64,
@@ -182,6 +235,11 @@ impl Tier {
         self.concurrency
     }
 
+    /// Whether the tier's limits bite.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// The smallest burst of the tier's policies: the largest cost it can ever admit.
     pub fn max_cost(&self) -> u64 {
         self.policies.iter().map(|p| p.quota().burst()).min().unwrap_or(0)
@@ -189,6 +247,7 @@ impl Tier {
 
     /// Whose state the tier's policies are and under which rules, as one hash: what a cache
     /// of decisions keys on (a new rule is a new entry).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // Read by the Redis over-limit cache.
     pub(crate) fn state_id(&self) -> u64 {
         self.state_id
     }
@@ -218,12 +277,19 @@ pub struct TierSpec {
     pub(crate) algorithm: Option<Algorithm>,
     pub(crate) upgrade_url: Option<String>,
     pub(crate) concurrency: Option<u32>,
+    pub(crate) mode: Option<Mode>,
 }
 
 impl TierSpec {
     /// A tier held to `quota`.
     pub fn new(quota: Quota) -> Self {
-        Self { quota, daily: None, algorithm: None, upgrade_url: None, concurrency: None }
+        Self { quota, daily: None, algorithm: None, upgrade_url: None, concurrency: None, mode: None }
+    }
+
+    /// Puts this tier in `mode`, whatever the limits' default ([`LimitsBuilder::mode`]).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = Some(mode);
+        self
     }
 
     /// Adds a daily quota of `requests`, refilled continuously over 24 hours.
@@ -464,6 +530,7 @@ impl Limits {
     fn new(
         specs: Vec<(String, TierSpec, Vec<Quota>)>,
         default_algorithm: Algorithm,
+        default_mode: Mode,
         default_tier: usize,
         routes: Routes,
         bands: Option<Bands>,
@@ -488,6 +555,7 @@ impl Limits {
                 policies: policies.into(),
                 upgrade_url: spec.upgrade_url.map(Into::into),
                 concurrency: spec.concurrency,
+                mode: spec.mode.unwrap_or(default_mode),
                 state_id: 0,
             };
             tier.identify();
@@ -502,8 +570,8 @@ impl Limits {
     /// rule is unchanged keeps its version (its state is used as it is); a changed one takes
     /// this generation as its version (a store converts the state it meets, see
     /// [`Rule::carry`]); one that `previous` lacked starts afresh, with nothing carried.
-    #[allow(dead_code)] // The reloader (issue 10) is its caller; the store tests use it now.
-    pub(crate) fn continue_from(&mut self, previous: &Limits) {
+    /// `at` is when they come into force (Unix epoch).
+    pub(crate) fn continue_from(&mut self, previous: &Limits, at: Nanos) {
         let generation = previous.generation.wrapping_add(1);
         self.lineage = previous.lineage;
         self.generation = generation;
@@ -513,10 +581,10 @@ impl Limits {
             let mut policies = tier.policies.to_vec();
             for policy in &mut policies {
                 policy.id = PolicyId::new(self.lineage, &policy.name);
-                (policy.version, policy.since) = match before.get(policy.name()) {
-                    Some(old) if old.rule == policy.rule => (old.version, old.since),
-                    Some(old) => (generation, old.since),
-                    None => (generation, generation),
+                (policy.version, policy.since, policy.changed_at) = match before.get(policy.name()) {
+                    Some(old) if old.rule == policy.rule => (old.version, old.since, old.changed_at),
+                    Some(old) => (generation, old.since, at),
+                    None => (generation, generation, at),
                 };
             }
             tier.policies = policies.into();
@@ -548,6 +616,12 @@ impl Limits {
     /// The degradation bands, when degradation is on.
     pub fn bands(&self) -> Option<Bands> {
         self.bands
+    }
+
+    /// 0 for limits as built; one more for each reload that made these limits from the ones
+    /// before ([`Reloader`](crate::layer::Reloader)).
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// How many policies all tiers have together.
@@ -584,7 +658,7 @@ mod tests {
         let first = limits(nonzero!(5u32), Some(100), false);
         let mut second = limits(nonzero!(20u32), Some(100), true);
         let unrelated = versions(&second);
-        second.continue_from(&first);
+        second.continue_from(&first, Nanos::ZERO);
         let (a, b) = (versions(&first), versions(&second));
         // Same names, same ids; unrelated limits have other ids.
         assert_eq!((a[0].1, a[1].1), (b[0].1, b[1].1));
@@ -596,13 +670,13 @@ mod tests {
         // The tier's state identity follows its rules.
         assert_ne!(first.default_tier().state_id(), second.default_tier().state_id());
         let mut third = limits(nonzero!(20u32), Some(100), true);
-        third.continue_from(&second);
+        third.continue_from(&second, Nanos::ZERO);
         assert_eq!(second.default_tier().state_id(), third.default_tier().state_id());
         // Gone, then back: it starts again.
         let mut gone = limits(nonzero!(20u32), None, true);
-        gone.continue_from(&third);
+        gone.continue_from(&third, Nanos::ZERO);
         let mut back = limits(nonzero!(20u32), Some(100), true);
-        back.continue_from(&gone);
+        back.continue_from(&gone, Nanos::ZERO);
         let back = versions(&back);
         assert_eq!((back[1].0.as_str(), back[1].2, back[1].3), ("anonymous-daily", 4, 4));
     }

@@ -30,7 +30,7 @@ use std::sync::{PoisonError, RwLock};
 use crate::algorithm::{Check, Rule};
 use crate::clock::{Clock, Nanos, SystemClock};
 use crate::key::Key;
-use crate::policy::{Limits, Policy, Tier, MAX_POLICIES};
+use crate::policy::{Limits, Policy, PolicyId, Tier, MAX_POLICIES};
 
 use super::{Charge, Decision, PolicyState, Store, StoreFuture, Verdict, DEFAULT_CAPACITY};
 
@@ -182,6 +182,9 @@ struct Shard {
 /// ```
 pub struct MemoryStore<C = SystemClock> {
     shards: Box<[Shard]>,
+    /// The newest version of each policy a reload told of ([`carry_over`](Self::carry_over)):
+    /// a request planned under an older one never starts a state under its older rule.
+    newest: RwLock<HashMap<PolicyId, Policy, foldhash::fast::RandomState>>,
     shard_mask: u64,
     hasher: foldhash::quality::RandomState,
     clock: C,
@@ -222,6 +225,7 @@ impl<C: Clock> MemoryStore<C> {
         let shards = shards.next_power_of_two().clamp(1, 1024);
         Self {
             shards: (0..shards).map(|_| Shard::default()).collect(),
+            newest: RwLock::default(),
             shard_mask: shards as u64 - 1,
             hasher: foldhash::quality::RandomState::default(),
             clock,
@@ -282,6 +286,15 @@ impl<C: Clock> MemoryStore<C> {
     pub fn carry_over(&self, limits: &Limits) {
         let now = self.clock.now();
         let policies: Vec<&Policy> = limits.tiers().iter().flat_map(|t| t.policies()).collect();
+        {
+            let mut newest = self.newest.write().unwrap_or_else(PoisonError::into_inner);
+            for policy in &policies {
+                let known = newest.get(&policy.id()).is_some_and(|p| p.version() >= policy.version());
+                if !known {
+                    newest.insert(policy.id(), (*policy).clone());
+                }
+            }
+        }
         for shard in self.shards.iter() {
             let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
             for policy in &policies {
@@ -411,6 +424,17 @@ impl<C: Clock> MemoryStore<C> {
     /// (unless the shard is at capacity: then the overflow states serve it).
     #[cold]
     fn insert(&self, shard: &Shard, digest: u64, policies: &[Policy], now: Nanos) {
+        // A request planned before a reload starts no state under its older rule.
+        let newest = self.newest.read().unwrap_or_else(PoisonError::into_inner);
+        let newer: Vec<Policy> = policies
+            .iter()
+            .map(|p| match newest.get(&p.id()) {
+                Some(n) if n.version() > p.version() => n.clone(),
+                _ => p.clone(),
+            })
+            .collect();
+        drop(newest);
+        let policies = &newer[..];
         let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
         for policy in policies {
             data.current(policy, now);

@@ -53,7 +53,7 @@ pub async fn usage<K: KeyExtractor>(State(layer): State<RateLimitLayer<K>>, part
 /// programs, and for a browser (an `Accept` that prefers `text/html`) the same as a page that
 /// reads like a pricing table ([`policy_page`](super::policy_page)).
 pub async fn policy<K: KeyExtractor>(State(layer): State<RateLimitLayer<K>>, parts: Parts) -> Response {
-    let published = PublishedLimits::new(layer.limits());
+    let published = PublishedLimits::new(&layer.limits());
     let vary = (VARY, HeaderValue::from_static("accept"));
     if prefers_html(&parts.headers) {
         let html = super::policy_page::render(&published);

@@ -89,9 +89,9 @@ pub struct PolicyUsage {
 
 impl UsageReport {
     /// The report of a standing (from [`RateLimitLayer::standing`](crate::RateLimitLayer::standing)).
-    pub fn new(standing: &Standing<'_>) -> Self {
+    pub fn new(standing: &Standing) -> Self {
         let decision = &standing.decision;
-        let tier = standing.tier;
+        let tier = &standing.tier;
         let headline = decision.headline();
         let policies = decision
             .policies()

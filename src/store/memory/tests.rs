@@ -226,7 +226,7 @@ fn one_tier(quota: Quota) -> Limits {
 
 /// The limits a reload of `previous` to `next` puts in force.
 fn reload(previous: &Limits, mut next: Limits) -> Limits {
-    next.continue_from(previous);
+    next.continue_from(previous, Nanos::ZERO);
     next
 }
 
@@ -276,12 +276,16 @@ fn used_tokens_carry_over_a_burst_change() {
     for _ in 0..18 {
         assert!(store.decide(&key, twenty.default_tier(), Charge::new(1)).is_admitted());
     }
-    // 20 used; the burst becomes 2: empty, and the next token in a second, not in 19.
+    // 20 used; the burst becomes 2: nothing left until 19 of them have refilled (use is never
+    // forgotten: raising the burst again gives nothing extra).
     let two = reload(&twenty, one_tier(per_minute(nonzero!(2u32))));
     let refused = store.decide(&key, two.default_tier(), Charge::new(1));
     assert!(!refused.is_admitted());
-    assert_eq!(refused.retry_after(), Some(Nanos::SECOND));
-    clock.advance(Duration::from_secs(1));
+    assert_eq!(refused.retry_after(), Some(Nanos::from_secs(19)));
+    assert_eq!(refused.policies()[0].next_after, Nanos::from_secs(19));
+    let twenty_again = reload(&two, one_tier(per_minute(nonzero!(20u32))));
+    assert_eq!(remaining(&store, &key, twenty_again.default_tier()), [0]);
+    clock.advance(Duration::from_secs(19));
     assert!(store.decide(&key, two.default_tier(), Charge::new(1)).is_admitted());
 }
 
@@ -336,4 +340,98 @@ fn the_newest_rule_decides_for_requests_of_an_older_generation() {
     let late = store.decide(&key, old.default_tier(), Charge::new(1));
     assert_eq!((late.policies()[0].limit, late.policies()[0].remaining), (20, 16));
     assert_eq!(remaining(&store, &key, new.default_tier()), [16]);
+}
+
+/// One step of a client's life across reloads.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A request of this cost under the limits in force.
+    Request(u64),
+    /// A request planned under the limits before the last reload, decided now.
+    Late(u64),
+    /// Time passes (milliseconds).
+    Wait(u64),
+    /// The limits become (tokens per minute, burst, sliding window?).
+    Reload(u32, u32, bool),
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let step = prop_oneof![
+        6 => (1u64..4).prop_map(Step::Request),
+        1 => (1u64..4).prop_map(Step::Late),
+        3 => (0u64..3_000).prop_map(Step::Wait),
+        1 => (1u32..240, 1u32..12, prop::bool::weighted(0.2)).prop_map(|(r, b, w)| Step::Reload(r, b, w)),
+    ];
+    prop::collection::vec(step, 1..200)
+}
+
+fn rule_limits(per_minute: u32, burst: u32, window: bool) -> Limits {
+    let quota = Quota::per_minute(std::num::NonZeroU32::new(per_minute).unwrap())
+        .allow_burst(std::num::NonZeroU32::new(burst).unwrap());
+    let spec = TierSpec::new(quota);
+    let spec = if window { spec.algorithm(Algorithm::SlidingWindow) } else { spec };
+    Limits::builder().tier("anonymous", spec).build().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// For any sequence of requests and reloads (rates, bursts and algorithms changing, with
+    /// requests planned before a reload decided after it), no client is admitted more than the
+    /// limits in force allow over any interval: at most the largest burst in force during it,
+    /// plus what the fastest rate in force refills over its length (when a sliding window was
+    /// in force: twice that, the window's own bound).
+    #[test]
+    fn no_client_gets_more_than_the_limits_in_force_allow(steps in steps()) {
+        let (store, clock) = store();
+        let store = store.shards(1);
+        let key = Key::new("k");
+        let mut current = rule_limits(60, 5, false);
+        let mut previous = current.clone();
+        // (time, limits in force from then on); admissions as (time, cost).
+        let mut eras = vec![(clock.now(), 60u32, 5u32, false)];
+        let mut admitted: Vec<(Nanos, u64)> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Request(cost) | Step::Late(cost) => {
+                    let limits = if matches!(step, Step::Late(_)) { &previous } else { &current };
+                    let d = store.decide(&key, limits.default_tier(), Charge::new(cost));
+                    if d.is_admitted() {
+                        admitted.push((clock.now(), cost));
+                    }
+                }
+                Step::Wait(ms) => clock.advance(Duration::from_millis(ms)),
+                Step::Reload(rate, burst, window) => {
+                    let next = reload(&current, rule_limits(rate, burst, window));
+                    store.carry_over(&next);
+                    previous = std::mem::replace(&mut current, next);
+                    eras.push((clock.now(), rate, burst, window));
+                }
+            }
+        }
+        for (i, &(start, _)) in admitted.iter().enumerate() {
+            let mut sum = 0;
+            for &(end, cost) in &admitted[i..] {
+                sum += cost;
+                // The limits in force at any time in [start, end] (the one in force at `start`
+                // began at or before it).
+                let in_force = eras.iter().enumerate().filter(|(j, (from, ..))| {
+                    *from <= end && eras.get(j + 1).is_none_or(|(next, ..)| *next >= start)
+                });
+                let (mut burst, mut per_minute, mut window) = (0u64, 0u64, false);
+                for (_, &(_, r, b, w)) in in_force {
+                    burst = burst.max(u64::from(b));
+                    per_minute = per_minute.max(u64::from(r));
+                    window |= w;
+                }
+                let span = (end - start).as_secs_f64();
+                let refill = span * per_minute as f64 / 60.0;
+                let bound = if window { 2.0 * burst as f64 + 2.0 * refill } else { burst as f64 + refill };
+                prop_assert!(
+                    sum as f64 <= bound + 1e-6,
+                    "{sum} admitted in {span} s, bound {bound} (eras {eras:?}, admitted {admitted:?})"
+                );
+            }
+        }
+    }
 }

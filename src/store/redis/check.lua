@@ -8,12 +8,17 @@
 -- KEYS[i]  the state of policy i for one client. Every key carries the same {hash tag}, so a
 --          client's policies live in one Cluster slot.
 -- ARGV[1]  cost;  ARGV[2] reduced_below (a fraction);  ARGV[3] reduced_cost
--- ARGV[3 + 3i - 2 .. 3 + 3i]  policy i: algorithm (0 = GCRA, 1 = sliding window),
---          emission interval (microseconds per token), burst
+-- ARGV[3 + 4i - 3 .. 3 + 4i]  policy i: algorithm (0 = GCRA, 1 = sliding window),
+--          emission interval (microseconds per token), burst, and when the policy took this
+--          rule (microseconds since the epoch; 0 = as built), for states written under another
 --
--- State: GCRA keeps the theoretical arrival time (microseconds since the epoch); the sliding
--- window keeps "window-index previous-count current-count". A missing key (or one written by
--- the other algorithm) is a full bucket. Each written key expires when its bucket is full again.
+-- State, with the rule it was written under, so that a reload (another rate, burst, window or
+-- algorithm) carries each client's tokens used over lazily, here, key by key:
+--   GCRA            "g <tat> <emission> <written at>"   (tat: theoretical arrival time, µs)
+--   sliding window  "w <window index> <previous count> <current count> <window length>"
+-- Older forms without the rule ("<tat>", "<index> <previous> <current>") are read as written
+-- under the caller's rule. A missing key is a full bucket. Only an admitted request writes,
+-- under the caller's rule; each written key expires when its bucket is full again.
 --
 -- Returns integers: outcome (0 admitted, 1 rejected, 2 exceeds), now (seconds, microseconds),
 -- tokens charged, then per policy: remaining, reset_after, retry_after, next_after
@@ -44,16 +49,77 @@ local cost = tonumber(ARGV[1])
 local reduced_below = tonumber(ARGV[2])
 local reduced_cost = tonumber(ARGV[3])
 
+-- Stored states ------------------------------------------------------------------------------
+
+-- The form of a stored state ('g', 'w', or 'G' / 'W' for the older forms) and its numbers.
+local function parse(raw)
+  if not raw then
+    return nil, nil
+  end
+  local f = {}
+  for n in string.gmatch(raw, '%d+') do
+    f[#f + 1] = tonumber(n)
+  end
+  local kind = string.sub(raw, 1, 1)
+  if (kind == 'g' and #f == 3) or (kind == 'w' and #f == 4) then
+    return kind, f
+  elseif #f == 1 then
+    return 'G', f
+  elseif #f == 3 then
+    return 'W', f
+  end
+  return nil, nil
+end
+
+-- Requests a sliding-window state {index, previous, current, window} counts at `t`.
+local function window_used(f, t)
+  local index, prev, cur, w = f[1], f[2], f[3], f[4]
+  local tag = idiv(t, w)
+  local elapsed = t - tag * w
+  if index == tag then
+    return prev * (w - elapsed) / w + cur
+  elseif index == tag - 1 then
+    return cur * (w - elapsed) / w
+  end
+  return 0
+end
+
 -- GCRA --------------------------------------------------------------------------------------
 
-local function gcra_load(raw)
-  return tonumber(raw) or 0
+-- The TAT of policy p from a stored state: the tokens used carry over from the rule it was
+-- written under, as of when p's rule took over (or when it was written, if later). Use is
+-- never forgotten: more than p's burst leaves nothing until it refills below it.
+local function gcra_load(p, kind, f)
+  if kind == 'G' then
+    return f[1]
+  elseif kind == 'g' then
+    local tat, e, at = f[1], f[2], f[3]
+    local from = min(max(at, p.changed), now)
+    if tat <= from then
+      return 0
+    end
+    if e == p.emission then
+      return tat
+    end
+    return from + math.ceil((tat - from) / e * p.emission)
+  elseif kind == 'w' then
+    local used = math.ceil(window_used(f, now))
+    if used <= 0 then
+      return 0
+    end
+    return now + used * p.emission
+  end
+  return 0
 end
 
 -- Whole tokens at `tat`, and the wait for the next one (0 when full).
 local function gcra_standing(p, tat, horizon)
   local t = p.emission
-  local room = max(horizon - tat, 0)
+  if tat > horizon then
+    -- More used than this burst holds (a reload lowered it): nothing left until it refills.
+    return 0, tat - horizon + t
+  end
+  local room = horizon - tat
   local tokens = idiv(room, t)
   if tokens >= p.burst then
     return tokens, 0
@@ -84,26 +150,35 @@ local function gcra_fraction(p, tat)
   return tau - min(max(tat - now, 0), tau), tau
 end
 
-local function gcra_store(key, tat)
+local function gcra_store(key, p, tat)
   -- Full again at the new TAT.
   local ttl = max(math.ceil((tat - now) / 1000), 1)
-  redis.call('SET', key, string.format('%.0f', tat), 'PX', ttl)
+  redis.call('SET', key, string.format('g %.0f %.0f %.0f', tat, p.emission, now), 'PX', ttl)
 end
 
 -- Sliding window -----------------------------------------------------------------------------
 
-local function window_load(p, raw)
+local function window_load(p, kind, f)
   local w = p.emission * p.burst
   local tag = idiv(now, w)
   local win = { prev = 0, cur = 0, elapsed = now - tag * w, tag = tag, w = w }
-  if raw then
-    local index, prev, cur = string.match(raw, '^(%d+) (%d+) (%d+)$')
-    index = tonumber(index)
+  if kind == 'W' or (kind == 'w' and f[4] == w) then
+    local index, prev, cur = f[1], f[2], f[3]
     if index == tag then
-      win.prev, win.cur = tonumber(prev), tonumber(cur)
+      win.prev, win.cur = prev, cur
     elseif index == tag - 1 then
-      win.prev = tonumber(cur)
+      win.prev = cur
     end
+  elseif kind == 'w' or kind == 'g' then
+    -- Written under another window or algorithm: the requests it counts now are counted in
+    -- this window.
+    local used
+    if kind == 'w' then
+      used = window_used(f, now)
+    else
+      used = max(f[1] - now, 0) / f[2]
+    end
+    win.cur = min(math.ceil(used), 1048575)
   end
   return win
 end
@@ -165,7 +240,7 @@ end
 
 local function window_store(key, win, cur)
   local ttl = max(math.ceil(window_reset(win, cur) / 1000), 1)
-  redis.call('SET', key, string.format('%.0f %d %d', win.tag, win.prev, cur), 'PX', ttl)
+  redis.call('SET', key, string.format('w %.0f %d %d %.0f', win.tag, win.prev, cur, win.w), 'PX', ttl)
 end
 
 -- The decision ---------------------------------------------------------------------------
@@ -175,17 +250,18 @@ local fraction = 1
 local max_cost = nil
 for i = 1, #KEYS do
   local p = {
-    algorithm = tonumber(ARGV[3 + 3 * i - 2]),
-    emission = tonumber(ARGV[3 + 3 * i - 1]),
-    burst = tonumber(ARGV[3 + 3 * i]),
+    algorithm = tonumber(ARGV[3 + 4 * i - 3]),
+    emission = tonumber(ARGV[3 + 4 * i - 2]),
+    burst = tonumber(ARGV[3 + 4 * i - 1]),
+    changed = tonumber(ARGV[3 + 4 * i]),
   }
-  local raw = redis.call('GET', KEYS[i])
+  local kind, f = parse(redis.call('GET', KEYS[i]))
   local num, den
   if p.algorithm == 0 then
-    p.state = gcra_load(raw)
+    p.state = gcra_load(p, kind, f)
     num, den = gcra_fraction(p, p.state)
   else
-    p.state = window_load(p, raw)
+    p.state = window_load(p, kind, f)
     num, den = window_fraction(p, p.state)
   end
   p.num, p.den = num, den
@@ -246,7 +322,7 @@ else
     charged = c
     for i, p in ipairs(policies) do
       if p.algorithm == 0 then
-        gcra_store(KEYS[i], verdicts[i][2])
+        gcra_store(KEYS[i], p, verdicts[i][2])
       else
         window_store(KEYS[i], p.state, verdicts[i][2])
       end

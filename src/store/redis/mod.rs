@@ -232,10 +232,22 @@ fn bump(counter: &AtomicU64) {
 /// `<prefix>:{<digest>}:<policy>`, e.g. `tollgate:{3f1c…}:free-daily`, where the digest is the
 /// first 128 bits of the SHA-1 of the client [`Key`] (`id:<api key>` or `ip:<address>`), in hex:
 /// a raw API key never appears in Redis, and the `{…}` hash tag puts all of a client's policies
-/// in one Cluster slot, which the script needs. A GCRA key holds the theoretical arrival time in
-/// microseconds since the epoch; a sliding-window key holds `"<window> <previous> <current>"`.
+/// in one Cluster slot, which the script needs. A GCRA key holds `"g <tat> <emission> <at>"`:
+/// the theoretical arrival time and the emission interval in microseconds, and when it was
+/// written; a sliding-window key holds `"w <window> <previous> <current> <window length>"`.
 /// Every key expires (`PX`) when its bucket would be full again, so idle clients cost nothing.
 /// See [`RedisStore::key_of`].
+///
+/// # Reloads
+/// Keys are named by policy, and each state says which rule wrote it, so when a reload
+/// changes a policy's rate, burst, window or algorithm, the script converts each client's
+/// state the next time it meets it ([`Rule::carry`](crate::algorithm::Rule::carry): the
+/// tokens used carry over, as of the reload): no key is rewritten in bulk, and a reload costs
+/// no round trip. Instances that reload a moment apart agree: only an admitted request writes,
+/// under its own rule, and a state is read under the reader's. (The forms of earlier versions,
+/// without the rule, are read as written under the reader's rule; an earlier version reads
+/// these forms as a full bucket, so upgrade every instance of a service together.) A policy
+/// removed and added back before its keys expired picks its old state up again.
 ///
 /// # When Redis cannot answer
 /// Every call is bounded by a timeout (50 ms by default). A circuit breaker opens after
@@ -366,7 +378,7 @@ impl RedisStore {
 struct Call {
     keys: Vec<String>,
     charge: Charge,
-    policies: Vec<(u8, u64, u64)>,
+    policies: Vec<(u8, u64, u64, u64)>,
     limits: Vec<u64>,
 }
 
@@ -398,7 +410,13 @@ impl Inner {
                         Algorithm::TokenBucket => 0,
                         Algorithm::SlidingWindow => 1,
                     };
-                    (algorithm, p.quota().emission().as_micros_ceil(), p.quota().burst())
+                    let quota = p.quota();
+                    (
+                        algorithm,
+                        quota.emission().as_micros_ceil(),
+                        quota.burst(),
+                        p.changed_at().as_micros_ceil(),
+                    )
                 })
                 .collect(),
             limits: policies.iter().map(|p| p.quota().burst()).collect(),
@@ -412,8 +430,8 @@ impl Inner {
             invocation.key(key);
         }
         invocation.arg(call.charge.cost).arg(call.charge.reduced_below).arg(call.charge.reduced_cost);
-        for &(algorithm, emission, burst) in &call.policies {
-            invocation.arg(algorithm).arg(emission).arg(burst);
+        for &(algorithm, emission, burst, changed) in &call.policies {
+            invocation.arg(algorithm).arg(emission).arg(burst).arg(changed);
         }
         let reply = match tokio::time::timeout(self.timeout, conn.invoke(&invocation)).await {
             Ok(Ok(reply)) => reply,
@@ -538,6 +556,13 @@ fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
 }
 
 impl Store for RedisStore {
+    /// Redis converts each state lazily, in the script; the in-process fallback converts now.
+    fn carry_over(&self, limits: &crate::policy::Limits) {
+        if let Some(fallback) = &self.inner.fallback {
+            fallback.carry_over(limits);
+        }
+    }
+
     fn check(&self, key: &Key, tier: &Tier, charge: Charge) -> StoreFuture {
         let inner = &self.inner;
         let now = inner.clock.now();
