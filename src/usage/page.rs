@@ -132,31 +132,39 @@ pub(crate) fn render(report: &UsageReport, now: u64) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
 fn iso8601(epoch: u64) -> String {
-    let (y, m, d, hh, mm, ss) = civil(epoch);
-    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+    let t = utc(epoch);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc_clock(epoch: u64) -> String {
-    let (y, m, d, hh, mm, ss) = civil(epoch);
-    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02} UTC")
+    let t = utc(epoch);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
-/// Unix epoch seconds to the proleptic Gregorian calendar in UTC (Howard Hinnant's
-/// `civil_from_days`).
-fn civil(epoch: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (epoch / 86_400) as i64;
-    let secs = (epoch % 86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, secs / 3_600, secs / 60 % 60, secs % 60)
+/// Unix epoch seconds as a UTC date and time (the calendar is `time`'s); an instant past what
+/// `time` represents (the year 9999) shows as its last second.
+fn utc(epoch: u64) -> time::OffsetDateTime {
+    i64::try_from(epoch)
+        .ok()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc())
 }
 
 /// A short human duration: `45 s`, `2 min 5 s`, `3 h 20 min`, `2 d 4 h`.
@@ -184,6 +192,7 @@ mod tests {
         assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(utc_clock(4_102_444_799), "2099-12-31 23:59:59 UTC");
+        assert_eq!(utc_clock(u64::MAX), "9999-12-31 23:59:59 UTC");
     }
 
     #[test]
