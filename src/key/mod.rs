@@ -192,6 +192,7 @@ impl Client {
         self.tier.as_deref()
     }
 
+    #[inline]
     pub(crate) fn into_parts(self) -> (Key, Option<Arc<str>>) {
         (self.key, self.tier)
     }
