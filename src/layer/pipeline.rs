@@ -39,7 +39,7 @@ use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::degrade::{self, Band, BandPlan, Chosen};
-use crate::key::{Key, KeyExtractor};
+use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
@@ -73,9 +73,9 @@ where
             );
         }
         // 2. Client. (An allow list is checked here, before the store is touched.)
-        let (key, tier) = core.identify(snapshot, &*self.extractor, &parts);
+        let (key, tier, who) = core.identify(snapshot, &*self.extractor, &parts);
         // 3. Plan.
-        let plan = match core.prepare(snapshot, route, key, tier, &parts) {
+        let plan = match core.prepare(snapshot, route, key, who, tier, &parts) {
             Ok(plan) => plan,
             Err(answer) => return ResponseFuture::ready(*answer),
         };
@@ -120,6 +120,8 @@ pub(crate) struct Plan<'a> {
     snapshot: &'a Arc<Snapshot>,
     pub(crate) tier: &'a Tier,
     pub(crate) key: Key,
+    /// The client's name and address, for observers (history, emails).
+    who: Who,
     route: &'a str,
     method: &'a Method,
     /// Where a full answer may be recorded for the cached band.
@@ -142,6 +144,7 @@ impl Plan<'_> {
             snapshot: self.snapshot.clone(),
             tier: self.tier.index(),
             key: self.key,
+            who: self.who,
             route: self.route.into(),
             method: self.method.clone(),
             uri: self.uri.clone(),
@@ -158,6 +161,7 @@ struct Detached {
     snapshot: Arc<Snapshot>,
     tier: usize,
     key: Key,
+    who: Who,
     route: Box<str>,
     method: Method,
     uri: Uri,
@@ -169,12 +173,13 @@ struct Detached {
 
 impl Detached {
     fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, route, method, uri, cost, charge, band, slots } = self;
+        let Self { snapshot, tier, key, who, route, method, uri, cost, charge, band, slots } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
             tier,
             key,
+            who,
             route: &route,
             method: &method,
             uri: &uri,
@@ -212,13 +217,13 @@ impl Core {
         snapshot: &'a Snapshot,
         extractor: &K,
         parts: &Parts,
-    ) -> (Key, &'a Tier) {
+    ) -> (Key, &'a Tier, Who) {
         let limits = &snapshot.limits;
         match extractor.extract(parts) {
             Some(client) => {
-                let (key, tier) = client.into_parts();
+                let (key, tier, who) = client.into_parts();
                 let tier = tier.and_then(|name| limits.tier(&name)).unwrap_or(limits.default_tier());
-                (key, tier)
+                (key, tier, who)
             }
             None => {
                 if !self.warnings.unidentified.swap(true, Ordering::Relaxed) {
@@ -227,7 +232,7 @@ impl Core {
                          into_make_service_with_connect_info?); such requests share one bucket"
                     );
                 }
-                (self.unidentified.clone(), limits.default_tier())
+                (self.unidentified.clone(), limits.default_tier(), Who::default())
             }
         }
     }
@@ -240,6 +245,7 @@ impl Core {
         snapshot: &'a Arc<Snapshot>,
         route: Route<'a>,
         key: Key,
+        who: Who,
         tier: &'a Tier,
         parts: &'a Parts,
     ) -> Result<Plan<'a>, Box<OwnResponse>> {
@@ -265,6 +271,7 @@ impl Core {
             snapshot,
             tier,
             key,
+            who,
             route: route.path,
             method: &parts.method,
             uri: &parts.uri,
@@ -280,10 +287,20 @@ impl Core {
     /// copied through a call.)
     #[inline]
     pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, route, method, uri, cost, band, slots, .. } = plan;
+        let Plan { snapshot, tier, key, who, route, method, uri, cost, band, slots, .. } = plan;
         let observe = |outcome: Outcome<'_>| {
             if let Some(observer) = &self.observer {
-                observer.on_event(&Event { key: &key, tier, method, route, cost, outcome });
+                observer.on_event(&Event {
+                    key: &key,
+                    name: who.name.as_deref(),
+                    email: who.email.as_deref(),
+                    identified: who.identified,
+                    tier,
+                    method,
+                    route,
+                    cost,
+                    outcome,
+                });
             }
         };
         let decision = match result {
