@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Uri};
 use http_body::Body;
 use tower_service::Service;
 
@@ -146,6 +146,8 @@ pub(crate) struct Plan<'a> {
     who: Who,
     route: &'a str,
     method: &'a Method,
+    /// Where a full answer may be recorded for the cached band.
+    uri: &'a Uri,
     /// The route's cost.
     cost: u64,
     /// What the store takes (the cost, or less in a degradation band).
@@ -167,6 +169,7 @@ impl Plan<'_> {
             who: self.who,
             route: self.route.into(),
             method: self.method.clone(),
+            uri: self.uri.clone(),
             cost: self.cost,
             charge: self.charge,
             band: self.band,
@@ -183,6 +186,7 @@ struct Detached {
     who: Who,
     route: Box<str>,
     method: Method,
+    uri: Uri,
     cost: u64,
     charge: Charge,
     band: Option<BandPlan>,
@@ -191,7 +195,7 @@ struct Detached {
 
 impl Detached {
     fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, who, route, method, cost, charge, band, slots } = self;
+        let Self { snapshot, tier, key, who, route, method, uri, cost, charge, band, slots } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
@@ -200,6 +204,7 @@ impl Detached {
             who,
             route: &route,
             method: &method,
+            uri: &uri,
             cost,
             charge,
             band,
@@ -320,6 +325,7 @@ impl Core {
             who,
             route: route.path,
             method: &parts.method,
+            uri: &parts.uri,
             cost,
             charge,
             band,
@@ -328,9 +334,11 @@ impl Core {
     }
 
     /// Step 5: the plan and the store's decision become what happens next. The one place that
-    /// does.
+    /// does. (Inlined into `call`: the plan and the outcome are large values, better not
+    /// copied through a call.)
+    #[inline]
     pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, who, route, method, cost, band, slots, .. } = plan;
+        let Plan { snapshot, tier, key, who, route, method, uri, cost, band, slots, .. } = plan;
         let mode = tier.mode();
         let observe = |outcome: Outcome<'_>| {
             let event = Event {
@@ -367,7 +375,7 @@ impl Core {
             return match decision.verdict() {
                 Verdict::Admitted => {
                     // Kept for the cached band exactly when enforcement would have kept it.
-                    let record = match band.map(|band| band.choose(&decision)) {
+                    let record = match band.map(|b| b.choose(&decision, &key, method, uri)) {
                         Some(Chosen::Full(record)) => record,
                         _ => None,
                     };
@@ -382,27 +390,29 @@ impl Core {
         }
         let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
         match decision.verdict() {
-            Verdict::Admitted => match band.map_or(Chosen::Full(None), |band| band.choose(&decision)) {
-                Chosen::Full(record) => {
-                    observe(Outcome::Admitted(&decision));
-                    Settled::Forward(After { headers: Some(headers), slots, record }, None)
+            Verdict::Admitted => {
+                match band.map_or(Chosen::Full(None), |b| b.choose(&decision, &key, method, uri)) {
+                    Chosen::Full(record) => {
+                        observe(Outcome::Admitted(&decision));
+                        Settled::Forward(After { headers: Some(headers), slots, record }, None)
+                    }
+                    Chosen::Cached(copy) => {
+                        observe(Outcome::Degraded(&decision, Band::Cached));
+                        headers.degraded(Band::Cached);
+                        let mut response = degrade::replay(&copy, method, decision.now());
+                        headers.apply(response.headers_mut());
+                        Settled::Answer(response)
+                    }
+                    Chosen::Minimal => {
+                        observe(Outcome::Degraded(&decision, Band::Minimal));
+                        headers.degraded(Band::Minimal);
+                        Settled::Forward(
+                            After { headers: Some(headers), slots, record: None },
+                            Some(Band::Minimal),
+                        )
+                    }
                 }
-                Chosen::Cached(copy) => {
-                    observe(Outcome::Degraded(&decision, Band::Cached));
-                    headers.degraded(Band::Cached);
-                    let mut response = degrade::replay(&copy, method, decision.now());
-                    headers.apply(response.headers_mut());
-                    Settled::Answer(response)
-                }
-                Chosen::Minimal => {
-                    observe(Outcome::Degraded(&decision, Band::Minimal));
-                    headers.degraded(Band::Minimal);
-                    Settled::Forward(
-                        After { headers: Some(headers), slots, record: None },
-                        Some(Band::Minimal),
-                    )
-                }
-            },
+            }
             Verdict::Rejected => {
                 observe(Outcome::Rejected(&decision));
                 Settled::Answer(answer::too_many_requests(tier, &decision, headers))
