@@ -270,6 +270,40 @@ impl Core {
         }
     }
 
+    /// A client with `limit` requests in flight already: a 429, or in shadow mode a would-be
+    /// refusal, counted and forwarded.
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn too_many_in_flight(
+        &self,
+        snapshot: &Snapshot,
+        route: Route<'_>,
+        key: &Key,
+        who: &Who,
+        tier: &Tier,
+        parts: &Parts,
+        limit: u32,
+    ) -> Early {
+        if tier.mode() == Mode::Enforce {
+            return Early::Answer(Box::new(answer::too_many_in_flight(tier, limit)));
+        }
+        let event = Event {
+            key,
+            name: who.name.as_deref(),
+            email: who.email.as_deref(),
+            identified: who.identified,
+            tier,
+            method: &parts.method,
+            route: route.path,
+            cost: u64::from(route.rule.cost),
+            outcome: Outcome::ShadowRejected(None),
+            mode: Mode::Shadow,
+        };
+        self.tell(snapshot, &event);
+        shadow_log(&event, None, Some(limit));
+        Early::Forward
+    }
+
     /// Step 3: concurrency, band plan and charge; `Err` is settled at once: too many requests
     /// in flight (answered, or in shadow mode counted and forwarded).
     #[inline]
@@ -283,31 +317,19 @@ impl Core {
         parts: &'a Parts,
     ) -> Result<Plan<'a>, Early> {
         let mut slots = Slots::default();
-        let limits = [
-            tier.concurrency().map(|limit| (Scope::Tier(tier.name()), limit)),
-            (route.rule.concurrency > 0).then_some((Scope::Route(route.path), route.rule.concurrency)),
-        ];
-        for (slot, (scope, limit)) in slots.0.iter_mut().zip(limits).filter_map(|(s, l)| Some((s, l?))) {
-            match self.inflight.acquire(&key, scope, limit) {
-                Some(taken) => *slot = Some(taken),
-                None if tier.mode() == Mode::Shadow => {
-                    let event = Event {
-                        key: &key,
-                        name: who.name.as_deref(),
-                        email: who.email.as_deref(),
-                        identified: who.identified,
-                        tier,
-                        method: &parts.method,
-                        route: route.path,
-                        cost: u64::from(route.rule.cost),
-                        outcome: Outcome::ShadowRejected(None),
-                        mode: Mode::Shadow,
-                    };
-                    self.tell(snapshot, &event);
-                    shadow_log(&event, None, Some(limit));
-                    return Err(Early::Forward);
+        if let Some(limit) = tier.concurrency() {
+            match self.inflight.acquire(&key, Scope::Tier(tier.name()), limit) {
+                Some(slot) => slots.0[0] = Some(slot),
+                None => return Err(self.too_many_in_flight(snapshot, route, &key, &who, tier, parts, limit)),
+            }
+        }
+        let in_flight = route.rule.concurrency;
+        if in_flight > 0 {
+            match self.inflight.acquire(&key, Scope::Route(route.path), in_flight) {
+                Some(slot) => slots.0[1] = Some(slot),
+                None => {
+                    return Err(self.too_many_in_flight(snapshot, route, &key, &who, tier, parts, in_flight))
                 }
-                None => return Err(Early::Answer(Box::new(answer::too_many_in_flight(tier, limit)))),
             }
         }
         let cost = u64::from(route.rule.cost);

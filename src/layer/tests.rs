@@ -827,3 +827,49 @@ proptest::proptest! {
         });
     }
 }
+
+/// In shadow mode, a client over its concurrency limit is forwarded (the handler answers) and
+/// the would-be 429 is counted, with no decision behind it.
+#[tokio::test]
+async fn shadow_mode_counts_a_concurrency_refusal_and_forwards_it() {
+    use crate::observe::{Event, Outcome};
+    let clock = ManualClock::new(START);
+    let limits = Limits::builder()
+        .mode(crate::policy::Mode::Shadow)
+        .tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1_000u32))).concurrency(2))
+        .route_concurrency("/slow", 1)
+        .build()
+        .unwrap();
+    let shadowed = Arc::new(AtomicUsize::new(0));
+    let count = shadowed.clone();
+    let layer = RateLimitLayer::from_limits(limits)
+        .with_store(MemoryStore::with_clock(clock.clone()))
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>)
+        .observer(move |event: &Event<'_>| {
+            if let Outcome::ShadowRejected(None) = event.outcome {
+                assert_eq!(event.mode, crate::policy::Mode::Shadow);
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let svc = ServiceBuilder::new().layer(layer).service(gated(gate.clone()));
+    let call = |path: &str, user: &str| {
+        let mut svc = svc.clone();
+        let req = get(path, user);
+        async move { svc.ready().await.unwrap().call(req).await.unwrap() }
+    };
+    let held = tokio::spawn(call("/slow", "u"));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let second = tokio::spawn(call("/slow", "u"));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(shadowed.load(Ordering::SeqCst), 1, "the second /slow would have been a 429");
+    gate.add_permits(2);
+    assert_eq!(held.await.unwrap().status(), StatusCode::OK);
+    let res = second.await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get("x-ratelimit-limit").is_none());
+}
