@@ -49,7 +49,7 @@ use crate::algorithm::{Algorithm, Quota};
 use crate::answer::HeaderMode;
 use crate::clock::Nanos;
 use crate::degrade::CacheLimits;
-use crate::key::{ApiKeys, ClientIp, DefaultExtractor, FromExtension, KeyExtractor};
+use crate::key::{ApiKeys, ClientIp, ClientIpHeader, DefaultExtractor, FromExtension, KeyExtractor};
 use crate::observe::DEFAULT_NEAR_QUOTA;
 use crate::policy::{Bands, Limits, LimitsBuilder, TierSpec};
 
@@ -69,6 +69,9 @@ pub struct Settings {
     pub headers: HeaderMode,
     /// Networks whose forwarding headers are believed (CIDRs; none by default).
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header the trusted proxies write the client's address in (`x-forwarded-for`
+    /// by default, `forwarded` or `x-real-ip`); the others are ignored.
+    pub client_ip_header: ClientIpHeader,
     /// Bits of an IPv6 address that name one client (64 by default).
     pub ipv6_prefix: u8,
     /// The tiers, by name.
@@ -97,6 +100,7 @@ impl Default for Settings {
             default_tier: None,
             headers: HeaderMode::default(),
             trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::default(),
             ipv6_prefix: ClientIp::DEFAULT_IPV6_PREFIX,
             tiers: BTreeMap::new(),
             routes: BTreeMap::new(),
@@ -371,7 +375,10 @@ impl Settings {
 
     fn extractor(&self) -> DefaultExtractor {
         let keys = self.api_keys.iter().fold(ApiKeys::new("x-api-key"), |keys, (k, tier)| keys.key(k, tier));
-        let ip = ClientIp::new().trusted(self.trusted_proxies.iter().copied()).ipv6_prefix(self.ipv6_prefix);
+        let ip = ClientIp::new()
+            .trusted(self.trusted_proxies.iter().copied())
+            .header(self.client_ip_header)
+            .ipv6_prefix(self.ipv6_prefix);
         FromExtension.or(keys).or(ip)
     }
 }
