@@ -84,3 +84,117 @@ async fn an_unreadable_hop_never_keys_a_client_as_its_proxy() {
     }
     assert_eq!(admitted, 10, "two clients, two buckets of 5");
 }
+
+/// Degradable `/doc` and `/me` (2 tokens each), a plain `/other` (1 token), burst 10 that
+/// does not refill on its own (the clock is manual), cached band below 50 %.
+const DEGRADING: &str = r#"
+    [tiers.anonymous]
+    requests_per_minute = 1
+    burst = 10
+    [api_keys]
+    "key-of-carol" = "anonymous"
+    [routes]
+    "/doc" = 2
+    "/me" = 2
+    "/greet" = 2
+    [degrade]
+    routes = ["/doc", "/me", "/greet"]
+    cached_below = 0.5
+    minimal_below = 0.1
+"#;
+
+/// An app that checks its own keys (unknown to the limiter) and says so with `Vary`, a
+/// document served in parts to `Range` requests, and a greeting in the asked language.
+fn app_with_private_answers() -> Router {
+    use axum::http::{HeaderMap, StatusCode as Status};
+    Router::new()
+        .route(
+            "/me",
+            get(|headers: HeaderMap| async move {
+                let user =
+                    headers.get("x-app-key").and_then(|v| v.to_str().ok()).unwrap_or("nobody").to_owned();
+                ([("vary", "x-app-key")], format!("private answer for {user}"))
+            }),
+        )
+        .route(
+            "/doc",
+            get(|headers: HeaderMap| async move {
+                if headers.contains_key("range") {
+                    (Status::PARTIAL_CONTENT, [("content-range", "bytes 0-3/20")], "the ").into_response()
+                } else {
+                    "the whole document !".into_response()
+                }
+            }),
+        )
+        .route(
+            "/greet",
+            get(|headers: HeaderMap| async move {
+                let fr = headers.get("accept-language").is_some_and(|v| v.as_bytes().starts_with(b"fr"));
+                ([("vary", "accept-language")], if fr { "bonjour" } else { "hello" })
+            }),
+        )
+        .route("/other", get(|| async { "other" }))
+}
+
+use axum::response::IntoResponse;
+
+async fn body_of(res: reqwest::Response) -> (StatusCode, Option<String>, String) {
+    let degraded = res.headers().get("x-ratelimit-degraded").map(|v| v.to_str().unwrap().to_owned());
+    (res.status(), degraded, res.text().await.unwrap())
+}
+
+/// Finding 2: two users behind one NAT share an IP key; the app tells them apart by its own
+/// key and says `Vary: X-App-Key`, yet Alice's answer was replayed to Bob.
+#[tokio::test]
+async fn users_behind_one_address_never_get_each_others_answers() {
+    let (base, _clock) = serve(DEGRADING, app_with_private_answers()).await;
+    let http = reqwest::Client::new();
+    let me = |user: &str| http.get(format!("{base}/me")).header("x-app-key", user).send();
+    for _ in 0..3 {
+        assert_eq!(body_of(me("alice").await.unwrap()).await.2, "private answer for alice");
+    }
+    // 4 tokens of 10 left: the cached band, were there a copy to replay.
+    let (status, degraded, body) = body_of(me("bob").await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "private answer for bob"));
+    assert_eq!(degraded, None, "an address is not an identity: no cached band for it");
+}
+
+/// Finding 2: a `206` answer to a `Range` request was kept, and replayed to a later plain GET
+/// as if it were the whole document.
+#[tokio::test]
+async fn a_partial_answer_is_never_replayed_as_the_whole() {
+    let (base, _clock) = serve(DEGRADING, app_with_private_answers()).await;
+    let http = reqwest::Client::new();
+    let carol = |path: &str| http.get(format!("{base}{path}")).header("x-api-key", "key-of-carol");
+    let part = body_of(carol("/doc").header("range", "bytes=0-3").send().await.unwrap()).await;
+    assert_eq!((part.0, part.2.as_str()), (StatusCode::PARTIAL_CONTENT, "the "));
+    for _ in 0..4 {
+        carol("/other").send().await.unwrap();
+    }
+    // 4 tokens of 10 left: the cached band, were there a copy to replay.
+    let (status, _, body) = body_of(carol("/doc").send().await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "the whole document !"));
+}
+
+/// Finding 2: `Vary` is honoured in full: a copy is replayed only to a request that sends the
+/// same values of the headers the answer varies on.
+#[tokio::test]
+async fn a_copy_is_replayed_only_to_the_same_variant() {
+    let (base, _clock) = serve(DEGRADING, app_with_private_answers()).await;
+    let http = reqwest::Client::new();
+    let greet = |lang: &str| {
+        http.get(format!("{base}/greet"))
+            .header("x-api-key", "key-of-carol")
+            .header("accept-language", lang)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(body_of(greet("fr").await.unwrap()).await.2, "bonjour");
+    }
+    let (status, degraded, body) = body_of(greet("en").await.unwrap()).await;
+    assert_eq!((status, degraded, body.as_str()), (StatusCode::OK, None, "hello"));
+    // That answer is now the copy, and the same variant gets it: the cached band works for an
+    // identified client.
+    let (status, degraded, body) = body_of(greet("en").await.unwrap()).await;
+    assert_eq!((status, degraded.as_deref(), body.as_str()), (StatusCode::OK, Some("cached"), "hello"));
+}

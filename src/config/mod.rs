@@ -167,7 +167,8 @@ pub struct DegradeConfig {
     pub cache_ttl_secs: u64,
     /// Cached answers kept at most, over all clients (10 000 by default).
     pub cache_max_entries: usize,
-    /// Cached body bytes kept at most, over all clients (16 MiB by default).
+    /// Bytes the cached answers hold at most, over all clients: bodies, paths and queries,
+    /// headers and overheads (16 MiB by default).
     pub cache_max_bytes: usize,
     /// The largest body cached (64 KiB by default).
     pub cache_max_entry_bytes: usize,

@@ -24,10 +24,15 @@ use crate::store::{Charge, Decision};
 /// below `minimal_below` the handler answers minimally, below the threshold the copy is
 /// replayed, otherwise the answer is full (and, for a read with no credentials of its own,
 /// recorded for later).
+///
+/// Only a client with an identity of its own (an API key, an auth layer's [`Client`]) has a
+/// cache: a plan made without one never replays or records, so its bands are full and minimal.
+///
+/// [`Client`]: crate::key::Client
 #[derive(Debug)]
 pub(crate) struct BandPlan {
     bands: Bands,
-    cache: Arc<ResponseCache>,
+    cache: Option<Arc<ResponseCache>>,
     /// The caller's own fresh copy of this answer.
     copy: Option<Arc<Cached>>,
     /// Where a full answer to this request would be kept: a read without credentials.
@@ -40,6 +45,8 @@ struct Recording {
     owner: Key,
     method: Method,
     uri: Uri,
+    /// For the headers the answer turns out to vary on.
+    request: HeaderMap,
 }
 
 /// The [`Band`](super::Band) a decision put the request in, with what that band needs.
@@ -54,19 +61,24 @@ pub(crate) enum Chosen {
 }
 
 impl BandPlan {
-    /// The plan of a request to a degradable route, by `key`.
-    pub(crate) fn new(bands: Bands, cache: &Arc<ResponseCache>, key: &Key, parts: &Parts) -> Self {
-        let copy = cache.get(key, &parts.method, &parts.uri);
+    /// The plan of a request to a degradable route, by `key`, with the client's `cache` (none
+    /// for a client without an identity of its own).
+    pub(crate) fn new(bands: Bands, cache: Option<&Arc<ResponseCache>>, key: &Key, parts: &Parts) -> Self {
+        let Some(cache) = cache else {
+            return Self { bands, cache: None, copy: None, record: None };
+        };
+        let copy = cache.get(key, &parts.method, &parts.uri, &parts.headers);
         // The privacy rule: only reads are replayed, and a request with credentials of its own
-        // may get a personal answer, never kept (clients keyed by IP may share an address).
+        // may get a personal answer, never kept.
         let read = matches!(parts.method, Method::GET | Method::HEAD);
         let personal = parts.headers.contains_key(COOKIE) || parts.headers.contains_key(AUTHORIZATION);
         let record = (read && !personal).then(|| Recording {
             owner: key.clone(),
             method: parts.method.clone(),
             uri: parts.uri.clone(),
+            request: parts.headers.clone(),
         });
-        Self { bands, cache: cache.clone(), copy, record }
+        Self { bands, cache: Some(cache.clone()), copy, record }
     }
 
     /// The fraction of the burst below which the request costs 1 token.
@@ -85,20 +97,23 @@ impl BandPlan {
 
     /// The band of an admitted request, from the fraction the store saw before charging.
     pub(crate) fn choose(self, decision: &Decision) -> Chosen {
-        self.cache.tick(decision.now());
+        if let Some(cache) = &self.cache {
+            cache.tick(decision.now());
+        }
         let fraction = decision.fraction_before();
         if fraction < self.bands.minimal_below {
             return Chosen::Minimal;
         }
         match self.copy {
             Some(copy) if fraction < self.bands.cached_below => Chosen::Cached(copy),
-            _ => Chosen::Full(self.record.map(|r| {
+            _ => Chosen::Full(self.record.zip(self.cache).map(|(r, cache)| {
                 // Whether it is kept is decided when its status, headers and size are known.
                 Box::new(Pending {
-                    cache: self.cache,
+                    cache,
                     owner: r.owner,
                     method: r.method,
                     uri: r.uri,
+                    request: r.request,
                     status: StatusCode::OK,
                     headers: HeaderMap::new(),
                     stored_at: decision.now(),

@@ -251,7 +251,11 @@ impl Core {
         let cost = u64::from(route.rule.cost);
         let band = match (snapshot.limits.bands(), &self.cache) {
             (Some(bands), Some(cache)) if route.rule.degrade => {
-                Some(BandPlan::new(bands, cache, &key, parts))
+                // An address is not an identity (users behind one NAT share it), nor is the key
+                // of requests nobody recognised: "the caller's own last answer" cannot be
+                // promised to them, so they get no cached band.
+                let own = key.ip().is_none() && key != self.unidentified;
+                Some(BandPlan::new(bands, own.then_some(cache), &key, parts))
             }
             _ => None,
         };
