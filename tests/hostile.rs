@@ -198,3 +198,67 @@ async fn a_copy_is_replayed_only_to_the_same_variant() {
     let (status, degraded, body) = body_of(greet("en").await.unwrap()).await;
     assert_eq!((status, degraded.as_deref(), body.as_str()), (StatusCode::OK, Some("cached"), "hello"));
 }
+
+/// Finding 3: axum answers HEAD with the GET handler, yet `"GET /export" = 50` charged a HEAD
+/// 1 token, and ten concurrent HEADs all passed a `concurrency = 1` route.
+#[tokio::test]
+async fn head_pays_what_get_pays_cost_and_concurrency() {
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    let gate = Arc::new(Semaphore::new(0));
+    let held = gate.clone();
+    let app = Router::new().route("/export", get(|| async { "a large export" })).route(
+        "/slow",
+        get(move || {
+            let gate = held.clone();
+            async move {
+                let _ = gate.acquire().await;
+                "slow"
+            }
+        }),
+    );
+    let config = r#"
+        [tiers.anonymous]
+        requests_per_minute = 1
+        burst = 60
+        [routes]
+        "GET /export" = 50
+        "GET /slow" = 0
+        [concurrency]
+        "GET /slow" = 1
+    "#;
+    let (base, _clock) = serve(config, app).await;
+    let http = reqwest::Client::new();
+    let res = http.head(format!("{base}/export")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "10", "a HEAD costs what a GET costs");
+    let res = http.head(format!("{base}/export")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    let heads: Vec<_> = (0..10).map(|_| tokio::spawn(http.head(format!("{base}/slow")).send())).collect();
+    let mut statuses = Vec::new();
+    let mut pending = heads;
+    // Those refused answer at once; the one admitted waits for the gate (opened after 9
+    // answers, or after 5 s if more than one was let through).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while statuses.len() < 9 && tokio::time::Instant::now() < deadline {
+        let mut still = Vec::new();
+        for task in pending {
+            if task.is_finished() {
+                statuses.push(task.await.unwrap().unwrap().status());
+            } else {
+                still.push(task);
+            }
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.add_permits(10);
+    for task in pending {
+        statuses.push(task.await.unwrap().unwrap().status());
+    }
+    let admitted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((admitted, refused), (1, 9), "{statuses:?}");
+}

@@ -105,6 +105,9 @@ pub(crate) struct Route<'a> {
     /// axum's matched route template, else the request path.
     pub(crate) path: &'a str,
     pub(crate) rule: RouteRule,
+    /// `path` is one of a bounded set: a template axum matched, or a route of the table (not
+    /// a raw path a client made up).
+    pub(crate) known: bool,
 }
 
 /// Everything the limiter settled about one request before asking the store, and all that
@@ -121,6 +124,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) tier: &'a Tier,
     pub(crate) key: Key,
     route: &'a str,
+    /// `route` is a template, not a raw path (see [`Route::known`]).
+    known_route: bool,
     method: &'a Method,
     /// The route's cost.
     cost: u64,
@@ -141,6 +146,7 @@ impl Plan<'_> {
             tier: self.tier.index(),
             key: self.key,
             route: self.route.into(),
+            known_route: self.known_route,
             method: self.method.clone(),
             cost: self.cost,
             charge: self.charge,
@@ -156,6 +162,7 @@ struct Detached {
     tier: usize,
     key: Key,
     route: Box<str>,
+    known_route: bool,
     method: Method,
     cost: u64,
     charge: Charge,
@@ -165,13 +172,14 @@ struct Detached {
 
 impl Detached {
     fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, route, method, cost, charge, band, slots } = self;
+        let Self { snapshot, tier, key, route, known_route, method, cost, charge, band, slots } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
             tier,
             key,
             route: &route,
+            known_route,
             method: &method,
             cost,
             charge,
@@ -182,22 +190,23 @@ impl Detached {
     }
 }
 
-/// The route template axum matched, else the request path.
+/// The route template axum matched (true), else the request path (false).
 #[inline]
-fn route_path(parts: &Parts) -> &str {
+fn route_path(parts: &Parts) -> (&str, bool) {
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
+        return (matched.as_str(), true);
     }
-    parts.uri.path()
+    (parts.uri.path(), false)
 }
 
 impl Core {
     /// Step 1: the route's rule.
     #[inline]
     pub(crate) fn route<'a>(snapshot: &Snapshot, parts: &'a Parts) -> Route<'a> {
-        let path = route_path(parts);
-        Route { path, rule: snapshot.limits.routes().lookup(&parts.method, path) }
+        let (path, matched) = route_path(parts);
+        let (rule, in_table) = snapshot.limits.routes().resolve(&parts.method, path);
+        Route { path, rule, known: matched || in_table }
     }
 
     /// Step 2: who is asking, and in which tier.
@@ -260,16 +269,27 @@ impl Core {
             _ => None,
         };
         let charge = band.as_ref().map_or(Charge::new(cost), |band| band.charge(cost));
-        Ok(Plan { snapshot, tier, key, route: route.path, method: &parts.method, cost, charge, band, slots })
+        Ok(Plan {
+            snapshot,
+            tier,
+            key,
+            route: route.path,
+            known_route: route.known,
+            method: &parts.method,
+            cost,
+            charge,
+            band,
+            slots,
+        })
     }
 
     /// Step 5: the plan and the store's decision become what happens next. The one place that
     /// does.
     pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, route, method, cost, band, slots, .. } = plan;
+        let Plan { snapshot, tier, key, route, known_route, method, cost, band, slots, .. } = plan;
         let observe = |outcome: Outcome<'_>| {
             if let Some(observer) = &self.observer {
-                observer.on_event(&Event { key: &key, tier, method, route, cost, outcome });
+                observer.on_event(&Event { key: &key, tier, method, route, known_route, cost, outcome });
             }
         };
         let decision = match result {

@@ -409,7 +409,15 @@ mod tests {
             for _ in 0..n {
                 let d = store.decide(&key, tier, Charge::new(1));
                 let outcome = if d.is_admitted() { Outcome::Admitted(&d) } else { Outcome::Rejected(&d) };
-                let event = Event { key: &key, tier, method: &Method::GET, route: "/", cost: 1, outcome };
+                let event = Event {
+                    key: &key,
+                    tier,
+                    method: &Method::GET,
+                    route: "/",
+                    known_route: true,
+                    cost: 1,
+                    outcome,
+                };
                 nq.on_event(&event);
             }
         };
@@ -446,6 +454,7 @@ mod tests {
                     tier,
                     method: &Method::GET,
                     route: "/",
+                    known_route: true,
                     cost: 1,
                     outcome: Outcome::Admitted(&d),
                 };
