@@ -34,11 +34,14 @@
 //! * `redis` (default): [`store::RedisStore`], one limit shared by every instance of a
 //!   service, with an explicit failure policy (`on_error`).
 //! * `usage` (default): `tollgate::usage`, ready-made axum handlers for `/usage`, `/policy`
-//!   and `/dashboard`.
+//!   (JSON, or a pricing-table page for browsers), `/dashboard` (with charts of the
+//!   [`history`]) and the operator's `/admin`.
 //! * `metrics` (default, through `prometheus`): `observe::MetricsObserver`, counting every
 //!   decision through the `metrics` facade.
 //! * `prometheus` (default): a `/metrics` route in the Prometheus text format.
 //! * `webhook` (default): `observe::Webhook`, near-quota alerts POSTed off the request path.
+//! * `email` (default): `observe::EmailAlerts`, near-quota emails through an SMTP relay
+//!   (lettre), off the request path, at most one per client and policy per interval.
 //! * `reqwest`: the same behaviour as `reqwest-middleware` middleware.
 //!
 //! For the leanest build, `default-features = false, features = ["axum", "config"]`.

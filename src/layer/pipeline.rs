@@ -39,7 +39,7 @@ use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::degrade::{self, Band, BandPlan, Chosen};
-use crate::key::{Key, KeyExtractor};
+use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
@@ -73,9 +73,9 @@ where
             );
         }
         // 2. Client. (An allow list is checked here, before the store is touched.)
-        let (key, tier) = core.identify(snapshot, &*self.extractor, &parts);
+        let (key, tier, who) = core.identify(snapshot, &*self.extractor, &parts);
         // 3. Plan.
-        let plan = match core.prepare(snapshot, route, key, tier, &parts) {
+        let plan = match core.prepare(snapshot, route, key, who, tier, &parts) {
             Ok(plan) => plan,
             Err(answer) => return ResponseFuture::ready(*answer),
         };
@@ -123,6 +123,8 @@ pub(crate) struct Plan<'a> {
     snapshot: &'a Arc<Snapshot>,
     pub(crate) tier: &'a Tier,
     pub(crate) key: Key,
+    /// The client's name and address, for observers (history, emails).
+    who: Who,
     route: &'a str,
     /// `route` is a template, not a raw path (see [`Route::known`]).
     known_route: bool,
@@ -145,6 +147,7 @@ impl Plan<'_> {
             snapshot: self.snapshot.clone(),
             tier: self.tier.index(),
             key: self.key,
+            who: self.who,
             route: self.route.into(),
             known_route: self.known_route,
             method: self.method.clone(),
@@ -161,6 +164,7 @@ struct Detached {
     snapshot: Arc<Snapshot>,
     tier: usize,
     key: Key,
+    who: Who,
     route: Box<str>,
     known_route: bool,
     method: Method,
@@ -172,12 +176,13 @@ struct Detached {
 
 impl Detached {
     fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, route, known_route, method, cost, charge, band, slots } = self;
+        let Self { snapshot, tier, key, who, route, known_route, method, cost, charge, band, slots } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
             tier,
             key,
+            who,
             route: &route,
             known_route,
             method: &method,
@@ -216,13 +221,13 @@ impl Core {
         snapshot: &'a Snapshot,
         extractor: &K,
         parts: &Parts,
-    ) -> (Key, &'a Tier) {
+    ) -> (Key, &'a Tier, Who) {
         let limits = &snapshot.limits;
         match extractor.extract(parts) {
             Some(client) => {
-                let (key, tier) = client.into_parts();
+                let (key, tier, who) = client.into_parts();
                 let tier = tier.and_then(|name| limits.tier(&name)).unwrap_or(limits.default_tier());
-                (key, tier)
+                (key, tier, who)
             }
             None => {
                 if !self.warnings.unidentified.swap(true, Ordering::Relaxed) {
@@ -231,7 +236,7 @@ impl Core {
                          into_make_service_with_connect_info?); such requests share one bucket"
                     );
                 }
-                (self.unidentified.clone(), limits.default_tier())
+                (self.unidentified.clone(), limits.default_tier(), Who::default())
             }
         }
     }
@@ -244,6 +249,7 @@ impl Core {
         snapshot: &'a Arc<Snapshot>,
         route: Route<'a>,
         key: Key,
+        who: Who,
         tier: &'a Tier,
         parts: &'a Parts,
     ) -> Result<Plan<'a>, Box<OwnResponse>> {
@@ -263,8 +269,7 @@ impl Core {
                 // An address is not an identity (users behind one NAT share it), nor is the key
                 // of requests nobody recognised: "the caller's own last answer" cannot be
                 // promised to them, so they get no cached band.
-                let own = key.ip().is_none() && key != self.unidentified;
-                Some(BandPlan::new(bands, own.then_some(cache), &key, parts))
+                Some(BandPlan::new(bands, who.identified.then_some(cache), &key, parts))
             }
             _ => None,
         };
@@ -273,6 +278,7 @@ impl Core {
             snapshot,
             tier,
             key,
+            who,
             route: route.path,
             known_route: route.known,
             method: &parts.method,
@@ -286,10 +292,21 @@ impl Core {
     /// Step 5: the plan and the store's decision become what happens next. The one place that
     /// does.
     pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, route, known_route, method, cost, band, slots, .. } = plan;
+        let Plan { snapshot, tier, key, who, route, known_route, method, cost, band, slots, .. } = plan;
         let observe = |outcome: Outcome<'_>| {
             if let Some(observer) = &self.observer {
-                observer.on_event(&Event { key: &key, tier, method, route, known_route, cost, outcome });
+                observer.on_event(&Event {
+                    key: &key,
+                    name: who.name.as_deref(),
+                    email: who.email.as_deref(),
+                    identified: who.identified,
+                    tier,
+                    method,
+                    route,
+                    known_route,
+                    cost,
+                    outcome,
+                });
             }
         };
         let decision = match result {

@@ -205,6 +205,9 @@ mod tests {
         let send = |route: &str, known_route: bool| {
             observer.on_event(&Event {
                 key: &key,
+                name: None,
+                email: None,
+                identified: true,
                 tier: limits.default_tier(),
                 method: &http::Method::GET,
                 route,

@@ -52,6 +52,18 @@ pub struct NearQuotaEvent {
     pub remaining: u64,
     /// Unix epoch seconds at which the policy's bucket is full again.
     pub reset: u64,
+    /// Unix epoch seconds at which the threshold was crossed (0 when not known).
+    pub at: u64,
+    /// How people know the client (`name` in `[api_keys]`), when it has a name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The client's address for near-quota emails. Not serialised: a webhook gets no
+    /// personal data it did not ask for.
+    #[serde(skip)]
+    pub email: Option<String>,
+    /// The tier's upgrade page, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_url: Option<String>,
 }
 
 impl NearQuotaEvent {
@@ -66,7 +78,19 @@ impl NearQuotaEvent {
         reset: u64,
     ) -> Self {
         let used = if limit == 0 { 1.0 } else { limit.saturating_sub(remaining) as f64 / limit as f64 };
-        Self { key, tier: tier.into(), policy: policy.into(), used, limit, remaining, reset }
+        Self {
+            key,
+            tier: tier.into(),
+            policy: policy.into(),
+            used,
+            limit,
+            remaining,
+            reset,
+            at: 0,
+            name: None,
+            email: None,
+            upgrade_url: None,
+        }
     }
 
     /// The client as it may be shown outside the process: `ip:ADDR` for a client keyed by
@@ -329,14 +353,19 @@ impl<H: OnNearQuota> Observer for NearQuota<H> {
             if !self.first_in_period(event.key, policy.uid(), decision.now(), period) {
                 continue;
             }
-            self.hook.on_near_quota(&NearQuotaEvent::new(
+            let mut alert = NearQuotaEvent::new(
                 event.key.clone(),
                 event.tier.name(),
                 policy.name(),
                 state.limit,
                 state.remaining,
                 decision.reset_epoch_secs(&state),
-            ));
+            );
+            alert.at = decision.now().as_secs();
+            alert.name = event.name.map(str::to_owned);
+            alert.email = event.email.map(str::to_owned);
+            alert.upgrade_url = event.tier.upgrade_url().map(str::to_owned);
+            self.hook.on_near_quota(&alert);
         }
     }
 }
@@ -411,6 +440,9 @@ mod tests {
                 let outcome = if d.is_admitted() { Outcome::Admitted(&d) } else { Outcome::Rejected(&d) };
                 let event = Event {
                     key: &key,
+                    name: None,
+                    email: None,
+                    identified: true,
                     tier,
                     method: &Method::GET,
                     route: "/",
@@ -451,6 +483,9 @@ mod tests {
                 let d = store.decide(&key, tier, Charge::new(1));
                 let event = Event {
                     key: &key,
+                    name: None,
+                    email: None,
+                    identified: true,
                     tier,
                     method: &Method::GET,
                     route: "/",

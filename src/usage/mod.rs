@@ -102,7 +102,7 @@ mod report;
 use axum::routing::get;
 use axum::Router;
 
-pub use handlers::{dashboard, policy, usage};
+pub use handlers::{admin, admin_usage, dashboard, policy, usage, AdminQuery};
 
 /// The `/policy` page for people: every tier of `limits` side by side like a pricing table
 /// (rates per minute and per day, burst, quotas, upgrade link, cheapest tier first) and what
@@ -207,6 +207,8 @@ impl<K: KeyExtractor> UsageRoutes<K> {
             .route("/usage", get(usage::<K>))
             .route("/policy", get(policy::<K>))
             .route("/dashboard", get(dashboard::<K>))
+            .route("/admin", get(admin::<K>))
+            .route("/admin/usage", get(admin_usage::<K>))
             .with_state(self.layer.clone());
         #[cfg(feature = "prometheus")]
         let router = match self.prometheus {

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::chart::{self, Chart, CHART_STYLE};
 use super::report::{KeyedBy, UsageReport};
 
 /// Escapes `text` for HTML element content and quoted attribute values: `& < > " '`.
@@ -66,7 +67,7 @@ pub(crate) fn render(report: &UsageReport, now: u64) -> String {
         html,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <link rel=\"icon\" href=\"data:,\"><title>API usage · {tier}</title><style>{STYLE}</style></head><body><main>\
+         <link rel=\"icon\" href=\"data:,\"><title>API usage · {tier}</title><style>{STYLE}{CHART_STYLE}</style></head><body><main>\
          <h1>Your API usage</h1><p class=\"who\">Tier <strong id=\"tier\">{tier}</strong> · "
     );
     match (report.keyed_by, &report.ip) {
@@ -74,9 +75,42 @@ pub(crate) fn render(report: &UsageReport, now: u64) -> String {
             let _ =
                 write!(html, "identified by your address <strong id=\"client\">{}</strong>", escape_html(ip));
         }
-        _ => html.push_str("identified by <strong id=\"client\">your API key</strong>"),
+        _ => match &report.name {
+            Some(name) => {
+                let _ = write!(html, "<strong id=\"client\">{}</strong>", escape_html(name));
+            }
+            None => html.push_str("identified by <strong id=\"client\">your API key</strong>"),
+        },
     }
     html.push_str("</p>");
+    // Usage over time, above the current standing.
+    match (&report.history, report.keyed_by) {
+        (Some(history), KeyedBy::Key) => {
+            html.push_str(&chart::render(&Chart {
+                id: "hour",
+                title: "Last hour",
+                per: "minute",
+                periods: &history.minutes,
+                period_s: 60,
+                count: 60,
+                now,
+            }));
+            html.push_str(&chart::render(&Chart {
+                id: "day",
+                title: "Last 24 hours",
+                per: "hour",
+                periods: &history.hours,
+                period_s: 3_600,
+                count: 24,
+                now,
+            }));
+        }
+        (Some(_), KeyedBy::Ip) => html.push_str(
+            "<p class=\"who\">Usage over time is kept for clients with an API key; send yours in \
+             the <code>X-API-Key</code> header to see it here.</p>",
+        ),
+        (None, _) => {}
+    }
     for policy in &report.policies {
         let used = policy.limit.saturating_sub(policy.remaining);
         let percent = if policy.limit == 0 { 100.0 } else { used as f64 * 100.0 / policy.limit as f64 };
@@ -212,6 +246,8 @@ mod tests {
                 window: 10,
             }],
             upgrade_url: upgrade.map(str::to_owned),
+            name: None,
+            history: None,
         }
     }
 
