@@ -363,6 +363,68 @@ impl Rule {
         }
     }
 
+    /// `state`, kept under the rule `from`, as a state of this rule as of `at`: what a store
+    /// does with a client's state when a reload changes its policy's rule (`at` is when the
+    /// new rule took over). The tokens the client had used carry over: raising the burst gives
+    /// the difference, and lowering it takes nothing back beyond the new burst (at worst the
+    /// bucket is empty at `at`, and refills from there).
+    ///
+    /// * Token bucket to token bucket: the time to refill is scaled to the new rate (the same
+    ///   tokens owed, rounded up), and held to one full bucket of the new rule.
+    /// * Sliding window to sliding window with the same window: the counts are kept as they are
+    ///   (the burst is only what they are compared with; counts above a lowered burst slide out
+    ///   within two windows).
+    /// * Anything else (another window, another algorithm): the tokens used (rounded up, at
+    ///   most the new burst) are charged to the new rule at `at`; a sliding window counts them
+    ///   in its current window.
+    ///
+    /// ```
+    /// use nonzero_ext::nonzero;
+    /// use tollgate::algorithm::{Algorithm, Quota, Rule};
+    /// use tollgate::clock::Nanos;
+    ///
+    /// let now = Nanos::from_secs(1_000);
+    /// let per_minute = |rate, burst| Rule::new(Algorithm::TokenBucket, Quota::per_minute(rate).allow_burst(burst));
+    /// let five = per_minute(nonzero!(60u32), nonzero!(5u32));
+    /// let used_3 = five.check(0, now, 3).new_state().unwrap();
+    ///
+    /// // The burst becomes 20: 17 left.
+    /// let twenty = per_minute(nonzero!(60u32), nonzero!(20u32));
+    /// assert_eq!(twenty.check(twenty.carry(&five, used_3, now), now, 0).remaining, 17);
+    /// // The rate doubles too: still 3 used, 17 left.
+    /// let faster = per_minute(nonzero!(120u32), nonzero!(20u32));
+    /// assert_eq!(faster.check(faster.carry(&five, used_3, now), now, 0).remaining, 17);
+    /// // The burst becomes 2: empty, the next token in one second.
+    /// let two = per_minute(nonzero!(60u32), nonzero!(2u32));
+    /// let check = two.check(two.carry(&five, used_3, now), now, 1);
+    /// assert_eq!((check.remaining, check.retry_after), (0, Nanos::from_secs(1)));
+    /// ```
+    pub fn carry(&self, from: &Rule, state: u64, at: Nanos) -> u64 {
+        if from.is_idle(state, at) {
+            return 0;
+        }
+        match (from.algorithm, self.algorithm) {
+            (Algorithm::TokenBucket, Algorithm::TokenBucket) => {
+                gcra::carry(&from.quota, &self.quota, state, at)
+            }
+            (Algorithm::SlidingWindow, Algorithm::SlidingWindow)
+                if from.quota.refill_time() == self.quota.refill_time() =>
+            {
+                state
+            }
+            _ => {
+                let used = match from.algorithm {
+                    Algorithm::TokenBucket => gcra::used(&from.quota, state, at),
+                    Algorithm::SlidingWindow => sliding_window::used(&from.quota, state, at),
+                };
+                match self.algorithm {
+                    Algorithm::TokenBucket => gcra::with_used(&self.quota, used, at),
+                    Algorithm::SlidingWindow => sliding_window::with_used(&self.quota, used, at),
+                }
+            }
+        }
+    }
+
     /// True when `state` at `now` is indistinguishable from a never-seen key, so a store can
     /// forget it.
     #[inline]

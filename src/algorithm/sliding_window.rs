@@ -147,3 +147,19 @@ pub(super) fn is_idle(quota: &Quota, state: u64, now: Nanos) -> bool {
     let win = unpack(quota, state, now);
     win.prev == 0 && win.cur == 0
 }
+
+/// Requests counted at `now` (whole, rounded up).
+pub(super) fn used(quota: &Quota, state: u64, now: Nanos) -> u64 {
+    let w = quota.refill_time().as_nanos();
+    let win = unpack(quota, state, now);
+    scaled_estimate(&win, w).div_ceil(u128::from(w)) as u64
+}
+
+/// A window with `used` requests counted in its current window at `now` (at most the limit).
+pub(super) fn with_used(quota: &Quota, used: u64, now: Nanos) -> u64 {
+    if used == 0 {
+        return 0;
+    }
+    let tag = (now.as_nanos() / quota.refill_time().as_nanos()) & INDEX_MASK;
+    pack(tag, 0, used.min(quota.burst()).min(COUNT_MASK))
+}

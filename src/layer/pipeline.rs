@@ -255,7 +255,7 @@ impl Core {
     ) -> Result<Plan<'a>, Box<OwnResponse>> {
         let mut slots = Slots::default();
         if let Some(limit) = tier.concurrency() {
-            let slot = self.inflight.acquire(&key, Scope::Tier(tier.index()), limit);
+            let slot = self.inflight.acquire(&key, Scope::Tier(tier.name()), limit);
             slots.0[0] = Some(slot.ok_or_else(|| Box::new(answer::too_many_in_flight(tier, limit)))?);
         }
         let in_flight = route.rule.concurrency;

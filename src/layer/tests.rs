@@ -576,3 +576,29 @@ async fn a_route_can_cap_in_flight_requests_per_key() {
     gate.add_permits(1);
     assert_eq!(call("/slow", "u").await.status(), StatusCode::OK);
 }
+
+/// Issue 11, item 5: two limiters sharing one store shared buckets by policy position, so the
+/// strict limiter's refusal (Retry-After an hour) answered the loose limiter's client.
+#[tokio::test]
+async fn limiters_sharing_a_store_keep_their_own_buckets() {
+    let clock = ManualClock::new(START);
+    let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+    let one_tier = |quota| Limits::builder().tier("anonymous", TierSpec::new(quota)).build().unwrap();
+    let build = |limits| {
+        let layer = RateLimitLayer::from_limits(limits)
+            .with_store(store.clone())
+            .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+        ServiceBuilder::new().layer(layer).service(handler(Arc::default()))
+    };
+    let mut strict = build(one_tier(Quota::per_hour(nonzero!(1u32))));
+    let mut loose = build(one_tier(Quota::per_second(nonzero!(100u32))));
+    assert_eq!(send(&mut strict, get("/a", "ann")).await.0.status(), StatusCode::OK);
+    let (refused, _) = send(&mut strict, get("/a", "ann")).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "3600");
+    for left in (90..100).rev() {
+        let (res, _) = send(&mut loose, get("/a", "ann")).await;
+        assert_eq!(res.status(), StatusCode::OK, "the loose limiter's own bucket");
+        assert_eq!(res.headers()["x-ratelimit-remaining"], left.to_string().as_str());
+    }
+}

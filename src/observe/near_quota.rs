@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{Event, Observer, Outcome};
 use crate::clock::Nanos;
 use crate::key::Key;
+use crate::policy::PolicyId;
 use crate::store::Decision;
 
 /// The default near-quota threshold: 80 % of a policy used.
@@ -262,7 +263,7 @@ pub struct NearQuota<H> {
     threshold: f64,
     repeat: bool,
     /// `(key, policy uid)` → store time before which crossings are held back.
-    recent: Mutex<HashMap<(Key, usize), Nanos>>,
+    recent: Mutex<HashMap<(Key, PolicyId), Nanos>>,
 }
 
 impl<H: OnNearQuota> NearQuota<H> {
@@ -320,12 +321,12 @@ impl<H: OnNearQuota> NearQuota<H> {
     }
 
     /// True when this crossing should fire (and remembers it for a period).
-    fn first_in_period(&self, key: &Key, uid: usize, now: Nanos, period: Nanos) -> bool {
+    fn first_in_period(&self, key: &Key, policy: PolicyId, now: Nanos, period: Nanos) -> bool {
         if self.repeat {
             return true;
         }
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let pair = (key.clone(), uid);
+        let pair = (key.clone(), policy);
         if recent.get(&pair).is_some_and(|&until| now < until) {
             return false;
         }
@@ -350,7 +351,7 @@ impl<H: OnNearQuota> Observer for NearQuota<H> {
             let Some(policy) = event.tier.policies().get(index) else { continue };
             let state = decision.policies()[index];
             let period = policy.quota().refill_time().max(Nanos::SECOND);
-            if !self.first_in_period(event.key, policy.uid(), decision.now(), period) {
+            if !self.first_in_period(event.key, policy.id(), decision.now(), period) {
                 continue;
             }
             let mut alert = NearQuotaEvent::new(

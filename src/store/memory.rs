@@ -7,6 +7,13 @@
 //!   shard's write lock. There is no global lock.
 //! * Keys are hashed with a per-store random seed (foldhash), so a client cannot aim many keys
 //!   at one shard, and only the 64-bit digest is kept, never the key itself.
+//! * States are kept per policy [identity](crate::policy::Policy::id), never by a policy's
+//!   position: limiters sharing a store never share a bucket, and the limits a reload makes
+//!   find each client's state under the same policy name. Each shard keeps, per policy, the
+//!   newest rule it has seen; a state kept under an older rule is converted when the new one
+//!   first meets it ([`Rule::carry`](crate::algorithm::Rule::carry), or all at once with
+//!   [`carry_over`](MemoryStore::carry_over)), and a request still planned under the older
+//!   limits is decided by the newer rule, so states never go back.
 //! * Idle states (a full bucket, an empty window) are indistinguishable from a new key, so they
 //!   are dropped by amortised sweeps that run when a shard has doubled since its last sweep.
 //!   No cleanup task is needed.
@@ -23,7 +30,7 @@ use std::sync::{PoisonError, RwLock};
 use crate::algorithm::{Check, Rule};
 use crate::clock::{Clock, Nanos, SystemClock};
 use crate::key::Key;
-use crate::policy::{Policy, Tier, MAX_POLICIES};
+use crate::policy::{Limits, Policy, Tier, MAX_POLICIES};
 
 use super::{Charge, Decision, PolicyState, Store, StoreFuture, Verdict, DEFAULT_CAPACITY};
 
@@ -48,43 +55,90 @@ impl Hasher for Passthrough {
 
 type Map = HashMap<u64, AtomicU64, BuildHasherDefault<Passthrough>>;
 
+/// The states of one policy (by [`id`](Policy::id)) in one shard.
+struct PolicyMap {
+    /// The newest version of the policy seen: its rule is the one every state here is kept
+    /// under.
+    policy: Policy,
+    map: Map,
+    /// Shared by new keys while the shard is at capacity.
+    overflow: AtomicU64,
+}
+
+/// Where a policy's state is in a shard, as a request under one version of it finds it.
+enum Lookup<'a> {
+    /// Kept under this version of the policy (the request's, or a newer one a reload made:
+    /// the newest rule decides).
+    Found(&'a PolicyMap),
+    /// Nothing kept for this policy in this shard: every key is new (the standing of a new
+    /// key needs no write).
+    Absent,
+    /// Kept under an older version: the write path converts it first.
+    Stale,
+}
+
 #[derive(Default)]
 struct ShardData {
-    /// One map per policy uid.
-    maps: Vec<Map>,
-    /// The rule of each policy uid seen, for sweeping.
-    rules: Vec<Option<Rule>>,
-    /// One overflow state per policy uid, used while the shard is at capacity.
-    overflow: Vec<AtomicU64>,
+    /// One entry per policy seen; a few, found by a short scan.
+    policies: Vec<PolicyMap>,
     len: usize,
     next_sweep: usize,
     last_full_sweep: Nanos,
 }
 
 impl ShardData {
-    fn grow_to(&mut self, policies: &[Policy]) {
-        for policy in policies {
-            let uid = policy.uid();
-            if self.maps.len() <= uid {
-                self.maps.resize_with(uid + 1, Map::default);
-                self.rules.resize(uid + 1, None);
-                self.overflow.resize_with(uid + 1, AtomicU64::default);
-            }
-            self.rules[uid] = Some(*policy.rule());
+    #[inline]
+    fn lookup(&self, policy: &Policy) -> Lookup<'_> {
+        match self.policies.iter().find(|p| p.policy.id() == policy.id()) {
+            Some(found) if found.policy.version() >= policy.version() => Lookup::Found(found),
+            Some(_) => Lookup::Stale,
+            None => Lookup::Absent,
         }
+    }
+
+    /// The entry of `policy`, made current: created, or converted from an older version (the
+    /// states of a policy that was gone in between are forgotten).
+    fn current(&mut self, policy: &Policy, now: Nanos) -> &mut PolicyMap {
+        let index = match self.policies.iter().position(|p| p.policy.id() == policy.id()) {
+            Some(index) => index,
+            None => {
+                let entry =
+                    PolicyMap { policy: policy.clone(), map: Map::default(), overflow: AtomicU64::new(0) };
+                self.policies.push(entry);
+                self.policies.len() - 1
+            }
+        };
+        let entry = &mut self.policies[index];
+        if entry.policy.version() < policy.version() {
+            if entry.policy.version() < policy.since() {
+                self.len -= entry.map.len();
+                entry.map = Map::default();
+                *entry.overflow.get_mut() = 0;
+            } else if entry.policy.rule() != policy.rule() {
+                let (from, to) = (*entry.policy.rule(), *policy.rule());
+                for state in entry.map.values_mut().chain(std::iter::once(&mut entry.overflow)) {
+                    *state.get_mut() = to.carry(&from, *state.get_mut(), now);
+                }
+            }
+            entry.policy = policy.clone();
+        }
+        entry
     }
 
     fn sweep(&mut self, now: Nanos) {
         let mut len = 0;
-        for (map, rule) in self.maps.iter_mut().zip(&self.rules) {
-            if let Some(rule) = rule {
-                map.retain(|_, state| !rule.is_idle(state.load(Ordering::Relaxed), now));
-                if map.capacity() > 4 * map.len().max(64) {
-                    map.shrink_to_fit();
-                }
+        for entry in &mut self.policies {
+            let rule = *entry.policy.rule();
+            entry.map.retain(|_, state| !rule.is_idle(state.load(Ordering::Relaxed), now));
+            if entry.map.capacity() > 4 * entry.map.len().max(64) {
+                entry.map.shrink_to_fit();
             }
-            len += map.len();
+            len += entry.map.len();
         }
+        // A policy with nothing kept is forgotten (a request finds it again as new).
+        self.policies.retain(|e| {
+            !e.map.is_empty() || !e.policy.rule().is_idle(e.overflow.load(Ordering::Relaxed), now)
+        });
         self.len = len;
         self.next_sweep = (2 * len).max(MIN_SWEEP);
     }
@@ -204,6 +258,12 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     /// Charges `charge` to `key` under `tier` now. The synchronous heart of [`Store::check`].
+    ///
+    /// State is kept per [`Policy::id`]: limiters sharing this store never share a bucket.
+    /// After a reload, a state kept under an older version of a policy is converted to the new
+    /// rule the first time the new version meets it ([`Rule::carry`]: the tokens used carry
+    /// over), and a request still running under the older version is decided under the newer
+    /// rule: the newest rule a store has seen is the one it keeps states under.
     pub fn decide(&self, key: &Key, tier: &Tier, charge: Charge) -> Decision {
         let now = self.clock.now();
         let digest = self.hasher.hash_one(key);
@@ -211,7 +271,24 @@ impl<C: Clock> MemoryStore<C> {
         let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
         match tier.policies() {
             [policy] => self.decide_one(shard, digest, policy, now, charge),
-            policies => self.decide_all(shard, digest, policies, tier.max_cost(), now, charge),
+            policies => self.decide_all(shard, digest, policies, now, charge),
+        }
+    }
+
+    /// Converts now every state kept under an older version of a policy of `limits` (the
+    /// limits a reload put in force), one shard at a time, so that each client's tokens used
+    /// carry over as of the reload ([`Rule::carry`]). Without this, each shard converts
+    /// when a request under the new limits first meets it, as of then.
+    pub fn carry_over(&self, limits: &Limits) {
+        let now = self.clock.now();
+        let policies: Vec<&Policy> = limits.tiers().iter().flat_map(|t| t.policies()).collect();
+        for shard in self.shards.iter() {
+            let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
+            for policy in &policies {
+                if matches!(data.lookup(policy), Lookup::Stale) {
+                    data.current(policy, now);
+                }
+            }
         }
     }
 
@@ -222,13 +299,19 @@ impl<C: Clock> MemoryStore<C> {
         data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) < Nanos::SECOND
     }
 
-    /// The state of `digest` under policy `uid`: its own, or the shared overflow state when the
-    /// shard is full; `None` when it has to be inserted.
+    /// The state of `digest` in `entry`: its own, or the shared overflow state when the shard is
+    /// full; `None` when it has to be inserted.
     #[inline]
-    fn slot<'a>(&self, data: &'a ShardData, uid: usize, digest: u64, now: Nanos) -> Option<&'a AtomicU64> {
-        match data.maps.get(uid).and_then(|map| map.get(&digest)) {
+    fn slot<'a>(
+        &self,
+        data: &ShardData,
+        entry: &'a PolicyMap,
+        digest: u64,
+        now: Nanos,
+    ) -> Option<&'a AtomicU64> {
+        match entry.map.get(&digest) {
             Some(slot) => Some(slot),
-            None if self.at_cap(data, now) => data.overflow.get(uid),
+            None if self.at_cap(data, now) => Some(&entry.overflow),
             None => None,
         }
     }
@@ -245,24 +328,30 @@ impl<C: Clock> MemoryStore<C> {
         now: Nanos,
         charge: Charge,
     ) -> Decision {
-        let rule = policy.rule();
         loop {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
-                let slot = self.slot(&data, policy.uid(), digest, now);
-                let current = slot.map_or(0, |s| s.load(Ordering::Acquire));
-                let fraction = rule.fraction(current, now);
-                let cost = charge.cost_for(fraction);
-                if cost == 0 || cost > policy.quota().burst() {
-                    return standing(std::slice::from_ref(policy), &[current], now, cost, fraction);
-                }
-                if let Some(slot) = slot {
-                    let (verdict, check, charged) = match charge_slot(slot, current, rule, now, cost) {
-                        Ok(check) => (Verdict::Admitted, check, cost),
-                        Err(check) => (Verdict::Rejected, check, 0),
-                    };
-                    return Decision::new(verdict, now, fraction, charged)
-                        .with(policy_state(0, policy, &check, verdict));
+                let found = match data.lookup(policy) {
+                    Lookup::Found(entry) => Some((&entry.policy, self.slot(&data, entry, digest, now))),
+                    Lookup::Absent => Some((policy, None)),
+                    Lookup::Stale => None,
+                };
+                if let Some((policy, slot)) = found {
+                    let rule = policy.rule();
+                    let current = slot.map_or(0, |s| s.load(Ordering::Acquire));
+                    let fraction = rule.fraction(current, now);
+                    let cost = charge.cost_for(fraction);
+                    if cost == 0 || cost > policy.quota().burst() {
+                        return standing(&[policy], &[current], now, cost, fraction);
+                    }
+                    if let Some(slot) = slot {
+                        let (verdict, check, charged) = match charge_slot(slot, current, rule, now, cost) {
+                            Ok(check) => (Verdict::Admitted, check, cost),
+                            Err(check) => (Verdict::Rejected, check, 0),
+                        };
+                        return Decision::new(verdict, now, fraction, charged)
+                            .with(policy_state(0, policy, &check, verdict));
+                    }
                 }
             }
             self.insert(shard, digest, std::slice::from_ref(policy), now);
@@ -275,44 +364,57 @@ impl<C: Clock> MemoryStore<C> {
         shard: &Shard,
         digest: u64,
         policies: &[Policy],
-        max_cost: u64,
         now: Nanos,
         charge: Charge,
     ) -> Decision {
         loop {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
+                let mut effective: [&Policy; MAX_POLICIES] = [&policies[0]; MAX_POLICIES];
                 let mut slots: [Option<&AtomicU64>; MAX_POLICIES] = [None; MAX_POLICIES];
-                let mut missing = false;
-                for (slot, policy) in slots.iter_mut().zip(policies) {
-                    *slot = self.slot(&data, policy.uid(), digest, now);
-                    missing |= slot.is_none();
-                }
                 let mut states = [0u64; MAX_POLICIES];
-                for (state, slot) in states.iter_mut().zip(&slots) {
-                    *state = slot.map_or(0, |s| s.load(Ordering::Acquire));
+                let (mut stale, mut missing) = (false, false);
+                for (i, policy) in policies.iter().enumerate() {
+                    match data.lookup(policy) {
+                        Lookup::Found(entry) => {
+                            effective[i] = &entry.policy;
+                            slots[i] = self.slot(&data, entry, digest, now);
+                        }
+                        Lookup::Absent => effective[i] = policy,
+                        Lookup::Stale => stale = true,
+                    }
+                    missing |= slots[i].is_none();
+                    states[i] = slots[i].map_or(0, |s| s.load(Ordering::Acquire));
                 }
-                let fraction = policies
-                    .iter()
-                    .zip(&states)
-                    .map(|(p, &s)| p.rule().fraction(s, now))
-                    .fold(1.0_f64, f64::min);
-                let cost = charge.cost_for(fraction);
-                if cost == 0 || cost > max_cost {
-                    return standing(policies, &states, now, cost, fraction);
-                }
-                if !missing {
-                    return charge_all(policies, &slots, now, cost, fraction);
+                if !stale {
+                    let effective = &effective[..policies.len()];
+                    let fraction = effective
+                        .iter()
+                        .zip(&states)
+                        .map(|(p, &s)| p.rule().fraction(s, now))
+                        .fold(1.0_f64, f64::min);
+                    let max_cost = effective.iter().map(|p| p.quota().burst()).min().unwrap_or(0);
+                    let cost = charge.cost_for(fraction);
+                    if cost == 0 || cost > max_cost {
+                        return standing(effective, &states, now, cost, fraction);
+                    }
+                    if !missing {
+                        return charge_all(effective, &slots, now, cost, fraction);
+                    }
                 }
             }
             self.insert(shard, digest, policies, now);
         }
     }
 
+    /// The write path: makes each policy's entry current and gives `digest` a state in each
+    /// (unless the shard is at capacity: then the overflow states serve it).
     #[cold]
     fn insert(&self, shard: &Shard, digest: u64, policies: &[Policy], now: Nanos) {
         let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
-        data.grow_to(policies);
+        for policy in policies {
+            data.current(policy, now);
+        }
         if data.len >= data.next_sweep {
             data.sweep(now);
         }
@@ -323,11 +425,16 @@ impl<C: Clock> MemoryStore<C> {
             data.sweep(now);
         }
         if data.len >= self.per_shard {
-            return; // The overflow states (already grown) serve new keys.
+            // The overflow states serve new keys; the sweeps above may have dropped an entry.
+            for policy in policies {
+                data.current(policy, now);
+            }
+            return;
         }
         let mut added = 0;
         for policy in policies {
-            if let std::collections::hash_map::Entry::Vacant(e) = data.maps[policy.uid()].entry(digest) {
+            let entry = data.current(policy, now);
+            if let std::collections::hash_map::Entry::Vacant(e) = entry.map.entry(digest) {
                 e.insert(AtomicU64::new(0));
                 added += 1;
             }
@@ -337,7 +444,7 @@ impl<C: Clock> MemoryStore<C> {
 }
 
 /// A decision that charges nothing: cost 0, or a cost that can never fit.
-fn standing(policies: &[Policy], states: &[u64], now: Nanos, cost: u64, fraction: f64) -> Decision {
+fn standing(policies: &[&Policy], states: &[u64], now: Nanos, cost: u64, fraction: f64) -> Decision {
     let outcome = if cost == 0 { Verdict::Admitted } else { Verdict::Exceeds };
     let mut decision = Decision::new(outcome, now, fraction, 0);
     for (index, (policy, &state)) in policies.iter().zip(states).enumerate() {
@@ -382,7 +489,7 @@ fn charge_slot(
 
 /// Charges every policy; on the first refusal gives back what was taken and reports why.
 fn charge_all(
-    policies: &[Policy],
+    policies: &[&Policy],
     slots: &[Option<&AtomicU64>; MAX_POLICIES],
     now: Nanos,
     cost: u64,
@@ -414,7 +521,7 @@ fn charge_all(
 }
 
 fn rejected(
-    policies: &[Policy],
+    policies: &[&Policy],
     slots: &[Option<&AtomicU64>; MAX_POLICIES],
     now: Nanos,
     cost: u64,
@@ -439,6 +546,10 @@ impl<C: Clock> Store for MemoryStore<C> {
 
     fn tracked(&self) -> Option<usize> {
         Some(self.len())
+    }
+
+    fn carry_over(&self, limits: &Limits) {
+        MemoryStore::carry_over(self, limits);
     }
 }
 
