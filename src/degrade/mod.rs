@@ -48,7 +48,7 @@ mod plan;
 
 pub use cache::CacheLimits;
 pub(crate) use cache::{Pending, Recorder, ResponseCache};
-pub(crate) use plan::{replay, BandPlan, Chosen};
+pub(crate) use plan::{replay, Asked, BandPlan, Chosen};
 
 /// How fully a request should be answered. Inserted into the request extensions by the
 /// limiter when it degrades a request; absent means [`Band::Full`].

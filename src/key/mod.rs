@@ -194,6 +194,7 @@ impl Client {
         self.tier.as_deref()
     }
 
+    #[inline]
     pub(crate) fn into_parts(self) -> (Key, Option<Arc<str>>, Who) {
         let identified = self.key.ip().is_none();
         (self.key, self.tier, Who { name: self.name, email: self.email, identified })

@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::Body;
 use tower_service::Service;
 
@@ -38,7 +38,7 @@ use super::core::{Core, Snapshot};
 use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
-use crate::degrade::{self, Band, BandPlan, Chosen};
+use crate::degrade::{self, Asked, Band, BandPlan, Chosen};
 use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{RouteRule, Tier};
@@ -129,6 +129,10 @@ pub(crate) struct Plan<'a> {
     /// `route` is a template, not a raw path (see [`Route::known`]).
     known_route: bool,
     method: &'a Method,
+    /// Where a full answer may be recorded for the cached band.
+    uri: &'a Uri,
+    /// The request's headers, for those a recorded answer varies on.
+    headers: &'a HeaderMap,
     /// The route's cost.
     cost: u64,
     /// What the store takes (the cost, or less in a degradation band).
@@ -151,6 +155,13 @@ impl Plan<'_> {
             route: self.route.into(),
             known_route: self.known_route,
             method: self.method.clone(),
+            uri: self.uri.clone(),
+            // Only an answer that may be recorded needs them (no allocation otherwise).
+            headers: if self.band.as_ref().is_some_and(BandPlan::recordable) {
+                self.headers.clone()
+            } else {
+                HeaderMap::new()
+            },
             cost: self.cost,
             charge: self.charge,
             band: self.band,
@@ -168,6 +179,8 @@ struct Detached {
     route: Box<str>,
     known_route: bool,
     method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     cost: u64,
     charge: Charge,
     band: Option<BandPlan>,
@@ -176,7 +189,21 @@ struct Detached {
 
 impl Detached {
     fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, who, route, known_route, method, cost, charge, band, slots } = self;
+        let Self {
+            snapshot,
+            tier,
+            key,
+            who,
+            route,
+            known_route,
+            method,
+            uri,
+            headers,
+            cost,
+            charge,
+            band,
+            slots,
+        } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
@@ -186,6 +213,8 @@ impl Detached {
             route: &route,
             known_route,
             method: &method,
+            uri: &uri,
+            headers: &headers,
             cost,
             charge,
             band,
@@ -282,6 +311,8 @@ impl Core {
             route: route.path,
             known_route: route.known,
             method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
             cost,
             charge,
             band,
@@ -290,9 +321,25 @@ impl Core {
     }
 
     /// Step 5: the plan and the store's decision become what happens next. The one place that
-    /// does.
+    /// does. (Inlined into `call`: the plan and the outcome are large values, better not
+    /// copied through a call.)
+    #[inline]
     pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, who, route, known_route, method, cost, band, slots, .. } = plan;
+        let Plan {
+            snapshot,
+            tier,
+            key,
+            who,
+            route,
+            known_route,
+            method,
+            uri,
+            headers: asked_headers,
+            cost,
+            band,
+            slots,
+            ..
+        } = plan;
         let observe = |outcome: Outcome<'_>| {
             if let Some(observer) = &self.observer {
                 observer.on_event(&Event {
@@ -318,27 +365,31 @@ impl Core {
         };
         let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
         match decision.verdict() {
-            Verdict::Admitted => match band.map_or(Chosen::Full(None), |band| band.choose(&decision)) {
-                Chosen::Full(record) => {
-                    observe(Outcome::Admitted(&decision));
-                    Settled::Forward(After { headers: Some(headers), slots, record }, None)
+            Verdict::Admitted => {
+                match band.map_or(Chosen::Full(None), |b| {
+                    b.choose(&decision, Asked { owner: &key, method, uri, headers: asked_headers })
+                }) {
+                    Chosen::Full(record) => {
+                        observe(Outcome::Admitted(&decision));
+                        Settled::Forward(After { headers: Some(headers), slots, record }, None)
+                    }
+                    Chosen::Cached(copy) => {
+                        observe(Outcome::Degraded(&decision, Band::Cached));
+                        headers.degraded(Band::Cached);
+                        let mut response = degrade::replay(&copy, method, decision.now());
+                        headers.apply(response.headers_mut());
+                        Settled::Answer(response)
+                    }
+                    Chosen::Minimal => {
+                        observe(Outcome::Degraded(&decision, Band::Minimal));
+                        headers.degraded(Band::Minimal);
+                        Settled::Forward(
+                            After { headers: Some(headers), slots, record: None },
+                            Some(Band::Minimal),
+                        )
+                    }
                 }
-                Chosen::Cached(copy) => {
-                    observe(Outcome::Degraded(&decision, Band::Cached));
-                    headers.degraded(Band::Cached);
-                    let mut response = degrade::replay(&copy, method, decision.now());
-                    headers.apply(response.headers_mut());
-                    Settled::Answer(response)
-                }
-                Chosen::Minimal => {
-                    observe(Outcome::Degraded(&decision, Band::Minimal));
-                    headers.degraded(Band::Minimal);
-                    Settled::Forward(
-                        After { headers: Some(headers), slots, record: None },
-                        Some(Band::Minimal),
-                    )
-                }
-            },
+            }
             Verdict::Rejected => {
                 observe(Outcome::Rejected(&decision));
                 Settled::Answer(answer::too_many_requests(tier, &decision, headers))
