@@ -107,6 +107,6 @@ impl AllowList {
             }
         }
         !self.ips.is_empty()
-            && self.resolver.resolve(parts).is_some_and(|ip| self.ips.iter().any(|net| net.contains(&ip)))
+            && self.resolver.client_of(parts).is_some_and(|ip| self.ips.iter().any(|net| net.contains(&ip)))
     }
 }

@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::Body;
 use tower_service::Service;
 
@@ -38,7 +38,7 @@ use super::core::{Core, Snapshot};
 use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
-use crate::degrade::{self, Band, BandPlan, Chosen};
+use crate::degrade::{self, Asked, Band, BandPlan, Chosen};
 use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{Mode, RouteRule, Tier};
@@ -127,6 +127,9 @@ pub(crate) struct Route<'a> {
     /// axum's matched route template, else the request path.
     pub(crate) path: &'a str,
     pub(crate) rule: RouteRule,
+    /// `path` is one of a bounded set: a template axum matched, or a route of the table (not
+    /// a raw path a client made up).
+    pub(crate) known: bool,
 }
 
 /// Everything the limiter settled about one request before asking the store, and all that
@@ -145,9 +148,13 @@ pub(crate) struct Plan<'a> {
     /// The client's name and address, for observers (history, emails).
     who: Who,
     route: &'a str,
+    /// `route` is a template, not a raw path (see [`Route::known`]).
+    known_route: bool,
     method: &'a Method,
     /// Where a full answer may be recorded for the cached band.
     uri: &'a Uri,
+    /// The request's headers, for those a recorded answer varies on.
+    headers: &'a HeaderMap,
     /// The route's cost.
     cost: u64,
     /// What the store takes (the cost, or less in a degradation band).
@@ -168,8 +175,15 @@ impl Plan<'_> {
             key: self.key,
             who: self.who,
             route: self.route.into(),
+            known_route: self.known_route,
             method: self.method.clone(),
             uri: self.uri.clone(),
+            // Only an answer that may be recorded needs them (no allocation otherwise).
+            headers: if self.band.as_ref().is_some_and(BandPlan::recordable) {
+                self.headers.clone()
+            } else {
+                HeaderMap::new()
+            },
             cost: self.cost,
             charge: self.charge,
             band: self.band,
@@ -185,8 +199,10 @@ struct Detached {
     key: Key,
     who: Who,
     route: Box<str>,
+    known_route: bool,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     cost: u64,
     charge: Charge,
     band: Option<BandPlan>,
@@ -195,7 +211,21 @@ struct Detached {
 
 impl Detached {
     fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, who, route, method, uri, cost, charge, band, slots } = self;
+        let Self {
+            snapshot,
+            tier,
+            key,
+            who,
+            route,
+            known_route,
+            method,
+            uri,
+            headers,
+            cost,
+            charge,
+            band,
+            slots,
+        } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
@@ -203,8 +233,10 @@ impl Detached {
             key,
             who,
             route: &route,
+            known_route,
             method: &method,
             uri: &uri,
+            headers: &headers,
             cost,
             charge,
             band,
@@ -214,22 +246,23 @@ impl Detached {
     }
 }
 
-/// The route template axum matched, else the request path.
+/// The route template axum matched (true), else the request path (false).
 #[inline]
-fn route_path(parts: &Parts) -> &str {
+fn route_path(parts: &Parts) -> (&str, bool) {
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
+        return (matched.as_str(), true);
     }
-    parts.uri.path()
+    (parts.uri.path(), false)
 }
 
 impl Core {
     /// Step 1: the route's rule.
     #[inline]
     pub(crate) fn route<'a>(snapshot: &Snapshot, parts: &'a Parts) -> Route<'a> {
-        let path = route_path(parts);
-        Route { path, rule: snapshot.limits.routes().lookup(&parts.method, path) }
+        let (path, matched) = route_path(parts);
+        let (rule, in_table) = snapshot.limits.routes().resolve(&parts.method, path);
+        Route { path, rule, known: matched || in_table }
     }
 
     /// Step 2: who is asking, and in which tier.
@@ -295,6 +328,7 @@ impl Core {
             tier,
             method: &parts.method,
             route: route.path,
+            known_route: route.known,
             cost: u64::from(route.rule.cost),
             outcome: Outcome::ShadowRejected(None),
             mode: Mode::Shadow,
@@ -335,7 +369,10 @@ impl Core {
         let cost = u64::from(route.rule.cost);
         let band = match (snapshot.limits.bands(), &snapshot.cache) {
             (Some(bands), Some(cache)) if route.rule.degrade => {
-                Some(BandPlan::new(bands, cache, &key, parts))
+                // An address is not an identity (users behind one NAT share it), nor is the key
+                // of requests nobody recognised: "the caller's own last answer" cannot be
+                // promised to them, so they get no cached band.
+                Some(BandPlan::new(bands, who.identified.then_some(cache), &key, parts))
             }
             _ => None,
         };
@@ -346,8 +383,10 @@ impl Core {
             key,
             who,
             route: route.path,
+            known_route: route.known,
             method: &parts.method,
             uri: &parts.uri,
+            headers: &parts.headers,
             cost,
             charge,
             band,
@@ -360,7 +399,21 @@ impl Core {
     /// copied through a call.)
     #[inline]
     pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, who, route, method, uri, cost, band, slots, .. } = plan;
+        let Plan {
+            snapshot,
+            tier,
+            key,
+            who,
+            route,
+            known_route,
+            method,
+            uri,
+            headers: asked_headers,
+            cost,
+            band,
+            slots,
+            ..
+        } = plan;
         let mode = tier.mode();
         let observe = |outcome: Outcome<'_>| {
             let event = Event {
@@ -371,6 +424,7 @@ impl Core {
                 tier,
                 method,
                 route,
+                known_route,
                 cost,
                 outcome,
                 mode,
@@ -397,7 +451,8 @@ impl Core {
             return match decision.verdict() {
                 Verdict::Admitted => {
                     // Kept for the cached band exactly when enforcement would have kept it.
-                    let record = match band.map(|b| b.choose(&decision, &key, method, uri)) {
+                    let asked = Asked { owner: &key, method, uri, headers: asked_headers };
+                    let record = match band.map(|b| b.choose(&decision, asked)) {
                         Some(Chosen::Full(record)) => record,
                         _ => None,
                     };
@@ -413,7 +468,9 @@ impl Core {
         let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
         match decision.verdict() {
             Verdict::Admitted => {
-                match band.map_or(Chosen::Full(None), |b| b.choose(&decision, &key, method, uri)) {
+                match band.map_or(Chosen::Full(None), |b| {
+                    b.choose(&decision, Asked { owner: &key, method, uri, headers: asked_headers })
+                }) {
                     Chosen::Full(record) => {
                         observe(Outcome::Admitted(&decision));
                         Settled::Forward(After { headers: Some(headers), slots, record }, None)
