@@ -14,9 +14,15 @@
 //! 5. **Outcome** ([`Core::settle`]): the plan and the decision become what happens next:
 //!    forward with headers (perhaps degraded), replay a cached copy, or answer 429/403/503
 //!    ([`answer`](crate::answer)); the observers are told ([`observe`](crate::observe)).
-//! 6. **Response** (`future.rs`, `body.rs`): the headers are merged into the handler's answer,
-//!    which is recorded for the cached band when it may be, and the slots come back once the
-//!    body is sent.
+//!    An admission whose tokens were reserved ahead (a tier with `max_delay_ms`) is held for
+//!    its wait first: a timer in the response future; dropped before it fires, the request
+//!    gives its reservation back.
+//! 6. **Response** (`future.rs`, `body.rs`, `settle.rs`): when the answer's cost differs from
+//!    the charge (the route's `charge` refunds this status, or the handler reported an
+//!    [`ActualCost`](super::ActualCost)) the store settles the difference and the headers are
+//!    written from the standing it answers with; then the headers are merged into the
+//!    handler's answer, which is recorded for the cached band when it may be, and the slots
+//!    come back once the body is sent.
 //!
 //! An in-process store answers in step 4 at once, and steps 5 and 6 run inside `call` with
 //! everything borrowed. A store doing I/O answers later: the plan is [detached](Plan::detach)
@@ -37,11 +43,12 @@ use super::concurrency::{Scope, Slots};
 use super::core::{Core, Snapshot};
 use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
+use super::settle::{Account, Bill, RouteHandle};
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::degrade::{self, Band, BandPlan, Chosen};
 use crate::key::{Key, KeyExtractor};
 use crate::observe::{Event, Outcome};
-use crate::policy::{RouteRule, Tier};
+use crate::policy::{ChargeOn, RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
 
 impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, K>
@@ -83,7 +90,7 @@ where
         let mut check = core.store.check(&plan.key, plan.tier, plan.charge);
         match check.try_take() {
             // 5. Outcome, now; 6. the response, in the future.
-            Some(result) => next(core.settle(plan, result), &mut self.inner, parts, body),
+            Some(result) => next(self.core.settle(plan, result), &mut self.inner, parts, body),
             None => {
                 // The store does I/O: the plan outlives this call, and the instance polled
                 // ready moves into the future while a clone takes its place (see "Be careful
@@ -104,6 +111,8 @@ where
 pub(crate) struct Route<'a> {
     /// axum's matched route template, else the request path.
     pub(crate) path: &'a str,
+    /// axum's `MatchedPath`, when there is one (a bill keeps it for observers).
+    pub(crate) handle: Option<&'a RouteHandle>,
     pub(crate) rule: RouteRule,
 }
 
@@ -121,9 +130,12 @@ pub(crate) struct Plan<'a> {
     pub(crate) tier: &'a Tier,
     pub(crate) key: Key,
     route: &'a str,
+    handle: Option<&'a RouteHandle>,
     method: &'a Method,
     /// The route's cost.
     cost: u64,
+    /// Which answers keep the charge.
+    charge_on: ChargeOn,
     /// What the store takes (the cost, or less in a degradation band).
     pub(crate) charge: Charge,
     band: Option<BandPlan>,
@@ -141,8 +153,10 @@ impl Plan<'_> {
             tier: self.tier.index(),
             key: self.key,
             route: self.route.into(),
+            handle: self.handle.cloned(),
             method: self.method.clone(),
             cost: self.cost,
+            charge_on: self.charge_on,
             charge: self.charge,
             band: self.band,
             slots: self.slots,
@@ -156,24 +170,28 @@ struct Detached {
     tier: usize,
     key: Key,
     route: Box<str>,
+    handle: Option<RouteHandle>,
     method: Method,
     cost: u64,
+    charge_on: ChargeOn,
     charge: Charge,
     band: Option<BandPlan>,
     slots: Slots,
 }
 
 impl Detached {
-    fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, route, method, cost, charge, band, slots } = self;
+    fn settle(self, core: &Arc<Core>, result: Result<Decision, StoreError>) -> Settled {
+        let Self { snapshot, tier, key, route, handle, method, cost, charge_on, charge, band, slots } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
             tier,
             key,
             route: &route,
+            handle: handle.as_ref(),
             method: &method,
             cost,
+            charge_on,
             charge,
             band,
             slots,
@@ -182,22 +200,22 @@ impl Detached {
     }
 }
 
-/// The route template axum matched, else the request path.
+/// The route template axum matched (with axum's handle on it), else the request path.
 #[inline]
-fn route_path(parts: &Parts) -> &str {
+fn route_path(parts: &Parts) -> (&str, Option<&RouteHandle>) {
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
+        return (matched.as_str(), Some(matched));
     }
-    parts.uri.path()
+    (parts.uri.path(), None)
 }
 
 impl Core {
     /// Step 1: the route's rule.
     #[inline]
     pub(crate) fn route<'a>(snapshot: &Snapshot, parts: &'a Parts) -> Route<'a> {
-        let path = route_path(parts);
-        Route { path, rule: snapshot.limits.routes().lookup(&parts.method, path) }
+        let (path, handle) = route_path(parts);
+        Route { path, handle, rule: snapshot.limits.routes().lookup(&parts.method, path) }
     }
 
     /// Step 2: who is asking, and in which tier.
@@ -256,13 +274,25 @@ impl Core {
             _ => None,
         };
         let charge = band.as_ref().map_or(Charge::new(cost), |band| band.charge(cost));
-        Ok(Plan { snapshot, tier, key, route: route.path, method: &parts.method, cost, charge, band, slots })
+        Ok(Plan {
+            snapshot,
+            tier,
+            key,
+            route: route.path,
+            handle: route.handle,
+            method: &parts.method,
+            cost,
+            charge_on: route.rule.charge,
+            charge,
+            band,
+            slots,
+        })
     }
 
     /// Step 5: the plan and the store's decision become what happens next. The one place that
     /// does.
-    pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, route, method, cost, band, slots, .. } = plan;
+    pub(crate) fn settle(self: &Arc<Self>, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
+        let Plan { snapshot, tier, key, route, handle, method, cost, charge_on, band, slots, .. } = plan;
         let observe = |outcome: Outcome<'_>| {
             if let Some(observer) = &self.observer {
                 observer.on_event(&Event { key: &key, tier, method, route, cost, outcome });
@@ -276,11 +306,23 @@ impl Core {
             }
         };
         let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
+        // What settling the answer's cost needs (made last: it takes the key).
+        let bill = |key: Key, band: Option<Band>| {
+            let account =
+                Account { snapshot, tier, key, method, parts_route: handle, cost, charge: charge_on };
+            Some(Bill::new(self, account, &decision, band))
+        };
+        let wait = decision.wait();
         match decision.verdict() {
             Verdict::Admitted => match band.map_or(Chosen::Full(None), |band| band.choose(&decision)) {
                 Chosen::Full(record) => {
-                    observe(Outcome::Admitted(&decision));
-                    Settled::Forward(After { headers: Some(headers), slots, record }, None)
+                    if wait.is_zero() {
+                        observe(Outcome::Admitted(&decision));
+                    } else {
+                        observe(Outcome::Delayed(&decision));
+                    }
+                    let bill = bill(key, None);
+                    Settled::Forward(After { headers: Some(headers), slots, record, bill }, None, wait)
                 }
                 Chosen::Cached(copy) => {
                     observe(Outcome::Degraded(&decision, Band::Cached));
@@ -292,9 +334,11 @@ impl Core {
                 Chosen::Minimal => {
                     observe(Outcome::Degraded(&decision, Band::Minimal));
                     headers.degraded(Band::Minimal);
+                    let bill = bill(key, Some(Band::Minimal));
                     Settled::Forward(
-                        After { headers: Some(headers), slots, record: None },
+                        After { headers: Some(headers), slots, record: None, bill },
                         Some(Band::Minimal),
+                        wait,
                     )
                 }
             },
@@ -318,7 +362,9 @@ impl Core {
         }
         match self.on_error {
             OnError::Deny => Settled::Answer(answer::unavailable(Unavailable::Limit)),
-            OnError::Allow | OnError::Local => Settled::Forward(After { slots, ..After::default() }, None),
+            OnError::Allow | OnError::Local => {
+                Settled::Forward(After { slots, ..After::default() }, None, crate::clock::Nanos::ZERO)
+            }
         }
     }
 }
