@@ -285,3 +285,27 @@ fn command_calls(server: &RedisServer) -> std::collections::BTreeMap<String, u64
         })
         .collect()
 }
+
+/// Issue 11, item 5: the over-limit cache was keyed by (client, tier position), so once the
+/// strict limiter's tier 0 rejected a client, the loose limiter's tier 0 (another tier, other
+/// Redis keys) answered that client from the cache, with the strict limiter's wait.
+#[tokio::test]
+async fn the_over_limit_cache_is_kept_per_policy_not_per_position() {
+    if shared_redis().is_none() {
+        return;
+    }
+    let store = store(SHARED_URL, &unique_prefix("blocked-identity"));
+    let strict = Limits::builder().tier("strict", TierSpec::new(Quota::per_hour(nonzero!(1u32))));
+    let strict = strict.default_tier("strict").build().unwrap();
+    let loose = Limits::builder().tier("loose", TierSpec::new(Quota::per_second(nonzero!(100u32))));
+    let loose = loose.default_tier("loose").build().unwrap();
+    let key = Key::new("shared-client");
+    assert!(store.check(&key, strict.default_tier(), Charge::new(1)).await.unwrap().is_admitted());
+    let refused = store.check(&key, strict.default_tier(), Charge::new(1)).await.unwrap();
+    assert_eq!(refused.verdict(), Verdict::Rejected);
+    assert_eq!(store.blocked_len(), 1);
+    let loose_answer = store.check(&key, loose.default_tier(), Charge::new(1)).await.unwrap();
+    assert!(loose_answer.is_admitted(), "{loose_answer:?}");
+    assert_eq!(loose_answer.policies()[0].remaining, 99);
+    assert_eq!(store.stats().cached_rejections, 0);
+}

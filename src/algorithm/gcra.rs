@@ -139,3 +139,36 @@ pub(super) fn settle(
 pub(super) fn refund(quota: &Quota, tat: u64, cost: u64) -> u64 {
     tat.saturating_sub(cost * quota.emission().as_nanos())
 }
+
+/// `tat`, written under `from`, as a TAT of `to` as of `at`: the same time to refill, scaled
+/// to the new emission interval (rounded up), and at most a full bucket of `to` (lowering the
+/// burst empties the bucket at worst: it takes nothing back beyond the new burst).
+pub(super) fn carry(from: &Quota, to: &Quota, tat: u64, at: Nanos) -> u64 {
+    let at = at.as_nanos();
+    let owed = tat.saturating_sub(at);
+    if owed == 0 {
+        return 0;
+    }
+    let (from_t, to_t) = (from.emission().as_nanos(), to.emission().as_nanos());
+    let owed = if from_t == to_t {
+        owed
+    } else {
+        let scaled = (u128::from(owed) * u128::from(to_t)).div_ceil(u128::from(from_t));
+        u64::try_from(scaled).unwrap_or(u64::MAX)
+    };
+    at + owed.min(to.refill_time().as_nanos())
+}
+
+/// Tokens used at `now` (whole, rounded up).
+pub(super) fn used(quota: &Quota, tat: u64, now: Nanos) -> u64 {
+    let owed = tat.saturating_sub(now.as_nanos()).min(quota.refill_time().as_nanos());
+    owed.div_ceil(quota.emission().as_nanos())
+}
+
+/// The TAT of a bucket with `used` tokens used at `now` (at most a full bucket).
+pub(super) fn with_used(quota: &Quota, used: u64, now: Nanos) -> u64 {
+    if used == 0 {
+        return 0;
+    }
+    now.as_nanos() + used.min(quota.burst()) * quota.emission().as_nanos()
+}

@@ -572,6 +572,84 @@ impl Rule {
         Settled { state, shifted }
     }
 
+    /// `state`, kept under the rule `from`, as a state of this rule as of `at`: what a store
+    /// does with a client's state when a reload changes its policy's rule (`at` is when the
+    /// new rule took over). The tokens the client had used carry over: raising the burst gives
+    /// the difference, and lowering it takes nothing back beyond the new burst (at worst the
+    /// bucket is empty at `at`, and refills from there).
+    ///
+    /// * Token bucket to token bucket: the time to refill is scaled to the new rate (the same
+    ///   tokens owed, rounded up), and held to one full bucket of the new rule.
+    /// * Sliding window to sliding window with the same window: the counts are kept as they are
+    ///   (the burst is only what they are compared with; counts above a lowered burst slide out
+    ///   within two windows).
+    /// * Anything else (another window, another algorithm): the tokens used (rounded up, at
+    ///   most the new burst) are charged to the new rule at `at`; a sliding window counts them
+    ///   in its current window.
+    /// * A sliding log keeps a [`Log`], not a `u64`: a store converts logs itself (a log stays
+    ///   a log; between a log and a `u64` state the tokens used carry over, see
+    ///   [`Log::used`] and [`Log::with_used`]), and this answers 0 for them.
+    ///
+    /// ```
+    /// use nonzero_ext::nonzero;
+    /// use tollgate::algorithm::{Algorithm, Quota, Rule};
+    /// use tollgate::clock::Nanos;
+    ///
+    /// let now = Nanos::from_secs(1_000);
+    /// let per_minute = |rate, burst| Rule::new(Algorithm::TokenBucket, Quota::per_minute(rate).allow_burst(burst));
+    /// let five = per_minute(nonzero!(60u32), nonzero!(5u32));
+    /// let used_3 = five.check(0, now, 3).new_state().unwrap();
+    ///
+    /// // The burst becomes 20: 17 left.
+    /// let twenty = per_minute(nonzero!(60u32), nonzero!(20u32));
+    /// assert_eq!(twenty.check(twenty.carry(&five, used_3, now), now, 0).remaining, 17);
+    /// // The rate doubles too: still 3 used, 17 left.
+    /// let faster = per_minute(nonzero!(120u32), nonzero!(20u32));
+    /// assert_eq!(faster.check(faster.carry(&five, used_3, now), now, 0).remaining, 17);
+    /// // The burst becomes 2: empty, the next token in one second.
+    /// let two = per_minute(nonzero!(60u32), nonzero!(2u32));
+    /// let check = two.check(two.carry(&five, used_3, now), now, 1);
+    /// assert_eq!((check.remaining, check.retry_after), (0, Nanos::from_secs(1)));
+    /// ```
+    pub fn carry(&self, from: &Rule, state: u64, at: Nanos) -> u64 {
+        if from.algorithm == Algorithm::SlidingLog || self.algorithm == Algorithm::SlidingLog {
+            return 0;
+        }
+        if from.is_idle(state, at) {
+            return 0;
+        }
+        match (from.algorithm, self.algorithm) {
+            (Algorithm::TokenBucket, Algorithm::TokenBucket) => {
+                gcra::carry(&from.quota, &self.quota, state, at)
+            }
+            (Algorithm::SlidingWindow, Algorithm::SlidingWindow)
+                if from.quota.refill_time() == self.quota.refill_time() =>
+            {
+                // The counts are kept; their width follows the burst.
+                sliding_window::recount(&from.quota, &self.quota, state, at)
+            }
+            _ => self.from_used(from.used(state, at), at),
+        }
+    }
+
+    /// The tokens a `u64` state has used at `now` (whole, rounded up).
+    pub(crate) fn used(&self, state: u64, now: Nanos) -> u64 {
+        match self.algorithm {
+            Algorithm::TokenBucket => gcra::used(&self.quota, state, now),
+            Algorithm::SlidingWindow => sliding_window::used(&self.quota, state, now),
+            Algorithm::SlidingLog => 0,
+        }
+    }
+
+    /// A `u64` state that has used `used` tokens at `now` (at most the burst).
+    pub(crate) fn from_used(&self, used: u64, now: Nanos) -> u64 {
+        match self.algorithm {
+            Algorithm::TokenBucket => gcra::with_used(&self.quota, used, now),
+            Algorithm::SlidingWindow => sliding_window::with_used(&self.quota, used, now),
+            Algorithm::SlidingLog => 0,
+        }
+    }
+
     /// True when `state` at `now` is indistinguishable from a never-seen key, so a store can
     /// forget it.
     #[inline]

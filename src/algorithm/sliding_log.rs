@@ -169,6 +169,33 @@ impl Log {
         self.runs.back().is_none_or(|r| r.at.saturating_add(w) <= now.as_nanos())
     }
 
+    /// The tokens counted at `now`: admitted inside the window (and reserved ahead).
+    pub fn used(&self, quota: &Quota, now: Nanos) -> u64 {
+        self.total - self.expired(now.as_nanos(), quota.refill_time().as_nanos())
+    }
+
+    /// A log of `used` tokens (at most the burst) admitted at `now`: what a store makes of
+    /// another algorithm's state when a reload makes a policy a sliding log (the tokens used
+    /// carry over, and leave the window `w` from now).
+    ///
+    /// ```
+    /// use nonzero_ext::nonzero;
+    /// use tollgate::algorithm::{Log, Quota};
+    /// use tollgate::clock::Nanos;
+    ///
+    /// let quota = Quota::per_second(nonzero!(5u32));
+    /// let now = Nanos::from_secs(1_000);
+    /// let log = Log::with_used(&quota, 3, now);
+    /// assert_eq!(log.used(&quota, now), 3);
+    /// assert_eq!(log.peek(&quota, now).remaining, 2);
+    /// assert!(log.is_idle(&quota, now + Nanos::SECOND));
+    /// ```
+    pub fn with_used(quota: &Quota, used: u64, now: Nanos) -> Self {
+        let mut log = Self::default();
+        log.push(now.as_nanos(), used.min(quota.burst()));
+        log
+    }
+
     /// The runs kept (for memory accounting).
     pub fn len(&self) -> usize {
         self.runs.len()

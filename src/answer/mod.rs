@@ -30,8 +30,11 @@ mod refusal;
 pub use headers::HeaderMode;
 pub(crate) use headers::{Answers, RateLimitHeaders};
 pub use problem::{
-    Problem, PROBLEM_CONCURRENCY, PROBLEM_OVER_CAPACITY, PROBLEM_RATE_LIMITED, PROBLEM_UNAVAILABLE,
+    Problem, PROBLEM_ADMIN_ONLY, PROBLEM_CONCURRENCY, PROBLEM_OVER_CAPACITY, PROBLEM_RATE_LIMITED,
+    PROBLEM_UNAVAILABLE,
 };
+#[cfg(feature = "usage")]
+pub(crate) use refusal::not_an_admin;
 pub(crate) use refusal::{
     over_capacity, too_many_in_flight, too_many_requests, unavailable, OwnResponse, Unavailable,
 };

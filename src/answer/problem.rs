@@ -14,6 +14,9 @@ pub const PROBLEM_CONCURRENCY: &str = "https://docs.rs/tollgate/latest/tollgate/
 /// `type` of a 503: the limiter's store is unreachable and `on_error = "deny"`.
 pub const PROBLEM_UNAVAILABLE: &str = "https://docs.rs/tollgate/latest/tollgate/answer/#store-unavailable";
 
+/// `type` of a 403 from the operator's routes: no admin key.
+pub const PROBLEM_ADMIN_ONLY: &str = "https://docs.rs/tollgate/latest/tollgate/answer/#admin-only";
+
 /// An RFC 9457 problem body (`application/problem+json`) with tollgate's extension members.
 ///
 /// ```

@@ -94,11 +94,14 @@ pub(crate) fn too_many_in_flight(tier: &Tier, limit: u32) -> OwnResponse {
 
 /// What could not be done because the store could not be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "usage"), allow(dead_code))] // the usage routes' answers
 pub(crate) enum Unavailable {
     /// Limit the request (`on_error = "deny"`).
     Limit,
     /// Read the caller's usage (`/usage`, `/dashboard`).
     Usage,
+    /// Read the usage history of the operator's view (`/admin`, `/admin/usage`).
+    History,
 }
 
 /// 503: the store cannot be reached. Never a 500, never a 429.
@@ -112,10 +115,26 @@ pub(crate) fn unavailable(what: Unavailable) -> OwnResponse {
             "The rate limiter's store cannot be reached, so your usage cannot be read right now. \
              Please retry shortly."
         }
+        Unavailable::History => {
+            "The usage history cannot be read from the rate limiter's store right now. Please retry \
+             shortly."
+        }
     };
     let problem = Problem::new(PROBLEM_UNAVAILABLE, "Rate limiter unavailable", 503, detail).retry_after(1);
     let mut response =
         problem_response(StatusCode::SERVICE_UNAVAILABLE, &problem, RateLimitHeaders::default());
     response.headers_mut().insert(RETRY_AFTER, ONE_SECOND.clone());
     response
+}
+
+/// 403 for the operator's routes: no admin key, or not one of `[admin] keys`.
+#[cfg(feature = "usage")]
+pub(crate) fn not_an_admin() -> OwnResponse {
+    let problem = Problem::new(
+        super::problem::PROBLEM_ADMIN_ONLY,
+        "Forbidden",
+        403,
+        "The operator's view needs an admin key in the X-API-Key header (one of [admin] keys).",
+    );
+    problem_response(StatusCode::FORBIDDEN, &problem, RateLimitHeaders::default())
 }

@@ -49,7 +49,7 @@ use crate::algorithm::{Algorithm, Quota};
 use crate::answer::HeaderMode;
 use crate::clock::Nanos;
 use crate::degrade::CacheLimits;
-use crate::key::{ApiKeys, ClientIp, DefaultExtractor, FromExtension, KeyExtractor};
+use crate::key::{ApiKeys, Client, ClientIp, DefaultExtractor, FromExtension, Key, KeyExtractor};
 use crate::observe::DEFAULT_NEAR_QUOTA;
 use crate::policy::{Bands, ChargeOn, Limits, LimitsBuilder, TierSpec};
 
@@ -78,8 +78,8 @@ pub struct Settings {
     pub routes: BTreeMap<String, RouteConfig>,
     /// Routes never limited.
     pub exempt: ExemptConfig,
-    /// API key → tier name.
-    pub api_keys: BTreeMap<String, String>,
+    /// API key → tier name (`"free"`), or the long form `{ tier, name, email }`.
+    pub api_keys: BTreeMap<String, ApiKeyConfig>,
     /// Per-route concurrency limits: route → requests one client may have in flight.
     pub concurrency: BTreeMap<String, i64>,
     /// Degradation bands; absent: never degrade.
@@ -89,6 +89,10 @@ pub struct Settings {
     pub alerts: AlertsConfig,
     /// Where state lives.
     pub store: StoreConfig,
+    /// The usage history (`/usage`'s `history`, the dashboard's charts, the operator's view).
+    pub history: HistoryConfig,
+    /// The operator's view (`/admin`, `/admin/usage`).
+    pub admin: AdminConfig,
 }
 
 impl Default for Settings {
@@ -107,7 +111,131 @@ impl Default for Settings {
             degrade: None,
             alerts: AlertsConfig::default(),
             store: StoreConfig::default(),
+            history: HistoryConfig::default(),
+            admin: AdminConfig::default(),
         }
+    }
+}
+
+/// One entry of `[api_keys]`: the short form, a tier name (`"free-demo-key" = "free"`), or the
+/// long form (`"acme-key" = { tier = "pro", name = "Acme Corp", email = "ops@acme.example" }`).
+///
+/// ```
+/// use tollgate::Config;
+/// let config = Config::from_toml(r#"
+///     [tiers.anonymous]
+///     requests_per_minute = 30
+///     burst = 5
+///     [tiers.pro]
+///     requests_per_minute = 600
+///     burst = 100
+///     [api_keys]
+///     "short-key" = "pro"
+///     "acme-key" = { tier = "pro", name = "Acme Corp", email = "ops@acme.example" }
+/// "#).unwrap();
+/// let acme = &config.settings().api_keys["acme-key"];
+/// assert_eq!((acme.tier(), acme.name(), acme.email()), ("pro", Some("Acme Corp"), Some("ops@acme.example")));
+/// assert_eq!(config.settings().api_keys["short-key"].name(), None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ApiKeyConfig {
+    /// The short form: the key's tier.
+    Tier(String),
+    /// The long form.
+    Client(ApiKeyClient),
+}
+
+/// The long form of an `[api_keys]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyClient {
+    /// The key's tier.
+    pub tier: String,
+    /// How people see the client (dashboard, operator's view, emails, logs) instead of its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where near-quota emails go (with `[alerts.email]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl ApiKeyConfig {
+    /// The key's tier.
+    pub fn tier(&self) -> &str {
+        match self {
+            Self::Tier(tier) => tier,
+            Self::Client(client) => &client.tier,
+        }
+    }
+
+    /// The client's name, in the long form.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Tier(_) => None,
+            Self::Client(client) => client.name.as_deref(),
+        }
+    }
+
+    /// The client's email address, in the long form.
+    pub fn email(&self) -> Option<&str> {
+        match self {
+            Self::Tier(_) => None,
+            Self::Client(client) => client.email.as_deref(),
+        }
+    }
+}
+
+/// `[history]`: the usage history kept for `/usage`, the dashboard and the operator's view
+/// (see [`History`](crate::history::History)). With `backend = "redis"` it is kept in Redis,
+/// shared by every instance, under the store's `prefix`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Keep a history at all (true by default).
+    pub enabled: bool,
+    /// In process: identified clients kept at most (100 000 by default, about 1.1 KiB each).
+    pub max_clients: usize,
+    /// In process: anonymous clients (by address) kept at most for the operator's view
+    /// (10 000 by default).
+    pub max_anonymous: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_clients: crate::history::DEFAULT_MAX_CLIENTS,
+            max_anonymous: crate::history::DEFAULT_MAX_ANONYMOUS,
+        }
+    }
+}
+
+/// `[admin]`: who may read the operator's view.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `X-API-Key` values that may read `/admin` and `/admin/usage` (none by default: both
+    /// answer 403 to everyone).
+    pub keys: Vec<String>,
+}
+
+/// `[alerts.email]`: near-quota emails to clients that have an `email`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The mail relay: `smtp://HOST:PORT` (plain), `smtp://HOST:PORT?tls=required`
+    /// (STARTTLS) or `smtps://HOST:PORT` (TLS), with optional `USER:PASSWORD@`.
+    pub smtp: String,
+    /// The sender address (`limits@example.com`, or `Name <limits@example.com>`).
+    pub from: String,
+    /// At most one email per client and policy in this many seconds (86 400 by default).
+    pub min_interval_s: u64,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self { smtp: String::new(), from: String::new(), min_interval_s: 86_400 }
     }
 }
 
@@ -300,11 +428,14 @@ pub struct AlertsConfig {
     /// Where to POST near-quota events as JSON (optional).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// Near-quota emails (optional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailConfig>,
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        Self { near_quota: DEFAULT_NEAR_QUOTA, webhook: None }
+        Self { near_quota: DEFAULT_NEAR_QUOTA, webhook: None, email: None }
     }
 }
 
@@ -397,7 +528,7 @@ impl Config {
     }
 
     /// The key extractor this configuration describes: an auth layer's
-    /// [`Client`](crate::key::Client), else a known `X-API-Key`, else the client IP.
+    /// [`Client`], else a known `X-API-Key`, else the client IP.
     pub fn extractor(&self) -> DefaultExtractor {
         self.settings.extractor()
     }
@@ -415,13 +546,30 @@ impl Settings {
         if let Some(name) = &self.default_tier {
             builder = builder.default_tier(name);
         }
-        for (key, tier) in &self.api_keys {
-            if !self.tiers.contains_key(tier) {
+        for (key, entry) in &self.api_keys {
+            check_api_key(key, entry, &self.tiers)?;
+        }
+        for (i, key) in self.admin.keys.iter().enumerate() {
+            if key.is_empty() || http::HeaderValue::from_str(key).is_err() {
                 return Err(ConfigError::invalid(
-                    format!("api_keys.\"{key}\""),
-                    format!("names the tier `{tier}`, which is not defined under [tiers]"),
+                    format!("admin.keys[{i}]"),
+                    "an admin key is a non-empty header value (visible ASCII)",
                 ));
             }
+        }
+        // The operator's routes are never charged.
+        if !self.admin.keys.is_empty() {
+            for route in ["/admin", "/admin/usage"] {
+                if !self.routes.contains_key(route) && !self.exempt.routes.iter().any(|r| r == route) {
+                    builder = builder.exempt(route);
+                }
+            }
+        }
+        if self.history.enabled && self.history.max_clients == 0 {
+            return Err(ConfigError::invalid(
+                "history.max_clients",
+                "must be at least 1 (or set enabled = false)",
+            ));
         }
         for (route, entry) in &self.routes {
             let cost = u32::try_from(entry.cost).map_err(|_| {
@@ -454,6 +602,9 @@ impl Settings {
         if let Some(url) = &self.alerts.webhook {
             check_webhook(url)?;
         }
+        if let Some(email) = &self.alerts.email {
+            check_email(email)?;
+        }
         if self.ipv6_prefix > 128 {
             return Err(ConfigError::invalid(
                 "ipv6_prefix",
@@ -465,10 +616,90 @@ impl Settings {
     }
 
     fn extractor(&self) -> DefaultExtractor {
-        let keys = self.api_keys.iter().fold(ApiKeys::new("x-api-key"), |keys, (k, tier)| keys.key(k, tier));
+        let keys = self.api_keys.iter().fold(ApiKeys::new("x-api-key"), |keys, (k, entry)| {
+            let mut client = Client::new(Key::new(k.as_str())).with_tier(entry.tier());
+            if let Some(name) = entry.name() {
+                client = client.with_name(name);
+            }
+            if let Some(email) = entry.email() {
+                client = client.with_email(email);
+            }
+            keys.client(k, client)
+        });
         let ip = ClientIp::new().trusted(self.trusted_proxies.iter().copied()).ipv6_prefix(self.ipv6_prefix);
         FromExtension.or(keys).or(ip)
     }
+}
+
+/// An `[api_keys]` entry: a defined tier, a name people can read, an email address.
+fn check_api_key(
+    key: &str,
+    entry: &ApiKeyConfig,
+    tiers: &BTreeMap<String, TierConfig>,
+) -> Result<(), ConfigError> {
+    let at = |field: Option<&str>| match (entry, field) {
+        (ApiKeyConfig::Client(_), Some(field)) => format!("api_keys.\"{}\".{field}", key.escape_debug()),
+        _ => format!("api_keys.\"{}\"", key.escape_debug()),
+    };
+    let tier = entry.tier();
+    if !tiers.contains_key(tier) {
+        return Err(ConfigError::invalid(
+            at(Some("tier")),
+            format!("names the tier `{tier}`, which is not defined under [tiers]"),
+        ));
+    }
+    if let Some(name) = entry.name() {
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            return Err(ConfigError::invalid(at(Some("name")), "a name is non-empty text on one line"));
+        }
+    }
+    if let Some(email) = entry.email() {
+        if !is_email_address(email) {
+            return Err(ConfigError::invalid(
+                at(Some("email")),
+                format!("`{email}` is not an email address"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "email")]
+fn is_email_address(text: &str) -> bool {
+    crate::observe::EmailAlerts::is_address(text)
+}
+
+#[cfg(not(feature = "email"))]
+fn is_email_address(text: &str) -> bool {
+    text.split_once('@')
+        .is_some_and(|(user, domain)| !user.is_empty() && (domain.contains('.') || domain == "localhost"))
+        && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(feature = "email")]
+fn check_email(email: &EmailConfig) -> Result<(), ConfigError> {
+    use crate::observe::{EmailAlerts, EmailError};
+    if email.smtp.is_empty() {
+        return Err(ConfigError::invalid(
+            "alerts.email.smtp",
+            "is required: the mail relay, e.g. smtp://127.0.0.1:2525",
+        ));
+    }
+    if email.from.is_empty() {
+        return Err(ConfigError::invalid("alerts.email.from", "is required: the sender address"));
+    }
+    if email.min_interval_s == 0 {
+        return Err(ConfigError::invalid("alerts.email.min_interval_s", "must be at least 1"));
+    }
+    EmailAlerts::check(&email.smtp, &email.from).map_err(|e| match e {
+        EmailError::BadFrom(_) => ConfigError::invalid("alerts.email.from", e.to_string()),
+        _ => ConfigError::invalid("alerts.email.smtp", e.to_string()),
+    })
+}
+
+#[cfg(not(feature = "email"))]
+fn check_email(_: &EmailConfig) -> Result<(), ConfigError> {
+    Err(ConfigError::invalid("alerts.email", "is set but tollgate was built without its `email` feature"))
 }
 
 #[cfg(feature = "webhook")]

@@ -30,16 +30,8 @@ pub(crate) struct BandPlan {
     cache: Arc<ResponseCache>,
     /// The caller's own fresh copy of this answer.
     copy: Option<Arc<Cached>>,
-    /// Where a full answer to this request would be kept: a read without credentials.
-    record: Option<Recording>,
-}
-
-/// Whose answer to which request a full answer would be kept as.
-#[derive(Debug)]
-struct Recording {
-    owner: Key,
-    method: Method,
-    uri: Uri,
+    /// A full answer to this request may be kept: a read without credentials of its own.
+    recordable: bool,
 }
 
 /// The [`Band`](super::Band) a decision put the request in, with what that band needs.
@@ -61,12 +53,7 @@ impl BandPlan {
         // may get a personal answer, never kept (clients keyed by IP may share an address).
         let read = matches!(parts.method, Method::GET | Method::HEAD);
         let personal = parts.headers.contains_key(COOKIE) || parts.headers.contains_key(AUTHORIZATION);
-        let record = (read && !personal).then(|| Recording {
-            owner: key.clone(),
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-        });
-        Self { bands, cache: cache.clone(), copy, record }
+        Self { bands, cache: cache.clone(), copy, recordable: read && !personal }
     }
 
     /// The fraction of the burst below which the request costs 1 token.
@@ -83,8 +70,9 @@ impl BandPlan {
         Charge::new(cost).reduced(self.threshold(), 1)
     }
 
-    /// The band of an admitted request, from the fraction the store saw before charging.
-    pub(crate) fn choose(self, decision: &Decision) -> Chosen {
+    /// The band of an admitted request by `owner` for `method` and `uri`, from the fraction
+    /// the store saw before charging.
+    pub(crate) fn choose(self, decision: &Decision, owner: &Key, method: &Method, uri: &Uri) -> Chosen {
         self.cache.tick(decision.now());
         let fraction = decision.fraction_before();
         if fraction < self.bands.minimal_below {
@@ -92,13 +80,13 @@ impl BandPlan {
         }
         match self.copy {
             Some(copy) if fraction < self.bands.cached_below => Chosen::Cached(copy),
-            _ => Chosen::Full(self.record.map(|r| {
+            _ => Chosen::Full(self.recordable.then(|| {
                 // Whether it is kept is decided when its status, headers and size are known.
                 Box::new(Pending {
                     cache: self.cache,
-                    owner: r.owner,
-                    method: r.method,
-                    uri: r.uri,
+                    owner: owner.clone(),
+                    method: method.clone(),
+                    uri: uri.clone(),
                     status: StatusCode::OK,
                     headers: HeaderMap::new(),
                     stored_at: decision.now(),

@@ -58,6 +58,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::key::Key;
+use crate::observe::{Event, Observer, Outcome};
 
 /// Identified clients the in-process history keeps by default.
 pub const DEFAULT_MAX_CLIENTS: usize = 100_000;
@@ -415,5 +416,34 @@ impl History {
             #[cfg(feature = "redis")]
             Kind::Redis(history) => history.flush().await,
         }
+    }
+}
+
+/// A history records the decisions it is told of: admitted and degraded requests that were
+/// charged as admitted, 429 and 403 answers as rejected. Not recorded: a request that cost
+/// nothing (reading `/usage` or the dashboard, a route of cost 0: it used none of the
+/// client's limits), and a store fault (nothing was decided).
+impl Observer for History {
+    fn on_event(&self, event: &Event<'_>) {
+        let (decision, admitted) = match event.outcome {
+            Outcome::Admitted(d) | Outcome::Delayed(d) | Outcome::Degraded(d, _) => (d, true),
+            Outcome::Rejected(d) | Outcome::Exceeds(d) => (d, false),
+            // The tokens recorded are those charged up front: a cost settled from the answer
+            // is not a visit of its own.
+            Outcome::Settled(_) | Outcome::StoreFault(_) => return,
+        };
+        if admitted && decision.charged() == 0 {
+            return;
+        }
+        self.record(&Visit {
+            key: event.key,
+            name: event.name,
+            identified: event.identified,
+            tier: event.tier.name(),
+            route: event.route,
+            at: decision.now().as_secs(),
+            admitted,
+            tokens: decision.charged(),
+        });
     }
 }

@@ -192,9 +192,21 @@ impl Client {
         self.tier.as_deref()
     }
 
-    pub(crate) fn into_parts(self) -> (Key, Option<Arc<str>>) {
-        (self.key, self.tier)
+    #[inline]
+    pub(crate) fn into_parts(self) -> (Key, Option<Arc<str>>, Who) {
+        let identified = self.key.ip().is_none();
+        (self.key, self.tier, Who { name: self.name, email: self.email, identified })
     }
+}
+
+/// What the limiter knows of a client beyond its key and tier: how people know it, where to
+/// write to it, and whether it is identified (an API key or an authentication layer's
+/// identity, not an address). Shared strings: cloning costs no allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Who {
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) email: Option<Arc<str>>,
+    pub(crate) identified: bool,
 }
 
 /// Finds who is asking. Implemented by the ready extractors, by closures

@@ -24,10 +24,11 @@ impl std::fmt::Debug for InFlight {
     }
 }
 
-/// What a limit counts: one tier's requests, or one route's.
+/// What a limit counts: one tier's requests (by name: a reload may reorder the tiers), or one
+/// route's.
 #[derive(Debug, Clone, Copy, Hash)]
 pub(crate) enum Scope<'a> {
-    Tier(usize),
+    Tier(&'a str),
     Route(&'a str),
 }
 
@@ -93,16 +94,16 @@ mod tests {
     fn slots_are_counted_per_key_and_scope_and_come_back_on_drop() {
         let inflight = Arc::new(InFlight::new());
         let a = Key::new("a");
-        let first = inflight.acquire(&a, Scope::Tier(0), 2).unwrap();
-        let second = inflight.acquire(&a, Scope::Tier(0), 2).unwrap();
-        assert!(inflight.acquire(&a, Scope::Tier(0), 2).is_none());
-        assert!(inflight.acquire(&Key::new("b"), Scope::Tier(0), 2).is_some(), "another key");
+        let first = inflight.acquire(&a, Scope::Tier("free"), 2).unwrap();
+        let second = inflight.acquire(&a, Scope::Tier("free"), 2).unwrap();
+        assert!(inflight.acquire(&a, Scope::Tier("free"), 2).is_none());
+        assert!(inflight.acquire(&Key::new("b"), Scope::Tier("free"), 2).is_some(), "another key");
         assert!(inflight.acquire(&a, Scope::Route("/x"), 1).is_some(), "another scope");
         drop(first);
-        let third = inflight.acquire(&a, Scope::Tier(0), 2).unwrap();
+        let third = inflight.acquire(&a, Scope::Tier("free"), 2).unwrap();
         drop((second, third));
         assert_eq!(inflight.keys(), 0, "idle keys take no memory");
-        assert!(inflight.acquire(&a, Scope::Tier(0), 0).is_none());
+        assert!(inflight.acquire(&a, Scope::Tier("free"), 0).is_none());
         assert_eq!(inflight.keys(), 0);
     }
 }

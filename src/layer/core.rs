@@ -8,6 +8,7 @@ use super::concurrency::InFlight;
 use crate::answer::{Answers, HeaderMode};
 use crate::clock::{Clock, SystemClock};
 use crate::degrade::{CacheLimits, ResponseCache};
+use crate::history::History;
 use crate::key::Key;
 use crate::observe::Observer;
 use crate::policy::Limits;
@@ -59,6 +60,10 @@ pub(crate) struct Core {
     pub(crate) warnings: Arc<Warnings>,
     /// The one key of requests no extractor recognises.
     pub(crate) unidentified: Key,
+    /// The usage history, when one is kept (it is also one of the observers).
+    pub(crate) history: Option<History>,
+    /// `X-API-Key` values that may read the operator's view.
+    pub(crate) admin_keys: Arc<[Box<str>]>,
 }
 
 impl std::fmt::Debug for Core {
@@ -84,6 +89,8 @@ impl Core {
             clock: Arc::new(SystemClock::new()),
             warnings: Arc::default(),
             unidentified: Key::new("unidentified"),
+            history: None,
+            admin_keys: Arc::new([]),
         };
         core.fit_cache();
         core

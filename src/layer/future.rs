@@ -141,6 +141,7 @@ where
 
 /// Forwards `parts` and `body` to `inner`, telling the handler its band, or answers. A request
 /// to be held takes the instance that was polled ready with it (a clone takes its place).
+#[inline]
 pub(crate) fn next<S, ReqBody>(
     settled: Settled,
     inner: &mut S,

@@ -55,6 +55,7 @@ use self::core::Core;
 use crate::answer::HeaderMode;
 use crate::config::{ConfigError, Settings};
 use crate::degrade::CacheLimits;
+use crate::history::History;
 use crate::key::{ClientIp, DefaultExtractor, Key, KeyExtractor};
 use crate::observe::Observer;
 use crate::policy::{Limits, RouteRule, Tier};
@@ -108,7 +109,36 @@ impl RateLimitLayer<DefaultExtractor> {
             core.fit_cache();
         }
         core.observer = Some(alerts(&settings)?);
-        Ok(Self { core: Arc::new(core), extractor: Arc::new(extractor) })
+        core.admin_keys = settings.admin.keys.iter().map(|k| Box::from(k.as_str())).collect();
+        let layer = Self { core: Arc::new(core), extractor: Arc::new(extractor) };
+        Ok(match history(&settings)? {
+            Some(history) => layer.history(history),
+            None => layer,
+        })
+    }
+}
+
+/// The usage history of `[history]`: in process, or in Redis with `backend = "redis"`.
+fn history(settings: &Settings) -> Result<Option<History>, ConfigError> {
+    use crate::config::Backend;
+    let config = &settings.history;
+    if !config.enabled {
+        return Ok(None);
+    }
+    let store = &settings.store;
+    match store.backend {
+        Backend::Memory => Ok(Some(History::memory_bounded(config.max_clients, config.max_anonymous))),
+        #[cfg(feature = "redis")]
+        Backend::Redis => {
+            let history = if store.nodes.is_empty() {
+                History::redis(&store.url, store.prefix.as_str())
+            } else {
+                History::redis_cluster(&store.nodes, store.prefix.as_str())
+            };
+            history.map(Some).map_err(|e| ConfigError::invalid("store.url", e.to_string()))
+        }
+        #[cfg(not(feature = "redis"))]
+        Backend::Redis => Ok(None),
     }
 }
 
@@ -117,20 +147,43 @@ fn alerts(settings: &Settings) -> Result<Arc<dyn Observer>, ConfigError> {
     use crate::observe::{LogNearQuota, NearQuota};
     let threshold = settings.alerts.near_quota;
     #[cfg(feature = "webhook")]
-    {
-        let webhook = match &settings.alerts.webhook {
-            Some(url) => Some(
-                crate::observe::Webhook::new(url.as_str())
-                    .map_err(|e| ConfigError::invalid("alerts.webhook", e.to_string()))?,
-            ),
-            None => None,
-        };
-        Ok(Arc::new(NearQuota::new((LogNearQuota, webhook)).threshold(threshold)))
-    }
+    let webhook = match &settings.alerts.webhook {
+        Some(url) => Some(
+            crate::observe::Webhook::new(url.as_str())
+                .map_err(|e| ConfigError::invalid("alerts.webhook", e.to_string()))?,
+        ),
+        None => None,
+    };
     #[cfg(not(feature = "webhook"))]
-    {
-        Ok(Arc::new(NearQuota::new(LogNearQuota).threshold(threshold)))
-    }
+    let webhook = ();
+    #[cfg(feature = "email")]
+    let email = match &settings.alerts.email {
+        Some(email) => Some(email_alerts(email, &settings.store)?),
+        None => None,
+    };
+    #[cfg(not(feature = "email"))]
+    let email = ();
+    Ok(Arc::new(NearQuota::new((LogNearQuota, (webhook, email))).threshold(threshold)))
+}
+
+/// The near-quota emails of `[alerts.email]`; with `backend = "redis"`, deduplicated through
+/// Redis for every instance.
+#[cfg(feature = "email")]
+fn email_alerts(
+    email: &crate::config::EmailConfig,
+    store: &crate::config::StoreConfig,
+) -> Result<crate::observe::EmailAlerts, ConfigError> {
+    let builder = crate::observe::EmailAlerts::builder(email.smtp.as_str(), email.from.as_str())
+        .min_interval(std::time::Duration::from_secs(email.min_interval_s));
+    #[cfg(feature = "redis")]
+    let builder = match (store.backend, store.nodes.is_empty()) {
+        (crate::config::Backend::Redis, true) => builder.redis(store.url.as_str(), store.prefix.as_str()),
+        (crate::config::Backend::Redis, false) => builder.redis_cluster(&store.nodes, store.prefix.as_str()),
+        _ => builder,
+    };
+    #[cfg(not(feature = "redis"))]
+    let _ = store;
+    builder.start().map_err(|e| ConfigError::invalid("alerts.email", e.to_string()))
 }
 
 impl RateLimitLayer<ClientIp> {
@@ -236,6 +289,57 @@ impl<K> RateLimitLayer<K> {
         self.edit(|c| c.clock = Arc::new(clock))
     }
 
+    /// Keeps `history` of every decision (and serves it in the usage routes): one more
+    /// observer. A layer built from a [`Config`] has the history of its `[history]` table.
+    ///
+    /// ```
+    /// # use nonzero_ext::nonzero;
+    /// # use tollgate::{algorithm::Quota, policy::{Limits, TierSpec}, RateLimitLayer};
+    /// use tollgate::history::History;
+    /// # let limits = Limits::builder().tier("anonymous", TierSpec::new(Quota::per_second(nonzero!(1u32)))).build().unwrap();
+    /// let layer = RateLimitLayer::from_limits(limits).history(History::memory());
+    /// assert!(layer.usage_history().is_some());
+    /// ```
+    pub fn history(self, history: History) -> Self {
+        let observer = history.clone();
+        self.edit(|c| c.history = Some(history)).observer(observer)
+    }
+
+    /// The usage history kept, if any.
+    pub fn usage_history(&self) -> Option<&History> {
+        self.core.history.as_ref()
+    }
+
+    /// Lets the holders of these `X-API-Key` values read the operator's view (`/admin`,
+    /// `/admin/usage` of `UsageRoutes`); `[admin] keys` in a configuration.
+    pub fn admin_keys<I: IntoIterator<Item = S>, S: AsRef<str>>(self, keys: I) -> Self {
+        let keys: Arc<[Box<str>]> = keys.into_iter().map(|k| Box::from(k.as_ref())).collect();
+        self.edit(|c| c.admin_keys = keys)
+    }
+
+    /// True when `parts` carries one of the admin keys (compared without an early exit, so
+    /// the time taken says nothing of how much of a key was right).
+    #[cfg(feature = "usage")]
+    pub(crate) fn is_admin(&self, parts: &Parts) -> bool {
+        let Some(given) = parts.headers.get("x-api-key").map(http::HeaderValue::as_bytes) else {
+            return false;
+        };
+        let mut found = false;
+        for key in self.core.admin_keys.iter() {
+            let key = key.as_bytes();
+            let same =
+                key.len() == given.len() && key.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            found |= same;
+        }
+        found
+    }
+
+    /// The layer's clock, read now (Unix epoch seconds).
+    #[cfg(feature = "usage")]
+    pub(crate) fn now_secs(&self) -> u64 {
+        self.core.clock.now().as_secs()
+    }
+
     /// Also tells `observer` of every decision, after the observers it has (a layer built
     /// from a [`Config`] starts with its near-quota alerts).
     pub fn observer(self, observer: impl Observer) -> Self {
@@ -289,6 +393,8 @@ impl<K> RateLimitLayer<K> {
 pub struct Standing<'a> {
     /// The client's key.
     pub key: Key,
+    /// How people know the client, when it has a name.
+    pub name: Option<std::sync::Arc<str>>,
     /// The client's tier.
     pub tier: &'a Tier,
     /// The store's answer for a request of cost 0: every policy's limit, remaining and reset.
@@ -319,9 +425,9 @@ impl<K: KeyExtractor> RateLimitLayer<K> {
     /// # }
     /// ```
     pub async fn standing(&self, parts: &Parts) -> Result<Standing<'_>, StoreError> {
-        let (key, tier) = self.core.identify(&self.core.snapshot, &*self.extractor, parts);
+        let (key, tier, who) = self.core.identify(&self.core.snapshot, &*self.extractor, parts);
         let decision = self.core.store.check(&key, tier, Charge::new(0)).await?;
-        Ok(Standing { key, tier, decision })
+        Ok(Standing { key, name: who.name, tier, decision })
     }
 }
 

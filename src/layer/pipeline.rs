@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Uri};
 use http_body::Body;
 use tower_service::Service;
 
@@ -46,7 +46,7 @@ use super::service::RateLimit;
 use super::settle::{Account, Bill, RouteHandle};
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::degrade::{self, Band, BandPlan, Chosen};
-use crate::key::{Key, KeyExtractor};
+use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{ChargeOn, RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
@@ -80,9 +80,9 @@ where
             );
         }
         // 2. Client. (An allow list is checked here, before the store is touched.)
-        let (key, tier) = core.identify(snapshot, &*self.extractor, &parts);
+        let (key, tier, who) = core.identify(snapshot, &*self.extractor, &parts);
         // 3. Plan.
-        let plan = match core.prepare(snapshot, route, key, tier, &parts) {
+        let plan = match core.prepare(snapshot, route, key, who, tier, &parts) {
             Ok(plan) => plan,
             Err(answer) => return ResponseFuture::ready(*answer),
         };
@@ -129,9 +129,13 @@ pub(crate) struct Plan<'a> {
     snapshot: &'a Arc<Snapshot>,
     pub(crate) tier: &'a Tier,
     pub(crate) key: Key,
+    /// The client's name and address, for observers (history, emails).
+    who: Who,
     route: &'a str,
     handle: Option<&'a RouteHandle>,
     method: &'a Method,
+    /// Where a full answer may be recorded for the cached band.
+    uri: &'a Uri,
     /// The route's cost.
     cost: u64,
     /// Which answers keep the charge.
@@ -152,9 +156,11 @@ impl Plan<'_> {
             snapshot: self.snapshot.clone(),
             tier: self.tier.index(),
             key: self.key,
+            who: self.who,
             route: self.route.into(),
             handle: self.handle.cloned(),
             method: self.method.clone(),
+            uri: self.uri.clone(),
             cost: self.cost,
             charge_on: self.charge_on,
             charge: self.charge,
@@ -169,9 +175,11 @@ struct Detached {
     snapshot: Arc<Snapshot>,
     tier: usize,
     key: Key,
+    who: Who,
     route: Box<str>,
     handle: Option<RouteHandle>,
     method: Method,
+    uri: Uri,
     cost: u64,
     charge_on: ChargeOn,
     charge: Charge,
@@ -181,15 +189,31 @@ struct Detached {
 
 impl Detached {
     fn settle(self, core: &Arc<Core>, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, route, handle, method, cost, charge_on, charge, band, slots } = self;
+        let Self {
+            snapshot,
+            tier,
+            key,
+            who,
+            route,
+            handle,
+            method,
+            uri,
+            cost,
+            charge_on,
+            charge,
+            band,
+            slots,
+        } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
             tier,
             key,
+            who,
             route: &route,
             handle: handle.as_ref(),
             method: &method,
+            uri: &uri,
             cost,
             charge_on,
             charge,
@@ -225,13 +249,13 @@ impl Core {
         snapshot: &'a Snapshot,
         extractor: &K,
         parts: &Parts,
-    ) -> (Key, &'a Tier) {
+    ) -> (Key, &'a Tier, Who) {
         let limits = &snapshot.limits;
         match extractor.extract(parts) {
             Some(client) => {
-                let (key, tier) = client.into_parts();
+                let (key, tier, who) = client.into_parts();
                 let tier = tier.and_then(|name| limits.tier(&name)).unwrap_or(limits.default_tier());
-                (key, tier)
+                (key, tier, who)
             }
             None => {
                 if !self.warnings.unidentified.swap(true, Ordering::Relaxed) {
@@ -240,7 +264,7 @@ impl Core {
                          into_make_service_with_connect_info?); such requests share one bucket"
                     );
                 }
-                (self.unidentified.clone(), limits.default_tier())
+                (self.unidentified.clone(), limits.default_tier(), Who::default())
             }
         }
     }
@@ -253,12 +277,13 @@ impl Core {
         snapshot: &'a Arc<Snapshot>,
         route: Route<'a>,
         key: Key,
+        who: Who,
         tier: &'a Tier,
         parts: &'a Parts,
     ) -> Result<Plan<'a>, Box<OwnResponse>> {
         let mut slots = Slots::default();
         if let Some(limit) = tier.concurrency() {
-            let slot = self.inflight.acquire(&key, Scope::Tier(tier.index()), limit);
+            let slot = self.inflight.acquire(&key, Scope::Tier(tier.name()), limit);
             slots.0[0] = Some(slot.ok_or_else(|| Box::new(answer::too_many_in_flight(tier, limit)))?);
         }
         let in_flight = route.rule.concurrency;
@@ -278,9 +303,11 @@ impl Core {
             snapshot,
             tier,
             key,
+            who,
             route: route.path,
             handle: route.handle,
             method: &parts.method,
+            uri: &parts.uri,
             cost,
             charge_on: route.rule.charge,
             charge,
@@ -290,12 +317,26 @@ impl Core {
     }
 
     /// Step 5: the plan and the store's decision become what happens next. The one place that
-    /// does.
+    /// does. (Inlined into `call`: the plan and the outcome are large values, better not
+    /// copied through a call.)
+    #[inline]
     pub(crate) fn settle(self: &Arc<Self>, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, route, handle, method, cost, charge_on, band, slots, .. } = plan;
+        let Plan {
+            snapshot, tier, key, who, route, handle, method, uri, cost, charge_on, band, slots, ..
+        } = plan;
         let observe = |outcome: Outcome<'_>| {
             if let Some(observer) = &self.observer {
-                observer.on_event(&Event { key: &key, tier, method, route, cost, outcome });
+                observer.on_event(&Event {
+                    key: &key,
+                    name: who.name.as_deref(),
+                    email: who.email.as_deref(),
+                    identified: who.identified,
+                    tier,
+                    method,
+                    route,
+                    cost,
+                    outcome,
+                });
             }
         };
         let decision = match result {
@@ -306,42 +347,44 @@ impl Core {
             }
         };
         let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
-        // What settling the answer's cost needs (made last: it takes the key).
-        let bill = |key: Key, band: Option<Band>| {
+        // What settling the answer's cost needs (made last: it takes the client's key).
+        let bill = |key: Key, who: Who, band: Option<Band>| {
             let account =
-                Account { snapshot, tier, key, method, parts_route: handle, cost, charge: charge_on };
+                Account { snapshot, tier, key, who, method, parts_route: handle, cost, charge: charge_on };
             Some(Bill::new(self, account, &decision, band))
         };
         let wait = decision.wait();
         match decision.verdict() {
-            Verdict::Admitted => match band.map_or(Chosen::Full(None), |band| band.choose(&decision)) {
-                Chosen::Full(record) => {
-                    if wait.is_zero() {
-                        observe(Outcome::Admitted(&decision));
-                    } else {
-                        observe(Outcome::Delayed(&decision));
+            Verdict::Admitted => {
+                match band.map_or(Chosen::Full(None), |b| b.choose(&decision, &key, method, uri)) {
+                    Chosen::Full(record) => {
+                        if wait.is_zero() {
+                            observe(Outcome::Admitted(&decision));
+                        } else {
+                            observe(Outcome::Delayed(&decision));
+                        }
+                        let bill = bill(key, who, None);
+                        Settled::Forward(After { headers: Some(headers), slots, record, bill }, None, wait)
                     }
-                    let bill = bill(key, None);
-                    Settled::Forward(After { headers: Some(headers), slots, record, bill }, None, wait)
+                    Chosen::Cached(copy) => {
+                        observe(Outcome::Degraded(&decision, Band::Cached));
+                        headers.degraded(Band::Cached);
+                        let mut response = degrade::replay(&copy, method, decision.now());
+                        headers.apply(response.headers_mut());
+                        Settled::Answer(response)
+                    }
+                    Chosen::Minimal => {
+                        observe(Outcome::Degraded(&decision, Band::Minimal));
+                        headers.degraded(Band::Minimal);
+                        let bill = bill(key, who, Some(Band::Minimal));
+                        Settled::Forward(
+                            After { headers: Some(headers), slots, record: None, bill },
+                            Some(Band::Minimal),
+                            wait,
+                        )
+                    }
                 }
-                Chosen::Cached(copy) => {
-                    observe(Outcome::Degraded(&decision, Band::Cached));
-                    headers.degraded(Band::Cached);
-                    let mut response = degrade::replay(&copy, method, decision.now());
-                    headers.apply(response.headers_mut());
-                    Settled::Answer(response)
-                }
-                Chosen::Minimal => {
-                    observe(Outcome::Degraded(&decision, Band::Minimal));
-                    headers.degraded(Band::Minimal);
-                    let bill = bill(key, Some(Band::Minimal));
-                    Settled::Forward(
-                        After { headers: Some(headers), slots, record: None, bill },
-                        Some(Band::Minimal),
-                        wait,
-                    )
-                }
-            },
+            }
             Verdict::Rejected => {
                 observe(Outcome::Rejected(&decision));
                 Settled::Answer(answer::too_many_requests(tier, &decision, headers))

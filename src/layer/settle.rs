@@ -17,7 +17,7 @@ use http::{Method, Response};
 use super::core::{Core, Snapshot};
 use crate::answer::RateLimitHeaders;
 use crate::degrade::Band;
-use crate::key::Key;
+use crate::key::{Key, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{ChargeOn, Tier};
 use crate::store::{Decision, Settlement, StoreError, StoreFuture};
@@ -84,6 +84,7 @@ pub(crate) struct Bill {
     snapshot: Arc<Snapshot>,
     tier: usize,
     key: Key,
+    who: Who,
     method: Method,
     route: Route,
     /// The route's cost (what observers are told the request cost up front).
@@ -126,6 +127,7 @@ pub(crate) struct Account<'a> {
     pub(crate) snapshot: &'a Arc<Snapshot>,
     pub(crate) tier: &'a Tier,
     pub(crate) key: Key,
+    pub(crate) who: Who,
     pub(crate) method: &'a Method,
     pub(crate) parts_route: Option<&'a RouteHandle>,
     pub(crate) cost: u64,
@@ -158,6 +160,7 @@ impl Bill {
             snapshot: account.snapshot.clone(),
             tier: account.tier.index(),
             key: account.key,
+            who: account.who,
             method: account.method.clone(),
             route,
             cost: account.cost,
@@ -223,6 +226,9 @@ impl Bill {
         if let Some(observer) = &self.core.observer {
             observer.on_event(&Event {
                 key: &self.key,
+                name: self.who.name.as_deref(),
+                email: self.who.email.as_deref(),
+                identified: self.who.identified,
                 tier: self.tier(),
                 method: &self.method,
                 route: self.route.as_str(),

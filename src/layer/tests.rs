@@ -358,6 +358,23 @@ async fn unidentified_clients_share_one_bucket_of_the_default_tier() {
     assert_eq!(ok, 5);
 }
 
+/// A builder chain changes one layer in place (no new shared part per call); a layer that was
+/// cloned before is copied first, keeps what it had, and still shares the store and its state.
+#[test]
+fn builder_methods_edit_in_place_and_leave_earlier_clones_alone() {
+    let layer = RateLimitLayer::from_limits(limits());
+    let shared = Arc::as_ptr(&layer.core);
+    let layer = layer.headers(crate::answer::HeaderMode::None).on_error(OnError::Deny).route_cost("/x", 2);
+    assert_eq!(Arc::as_ptr(&layer.core), shared, "edited in place");
+
+    let before = layer.clone();
+    let after = layer.route_cost("/x", 3);
+    assert_eq!(after.limits().routes().lookup(&http::Method::GET, "/x").cost, 3);
+    assert_eq!(before.limits().routes().lookup(&http::Method::GET, "/x").cost, 2, "the clone keeps its own");
+    assert!(Arc::ptr_eq(before.store(), after.store()), "one store");
+    assert!(Arc::ptr_eq(&before.core.inflight, &after.core.inflight), "one in-flight count");
+}
+
 #[test]
 fn route_annotations_in_code() {
     let layer = RateLimitLayer::from_limits(limits()).route_cost("/report/{id}", 3).exempt("/search");
@@ -575,4 +592,30 @@ async fn a_route_can_cap_in_flight_requests_per_key() {
     let _ = held.await;
     gate.add_permits(1);
     assert_eq!(call("/slow", "u").await.status(), StatusCode::OK);
+}
+
+/// Issue 11, item 5: two limiters sharing one store shared buckets by policy position, so the
+/// strict limiter's refusal (Retry-After an hour) answered the loose limiter's client.
+#[tokio::test]
+async fn limiters_sharing_a_store_keep_their_own_buckets() {
+    let clock = ManualClock::new(START);
+    let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+    let one_tier = |quota| Limits::builder().tier("anonymous", TierSpec::new(quota)).build().unwrap();
+    let build = |limits| {
+        let layer = RateLimitLayer::from_limits(limits)
+            .with_store(store.clone())
+            .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+        ServiceBuilder::new().layer(layer).service(handler(Arc::default()))
+    };
+    let mut strict = build(one_tier(Quota::per_hour(nonzero!(1u32))));
+    let mut loose = build(one_tier(Quota::per_second(nonzero!(100u32))));
+    assert_eq!(send(&mut strict, get("/a", "ann")).await.0.status(), StatusCode::OK);
+    let (refused, _) = send(&mut strict, get("/a", "ann")).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "3600");
+    for left in (90..100).rev() {
+        let (res, _) = send(&mut loose, get("/a", "ann")).await;
+        assert_eq!(res.status(), StatusCode::OK, "the loose limiter's own bucket");
+        assert_eq!(res.headers()["x-ratelimit-remaining"], left.to_string().as_str());
+    }
 }

@@ -86,6 +86,14 @@ pub enum Outcome<'a> {
 pub struct Event<'a> {
     /// The client's key.
     pub key: &'a Key,
+    /// How people know the client (`name` in `[api_keys]`, or an authentication layer's
+    /// [`Client::with_name`](crate::key::Client::with_name)).
+    pub name: Option<&'a str>,
+    /// Where near-quota emails to the client go, when it has an address.
+    pub email: Option<&'a str>,
+    /// True for a client identified by an API key or an authentication layer (not by its
+    /// address).
+    pub identified: bool,
     /// The client's tier.
     pub tier: &'a Tier,
     /// The request method.

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{Event, Observer, Outcome};
 use crate::clock::Nanos;
 use crate::key::Key;
+use crate::policy::PolicyId;
 use crate::store::Decision;
 
 /// The default near-quota threshold: 80 % of a policy used.
@@ -52,6 +53,18 @@ pub struct NearQuotaEvent {
     pub remaining: u64,
     /// Unix epoch seconds at which the policy's bucket is full again.
     pub reset: u64,
+    /// Unix epoch seconds at which the threshold was crossed (0 when not known).
+    pub at: u64,
+    /// How people know the client (`name` in `[api_keys]`), when it has a name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The client's address for near-quota emails. Not serialised: a webhook gets no
+    /// personal data it did not ask for.
+    #[serde(skip)]
+    pub email: Option<String>,
+    /// The tier's upgrade page, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_url: Option<String>,
 }
 
 impl NearQuotaEvent {
@@ -66,7 +79,19 @@ impl NearQuotaEvent {
         reset: u64,
     ) -> Self {
         let used = if limit == 0 { 1.0 } else { limit.saturating_sub(remaining) as f64 / limit as f64 };
-        Self { key, tier: tier.into(), policy: policy.into(), used, limit, remaining, reset }
+        Self {
+            key,
+            tier: tier.into(),
+            policy: policy.into(),
+            used,
+            limit,
+            remaining,
+            reset,
+            at: 0,
+            name: None,
+            email: None,
+            upgrade_url: None,
+        }
     }
 
     /// The client as it may be shown outside the process: `ip:ADDR` for a client keyed by
@@ -238,7 +263,7 @@ pub struct NearQuota<H> {
     threshold: f64,
     repeat: bool,
     /// `(key, policy uid)` → store time before which crossings are held back.
-    recent: Mutex<HashMap<(Key, usize), Nanos>>,
+    recent: Mutex<HashMap<(Key, PolicyId), Nanos>>,
 }
 
 impl<H: OnNearQuota> NearQuota<H> {
@@ -288,20 +313,24 @@ impl<H: OnNearQuota> NearQuota<H> {
             if charged == 0 || p.limit == 0 {
                 return None;
             }
-            let limit = p.limit as f64;
-            let after = p.limit.saturating_sub(p.remaining) as f64 / limit;
-            let before = p.limit.saturating_sub(p.remaining.saturating_add(charged)) as f64 / limit;
-            (before < threshold && after >= threshold).then_some(usize::from(p.index))
+            // used / limit ≥ threshold, without a division: this runs on every admitted request.
+            // (Counts go through i64, whose conversion to f64 is one instruction; tokens never
+            // reach 2^63.)
+            let float = |n: u64| n.min(i64::MAX as u64) as i64 as f64;
+            let mark = threshold * float(p.limit);
+            let after = p.limit.saturating_sub(p.remaining);
+            let before = p.limit.saturating_sub(p.remaining.saturating_add(charged));
+            (float(before) < mark && float(after) >= mark).then_some(usize::from(p.index))
         })
     }
 
     /// True when this crossing should fire (and remembers it for a period).
-    fn first_in_period(&self, key: &Key, uid: usize, now: Nanos, period: Nanos) -> bool {
+    fn first_in_period(&self, key: &Key, policy: PolicyId, now: Nanos, period: Nanos) -> bool {
         if self.repeat {
             return true;
         }
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let pair = (key.clone(), uid);
+        let pair = (key.clone(), policy);
         if recent.get(&pair).is_some_and(|&until| now < until) {
             return false;
         }
@@ -313,6 +342,35 @@ impl<H: OnNearQuota> NearQuota<H> {
         }
         recent.insert(pair, now.saturating_add(period));
         true
+    }
+}
+
+impl<H: OnNearQuota> NearQuota<H> {
+    /// A crossing of the policy at `index`: tells the hook, unless it was told of this key and
+    /// policy less than a period ago. Kept out of [`on_event`](Observer::on_event), which every
+    /// request runs and which mostly finds no crossing.
+    #[cold]
+    #[inline(never)]
+    fn crossed(&self, event: &Event<'_>, decision: &Decision, index: usize) {
+        let Some(policy) = event.tier.policies().get(index) else { return };
+        let state = decision.policies()[index];
+        let period = policy.quota().refill_time().max(Nanos::SECOND);
+        if !self.first_in_period(event.key, policy.id(), decision.now(), period) {
+            return;
+        }
+        let mut alert = NearQuotaEvent::new(
+            event.key.clone(),
+            event.tier.name(),
+            policy.name(),
+            state.limit,
+            state.remaining,
+            decision.reset_epoch_secs(&state),
+        );
+        alert.at = decision.now().as_secs();
+        alert.name = event.name.map(str::to_owned);
+        alert.email = event.email.map(str::to_owned);
+        alert.upgrade_url = event.tier.upgrade_url().map(str::to_owned);
+        self.hook.on_near_quota(&alert);
     }
 }
 
@@ -331,20 +389,7 @@ impl<H: OnNearQuota> Observer for NearQuota<H> {
             _ => return,
         };
         for index in self.crossings(decision) {
-            let Some(policy) = event.tier.policies().get(index) else { continue };
-            let state = decision.policies()[index];
-            let period = policy.quota().refill_time().max(Nanos::SECOND);
-            if !self.first_in_period(event.key, policy.uid(), decision.now(), period) {
-                continue;
-            }
-            self.hook.on_near_quota(&NearQuotaEvent::new(
-                event.key.clone(),
-                event.tier.name(),
-                policy.name(),
-                state.limit,
-                state.remaining,
-                decision.reset_epoch_secs(&state),
-            ));
+            self.crossed(event, decision, index);
         }
     }
 }
@@ -417,7 +462,17 @@ mod tests {
             for _ in 0..n {
                 let d = store.decide(&key, tier, Charge::new(1));
                 let outcome = if d.is_admitted() { Outcome::Admitted(&d) } else { Outcome::Rejected(&d) };
-                let event = Event { key: &key, tier, method: &Method::GET, route: "/", cost: 1, outcome };
+                let event = Event {
+                    key: &key,
+                    name: None,
+                    email: None,
+                    identified: true,
+                    tier,
+                    method: &Method::GET,
+                    route: "/",
+                    cost: 1,
+                    outcome,
+                };
                 nq.on_event(&event);
             }
         };
@@ -451,6 +506,9 @@ mod tests {
                 let d = store.decide(&key, tier, Charge::new(1));
                 let event = Event {
                     key: &key,
+                    name: None,
+                    email: None,
+                    identified: true,
                     tier,
                     method: &Method::GET,
                     route: "/",

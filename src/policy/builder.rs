@@ -178,6 +178,19 @@ impl LimitsBuilder {
             let quotas = quotas(&name, &spec, self.algorithm)?;
             specs.push((name, spec, quotas));
         }
+        // A policy's name is its identity (in store keys, headers and across reloads): the
+        // daily policy of tier `x` is `x-daily`, so no tier may be called that.
+        for (name, spec, _) in &specs {
+            if spec.daily.is_some() {
+                let daily = format!("{name}-daily");
+                if specs.iter().any(|(other, ..)| *other == daily) {
+                    return Err(LimitsError::new(
+                        format!("tiers.{daily}"),
+                        format!("has the name of the daily policy of tier `{name}`; rename one of them"),
+                    ));
+                }
+            }
+        }
         let default_tier = match &self.default_tier {
             Some(name) => specs.iter().position(|(n, ..)| n == name).ok_or_else(|| {
                 LimitsError::new(

@@ -2,9 +2,9 @@
 //!
 //! * Each (key, policy) state is one `AtomicU64`, charged with a compare-and-swap loop: no lock
 //!   is held across the decision, and concurrent requests on one key never lose an update.
-//!   A sliding log's state is a [`Log`] behind a mutex of its own (taken for one decision, in
+//!   A sliding log's state is a [`Log`] behind a mutex of its own, held for one decision (in
 //!   policy order when a tier has two).
-//! * A tier with a `max_delay` reserves ahead: its policies are charged at the instant the
+//! * A tier with a `max_delay` reserves ahead: its policies are charged at the one instant the
 //!   request's tokens exist in all of them (at most the delay away), and the decision says how
 //!   long to hold it.
 //! * Settling a cost ([`Store::settle`]) changes the states in place. A token bucket's refund
@@ -15,6 +15,13 @@
 //!   shard's write lock. There is no global lock.
 //! * Keys are hashed with a per-store random seed (foldhash), so a client cannot aim many keys
 //!   at one shard, and only the 64-bit digest is kept, never the key itself.
+//! * States are kept per policy [identity](crate::policy::Policy::id), never by a policy's
+//!   position: limiters sharing a store never share a bucket, and the limits a reload makes
+//!   find each client's state under the same policy name. Each shard keeps, per policy, the
+//!   newest rule it has seen; a state kept under an older rule is converted when the new one
+//!   first meets it ([`Rule::carry`](crate::algorithm::Rule::carry), or all at once with
+//!   [`carry_over`](MemoryStore::carry_over)), and a request still planned under the older
+//!   limits is decided by the newer rule, so states never go back.
 //! * Idle states (a full bucket, an empty window) are indistinguishable from a new key, so they
 //!   are dropped by amortised sweeps that run when a shard has doubled since its last sweep.
 //!   No cleanup task is needed.
@@ -31,7 +38,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use crate::algorithm::{Algorithm, Check, Log, Rule};
 use crate::clock::{Clock, Nanos, SystemClock};
 use crate::key::Key;
-use crate::policy::{Policy, Tier, MAX_POLICIES};
+use crate::policy::{Limits, Policy, Tier, MAX_POLICIES};
 
 use super::{
     Charge, Decision, PolicyState, Receipt, Settlement, Store, StoreFuture, Verdict, DEFAULT_CAPACITY,
@@ -59,58 +66,158 @@ impl Hasher for Passthrough {
 type Map = HashMap<u64, AtomicU64, BuildHasherDefault<Passthrough>>;
 type LogMap = HashMap<u64, Mutex<Log>, BuildHasherDefault<Passthrough>>;
 
-#[derive(Default)]
-struct ShardData {
-    /// One map per policy uid (empty for sliding logs).
-    maps: Vec<Map>,
-    /// One map of logs per policy uid (empty but for sliding logs).
-    logs: Vec<LogMap>,
-    /// The rule of each policy uid seen, for sweeping.
-    rules: Vec<Option<Rule>>,
-    /// One overflow state per policy uid, used while the shard is at capacity.
-    overflow: Vec<AtomicU64>,
-    /// One overflow log per policy uid, likewise.
-    overflow_logs: Vec<Mutex<Log>>,
-    len: usize,
-    next_sweep: usize,
-    last_full_sweep: Nanos,
+/// The states of one policy (by [`id`](Policy::id)) in one shard.
+struct PolicyMap {
+    /// The newest version of the policy seen: its rule is the one every state here is kept
+    /// under.
+    policy: Policy,
+    /// `u64` states (token bucket, sliding window).
+    map: Map,
+    /// Shared by new keys while the shard is at capacity.
+    overflow: AtomicU64,
+    /// A sliding log's states (when the policy is one).
+    logs: LogMap,
+    /// Shared by new keys while the shard is at capacity.
+    overflow_log: Mutex<Log>,
 }
 
 fn lock(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
     log.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl ShardData {
-    fn grow_to(&mut self, policies: &[Policy]) {
-        for policy in policies {
-            let uid = policy.uid();
-            if self.maps.len() <= uid {
-                self.maps.resize_with(uid + 1, Map::default);
-                self.logs.resize_with(uid + 1, LogMap::default);
-                self.rules.resize(uid + 1, None);
-                self.overflow.resize_with(uid + 1, AtomicU64::default);
-                self.overflow_logs.resize_with(uid + 1, Mutex::default);
-            }
-            self.rules[uid] = Some(*policy.rule());
+impl PolicyMap {
+    fn new(policy: &Policy) -> Self {
+        Self {
+            policy: policy.clone(),
+            map: Map::default(),
+            overflow: AtomicU64::new(0),
+            logs: LogMap::default(),
+            overflow_log: Mutex::default(),
         }
+    }
+
+    fn is_log(&self) -> bool {
+        self.policy.algorithm() == Algorithm::SlidingLog
+    }
+
+    fn len(&self) -> usize {
+        self.map.len() + self.logs.len()
+    }
+
+    /// Keeps the states under `to` instead of `from` (a reload changed the rule). A log stays
+    /// a log (its entries do not depend on the rule); between a log and a `u64` state, the
+    /// tokens used carry over as admitted at `now`.
+    fn convert(&mut self, from: &Rule, to: &Rule, now: Nanos) {
+        let (from_log, to_log) =
+            (from.algorithm() == Algorithm::SlidingLog, to.algorithm() == Algorithm::SlidingLog);
+        match (from_log, to_log) {
+            (false, false) => {
+                for state in self.map.values_mut().chain(std::iter::once(&mut self.overflow)) {
+                    *state.get_mut() = to.carry(from, *state.get_mut(), now);
+                }
+            }
+            (true, true) => {}
+            (true, false) => {
+                let quota = from.quota();
+                let used = |log: &mut Mutex<Log>| {
+                    let log = log.get_mut().unwrap_or_else(PoisonError::into_inner);
+                    to.from_used(log.used(&quota, now), now)
+                };
+                self.map = self.logs.iter_mut().map(|(&k, log)| (k, AtomicU64::new(used(log)))).collect();
+                *self.overflow.get_mut() = used(&mut self.overflow_log);
+                self.logs = LogMap::default();
+                self.overflow_log = Mutex::default();
+            }
+            (false, true) => {
+                let quota = to.quota();
+                let log = |state: &mut AtomicU64| {
+                    Mutex::new(Log::with_used(&quota, from.used(*state.get_mut(), now), now))
+                };
+                self.logs = self.map.iter_mut().map(|(&k, state)| (k, log(state))).collect();
+                self.overflow_log = log(&mut self.overflow);
+                self.map = Map::default();
+                *self.overflow.get_mut() = 0;
+            }
+        }
+    }
+}
+
+/// Where a policy's state is in a shard, as a request under one version of it finds it.
+enum Lookup<'a> {
+    /// Kept under this version of the policy (the request's, or a newer one a reload made:
+    /// the newest rule decides).
+    Found(&'a PolicyMap),
+    /// Nothing kept for this policy in this shard: every key is new (the standing of a new
+    /// key needs no write).
+    Absent,
+    /// Kept under an older version: the write path converts it first.
+    Stale,
+}
+
+#[derive(Default)]
+struct ShardData {
+    /// One entry per policy seen; a few, found by a short scan.
+    policies: Vec<PolicyMap>,
+    len: usize,
+    next_sweep: usize,
+    last_full_sweep: Nanos,
+}
+
+impl ShardData {
+    #[inline]
+    fn lookup(&self, policy: &Policy) -> Lookup<'_> {
+        match self.policies.iter().find(|p| p.policy.id() == policy.id()) {
+            Some(found) if found.policy.version() >= policy.version() => Lookup::Found(found),
+            Some(_) => Lookup::Stale,
+            None => Lookup::Absent,
+        }
+    }
+
+    /// The entry of `policy`, made current: created, or converted from an older version (the
+    /// states of a policy that was gone in between are forgotten).
+    fn current(&mut self, policy: &Policy, now: Nanos) -> &mut PolicyMap {
+        let index = match self.policies.iter().position(|p| p.policy.id() == policy.id()) {
+            Some(index) => index,
+            None => {
+                self.policies.push(PolicyMap::new(policy));
+                self.policies.len() - 1
+            }
+        };
+        let entry = &mut self.policies[index];
+        if entry.policy.version() < policy.version() {
+            if entry.policy.version() < policy.since() {
+                self.len -= entry.len();
+                *entry = PolicyMap::new(policy);
+            } else if entry.policy.rule() != policy.rule() {
+                let (from, to) = (*entry.policy.rule(), *policy.rule());
+                entry.convert(&from, &to, now);
+            }
+            entry.policy = policy.clone();
+        }
+        entry
     }
 
     fn sweep(&mut self, now: Nanos) {
         let mut len = 0;
-        for ((map, logs), rule) in self.maps.iter_mut().zip(&mut self.logs).zip(&self.rules) {
-            if let Some(rule) = rule {
-                map.retain(|_, state| !rule.is_idle(state.load(Ordering::Relaxed), now));
-                if map.capacity() > 4 * map.len().max(64) {
-                    map.shrink_to_fit();
-                }
-                let quota = rule.quota();
-                logs.retain(|_, log| !lock(log).is_idle(&quota, now));
-                if logs.capacity() > 4 * logs.len().max(64) {
-                    logs.shrink_to_fit();
-                }
+        for entry in &mut self.policies {
+            let rule = *entry.policy.rule();
+            entry.map.retain(|_, state| !rule.is_idle(state.load(Ordering::Relaxed), now));
+            if entry.map.capacity() > 4 * entry.map.len().max(64) {
+                entry.map.shrink_to_fit();
             }
-            len += map.len() + logs.len();
+            let quota = rule.quota();
+            entry.logs.retain(|_, log| !lock(log).is_idle(&quota, now));
+            if entry.logs.capacity() > 4 * entry.logs.len().max(64) {
+                entry.logs.shrink_to_fit();
+            }
+            len += entry.len();
         }
+        // A policy with nothing kept is forgotten (a request finds it again as new).
+        self.policies.retain(|e| {
+            e.len() > 0
+                || !e.policy.rule().is_idle(e.overflow.load(Ordering::Relaxed), now)
+                || !lock(&e.overflow_log).is_idle(&e.policy.quota(), now)
+        });
         self.len = len;
         self.next_sweep = (2 * len).max(MIN_SWEEP);
     }
@@ -123,8 +230,8 @@ impl ShardData {
 /// instant for all its keys (more conservative, never wrong).
 #[derive(Default)]
 struct Shifts {
-    /// (digest, policy uid) → (slid at, needed until).
-    at: HashMap<(u64, usize), (Nanos, Nanos), foldhash::fast::RandomState>,
+    /// (digest, policy id) → (slid at, needed until).
+    at: HashMap<(u64, u64), (Nanos, Nanos), foldhash::fast::RandomState>,
     /// The latest slide forgotten for want of room: it counts for every key.
     overflowed: Nanos,
 }
@@ -132,19 +239,20 @@ struct Shifts {
 const MAX_SHIFTS: usize = 256;
 
 impl Shifts {
-    fn since(&self, digest: u64, uid: usize, charged_at: Nanos) -> bool {
-        self.overflowed >= charged_at || self.at.get(&(digest, uid)).is_some_and(|&(at, _)| at >= charged_at)
+    fn since(&self, digest: u64, policy: u64, charged_at: Nanos) -> bool {
+        self.overflowed >= charged_at
+            || self.at.get(&(digest, policy)).is_some_and(|&(at, _)| at >= charged_at)
     }
 
-    fn record(&mut self, digest: u64, uid: usize, now: Nanos, needed_for: Nanos) {
-        if self.at.len() >= MAX_SHIFTS && !self.at.contains_key(&(digest, uid)) {
+    fn record(&mut self, digest: u64, policy: u64, now: Nanos, needed_for: Nanos) {
+        if self.at.len() >= MAX_SHIFTS && !self.at.contains_key(&(digest, policy)) {
             self.at.retain(|_, &mut (_, until)| until > now);
             if self.at.len() >= MAX_SHIFTS {
                 self.overflowed = now;
                 return;
             }
         }
-        self.at.insert((digest, uid), (now, now.saturating_add(needed_for)));
+        self.at.insert((digest, policy), (now, now.saturating_add(needed_for)));
     }
 }
 
@@ -263,106 +371,39 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     /// Charges `charge` to `key` under `tier` now. The synchronous heart of [`Store::check`].
+    ///
+    /// State is kept per [`Policy::id`]: limiters sharing this store never share a bucket.
+    /// After a reload, a state kept under an older version of a policy is converted to the new
+    /// rule the first time the new version meets it ([`Rule::carry`]: the tokens used carry
+    /// over), and a request still running under the older version is decided under the newer
+    /// rule: the newest rule a store has seen is the one it keeps states under.
     pub fn decide(&self, key: &Key, tier: &Tier, charge: Charge) -> Decision {
         let now = self.clock.now();
         let digest = self.hasher.hash_one(key);
         // The map uses the low bits (bucket) and the top 7 (tag): shard by bits in between.
         let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
-        let wait = tier.max_delay();
         match tier.policies() {
-            [policy] if policy.algorithm() != Algorithm::SlidingLog => {
-                self.decide_one(shard, digest, policy, wait, now, charge)
+            [policy] if tier.max_delay().is_zero() && policy.algorithm() != Algorithm::SlidingLog => {
+                self.decide_one(shard, digest, policy, tier, now, charge)
             }
-            policies if policies[0].algorithm() == Algorithm::SlidingLog => {
-                self.decide_logs(shard, digest, policies, tier.max_cost(), wait, now, charge)
-            }
-            policies => self.decide_all(shard, digest, policies, tier.max_cost(), wait, now, charge),
+            policies => self.decide_all(shard, digest, policies, tier.max_delay(), now, charge),
         }
     }
 
-    /// Settles `settlement` for `key` under `tier` now: the synchronous heart of
-    /// [`Store::settle`]. A state that is gone (forgotten as idle: nothing left to refund) takes
-    /// an extra charge afresh.
-    pub fn settle_now(&self, key: &Key, tier: &Tier, settlement: Settlement) -> Decision {
+    /// Converts now every state kept under an older version of a policy of `limits` (the
+    /// limits a reload put in force), one shard at a time, so that each client's tokens used
+    /// carry over as of the reload ([`Rule::carry`]). Without this, each shard converts
+    /// when a request under the new limits first meets it, as of then.
+    pub fn carry_over(&self, limits: &Limits) {
         let now = self.clock.now();
-        let digest = self.hasher.hash_one(key);
-        let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
-        let policies = tier.policies();
-        let Settlement { receipt, charged_at, charged, actual } = settlement;
-        loop {
-            {
-                let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
-                let missing = policies.iter().any(|p| match p.algorithm() {
-                    Algorithm::SlidingLog => self.log_slot(&data, p.uid(), digest, now).is_none(),
-                    _ => self.slot(&data, p.uid(), digest, now).is_none(),
-                });
-                if !missing || actual <= charged {
-                    let mut decision = Decision::new(Verdict::Admitted, now, 1.0, actual);
-                    let mut fraction = 1.0_f64;
-                    for (i, policy) in policies.iter().enumerate() {
-                        let (rule, quota, uid) = (policy.rule(), policy.quota(), policy.uid());
-                        let check = if policy.algorithm() == Algorithm::SlidingLog {
-                            let Some(slot) = self.log_slot(&data, uid, digest, now) else {
-                                decision = decision.with(policy_state(
-                                    i,
-                                    policy,
-                                    &Log::default().peek(&quota, now),
-                                    Verdict::Admitted,
-                                ));
-                                continue;
-                            };
-                            let mut log = lock(slot);
-                            log.settle(&quota, now, Nanos::new(receipt.get(i)), charged, actual);
-                            fraction = fraction.min(log.fraction(&quota, now));
-                            log.peek(&quota, now)
-                        } else {
-                            let Some(slot) = self.slot(&data, uid, digest, now) else {
-                                decision = decision.with(policy_state(
-                                    i,
-                                    policy,
-                                    &rule.check(0, now, 0),
-                                    Verdict::Admitted,
-                                ));
-                                continue;
-                            };
-                            let gcra = policy.algorithm() == Algorithm::TokenBucket;
-                            let shifted = gcra
-                                && actual < charged
-                                && shard
-                                    .shifts
-                                    .lock()
-                                    .unwrap_or_else(PoisonError::into_inner)
-                                    .since(digest, uid, charged_at);
-                            let mut slid = false;
-                            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-                                let settled =
-                                    rule.settle(state, now, receipt.get(i), charged, actual, shifted);
-                                slid = settled.shifted;
-                                Some(settled.state)
-                            });
-                            if slid {
-                                let needed_for = quota.refill_time().saturating_add(tier.max_delay());
-                                shard
-                                    .shifts
-                                    .lock()
-                                    .unwrap_or_else(PoisonError::into_inner)
-                                    .record(digest, uid, now, needed_for);
-                            }
-                            let state = slot.load(Ordering::Acquire);
-                            fraction = fraction.min(rule.fraction(state, now));
-                            rule.check(state, now, 0)
-                        };
-                        decision = decision.with(policy_state(i, policy, &check, Verdict::Admitted));
-                    }
-                    let mut settled = Decision::new(Verdict::Admitted, now, fraction, actual);
-                    for state in decision.policies() {
-                        settled = settled.with(*state);
-                    }
-                    return settled;
+        let policies: Vec<&Policy> = limits.tiers().iter().flat_map(|t| t.policies()).collect();
+        for shard in self.shards.iter() {
+            let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
+            for policy in &policies {
+                if matches!(data.lookup(policy), Lookup::Stale) {
+                    data.current(policy, now);
                 }
             }
-            // An extra charge on a state forgotten as idle: make it again, then charge.
-            self.insert(shard, digest, policies, now);
         }
     }
 
@@ -373,13 +414,19 @@ impl<C: Clock> MemoryStore<C> {
         data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) < Nanos::SECOND
     }
 
-    /// The state of `digest` under policy `uid`: its own, or the shared overflow state when the
-    /// shard is full; `None` when it has to be inserted.
+    /// The state of `digest` in `entry`: its own, or the shared overflow state when the shard is
+    /// full; `None` when it has to be inserted.
     #[inline]
-    fn slot<'a>(&self, data: &'a ShardData, uid: usize, digest: u64, now: Nanos) -> Option<&'a AtomicU64> {
-        match data.maps.get(uid).and_then(|map| map.get(&digest)) {
+    fn slot<'a>(
+        &self,
+        data: &ShardData,
+        entry: &'a PolicyMap,
+        digest: u64,
+        now: Nanos,
+    ) -> Option<&'a AtomicU64> {
+        match entry.map.get(&digest) {
             Some(slot) => Some(slot),
-            None if self.at_cap(data, now) => data.overflow.get(uid),
+            None if self.at_cap(data, now) => Some(&entry.overflow),
             None => None,
         }
     }
@@ -393,48 +440,54 @@ impl<C: Clock> MemoryStore<C> {
         shard: &Shard,
         digest: u64,
         policy: &Policy,
-        max_wait: Nanos,
+        tier: &Tier,
         now: Nanos,
         charge: Charge,
     ) -> Decision {
-        let rule = policy.rule();
         loop {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
-                let slot = self.slot(&data, policy.uid(), digest, now);
-                let current = slot.map_or(0, |s| s.load(Ordering::Acquire));
-                let fraction = rule.fraction(current, now);
-                let cost = charge.cost_for(fraction);
-                if cost == 0 || cost > policy.quota().burst() {
-                    return standing(std::slice::from_ref(policy), &[current], now, cost, fraction);
-                }
-                if let Some(slot) = slot {
-                    return match charge_slot(slot, current, rule, now, cost, max_wait) {
-                        Ok((check, state)) => Decision::new(Verdict::Admitted, now, fraction, cost)
-                            .with(policy_state(0, policy, &check, Verdict::Admitted))
-                            .held(check.wait)
-                            .with_receipt(Receipt::default().with(0, state)),
-                        Err(check) => Decision::new(Verdict::Rejected, now, fraction, 0).with(policy_state(
-                            0,
-                            policy,
-                            &check,
-                            Verdict::Rejected,
-                        )),
-                    };
+                let found = match data.lookup(policy) {
+                    // A reload made it a log: the general path keeps logs.
+                    Lookup::Found(entry) if entry.is_log() => Err(()),
+                    Lookup::Found(entry) => Ok(Some((&entry.policy, self.slot(&data, entry, digest, now)))),
+                    Lookup::Absent => Ok(Some((policy, None))),
+                    Lookup::Stale => Ok(None),
+                };
+                let Ok(found) = found else {
+                    drop(data);
+                    return self.decide_all(shard, digest, tier.policies(), tier.max_delay(), now, charge);
+                };
+                if let Some((policy, slot)) = found {
+                    let rule = policy.rule();
+                    let current = slot.map_or(0, |s| s.load(Ordering::Acquire));
+                    let fraction = rule.fraction(current, now);
+                    let cost = charge.cost_for(fraction);
+                    if cost == 0 || cost > policy.quota().burst() {
+                        return standing(&[policy], &[current], &[], now, cost, fraction);
+                    }
+                    if let Some(slot) = slot {
+                        return match charge_slot(slot, current, rule, now, cost, Nanos::ZERO) {
+                            Ok((check, state)) => Decision::new(Verdict::Admitted, now, fraction, cost)
+                                .with(policy_state(0, policy, &check, Verdict::Admitted))
+                                .with_receipt(Receipt::default().with(0, state)),
+                            Err(check) => Decision::new(Verdict::Rejected, now, fraction, 0)
+                                .with(policy_state(0, policy, &check, Verdict::Rejected)),
+                        };
+                    }
                 }
             }
             self.insert(shard, digest, std::slice::from_ref(policy), now);
         }
     }
 
-    /// [`decide`](Self::decide) for any number of policies, charged all or none.
-    #[allow(clippy::too_many_arguments)]
+    /// [`decide`](Self::decide) for any number of policies of any algorithm, charged all or
+    /// none, and for a tier that may hold a request up to `max_wait`.
     fn decide_all(
         &self,
         shard: &Shard,
         digest: u64,
         policies: &[Policy],
-        max_cost: u64,
         max_wait: Nanos,
         now: Nanos,
         charge: Charge,
@@ -442,92 +495,202 @@ impl<C: Clock> MemoryStore<C> {
         loop {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
+                let mut effective: [&Policy; MAX_POLICIES] = [&policies[0]; MAX_POLICIES];
                 let mut slots: [Option<&AtomicU64>; MAX_POLICIES] = [None; MAX_POLICIES];
-                let mut missing = false;
-                for (slot, policy) in slots.iter_mut().zip(policies) {
-                    *slot = self.slot(&data, policy.uid(), digest, now);
-                    missing |= slot.is_none();
-                }
-                let mut states = [0u64; MAX_POLICIES];
-                for (state, slot) in states.iter_mut().zip(&slots) {
-                    *state = slot.map_or(0, |s| s.load(Ordering::Acquire));
-                }
-                let fraction = policies
-                    .iter()
-                    .zip(&states)
-                    .map(|(p, &s)| p.rule().fraction(s, now))
-                    .fold(1.0_f64, f64::min);
-                let cost = charge.cost_for(fraction);
-                if cost == 0 || cost > max_cost {
-                    return standing(policies, &states, now, cost, fraction);
-                }
-                if !missing {
-                    if max_wait.is_zero() {
-                        return charge_all(policies, &slots, now, cost, fraction);
+                let mut logs: [Option<&Mutex<Log>>; MAX_POLICIES] = [None; MAX_POLICIES];
+                let (mut stale, mut missing) = (false, false);
+                for (i, policy) in policies.iter().enumerate() {
+                    match data.lookup(policy) {
+                        Lookup::Found(entry) => {
+                            effective[i] = &entry.policy;
+                            if entry.is_log() {
+                                logs[i] = self.log_slot(&data, entry, digest, now);
+                            } else {
+                                slots[i] = self.slot(&data, entry, digest, now);
+                            }
+                        }
+                        Lookup::Absent => effective[i] = policy,
+                        Lookup::Stale => stale = true,
                     }
-                    if let Some(decision) = reserve_all(policies, &slots, now, cost, max_wait, fraction) {
-                        return decision;
+                    missing |= slots[i].is_none() && logs[i].is_none();
+                }
+                if !stale {
+                    let effective = &effective[..policies.len()];
+                    // Logs are locked in policy order (every decision takes them so).
+                    let mut held: [Option<MutexGuard<'_, Log>>; MAX_POLICIES] = Default::default();
+                    for (guard, log) in held.iter_mut().zip(&logs) {
+                        *guard = log.map(lock);
                     }
-                    continue; // another request moved a state in between: decide again
+                    let mut states = [0u64; MAX_POLICIES];
+                    for (state, slot) in states.iter_mut().zip(&slots) {
+                        *state = slot.map_or(0, |s| s.load(Ordering::Acquire));
+                    }
+                    let empty = Log::default();
+                    let fraction = effective
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| match &held[i] {
+                            Some(log) => log.fraction(&p.quota(), now),
+                            None if p.algorithm() == Algorithm::SlidingLog => empty.fraction(&p.quota(), now),
+                            None => p.rule().fraction(states[i], now),
+                        })
+                        .fold(1.0_f64, f64::min);
+                    let max_cost = effective.iter().map(|p| p.quota().burst()).min().unwrap_or(0);
+                    let cost = charge.cost_for(fraction);
+                    if cost == 0 || cost > max_cost {
+                        return standing(effective, &states, &held, now, cost, fraction);
+                    }
+                    if !missing {
+                        if max_wait.is_zero() && logs.iter().all(Option::is_none) {
+                            return charge_all(effective, &slots, now, cost, fraction);
+                        }
+                        if let Some(decision) =
+                            reserve_all(effective, &slots, &mut held, now, cost, max_wait, fraction)
+                        {
+                            return decision;
+                        }
+                        continue; // another request moved a state in between: decide again
+                    }
                 }
             }
             self.insert(shard, digest, policies, now);
         }
     }
 
-    /// [`decide`](Self::decide) for a tier of sliding logs: each log locked in policy order,
-    /// charged all or none at the one instant every log has room.
+    /// Settles `settlement` for `key` under `tier` now: the synchronous heart of
+    /// [`Store::settle`]. A refund of a state that is gone (forgotten as idle: nothing left to
+    /// refund) does nothing; an extra charge makes it again. A state shared while the shard is
+    /// at capacity takes extra charges, never refunds (its receipts may be anyone's).
+    pub fn settle_now(&self, key: &Key, tier: &Tier, settlement: Settlement) -> Decision {
+        let now = self.clock.now();
+        let digest = self.hasher.hash_one(key);
+        let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
+        let policies = tier.policies();
+        let Settlement { receipt, charged_at, charged, actual } = settlement;
+        loop {
+            {
+                let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
+                let mut entries: [Option<&PolicyMap>; MAX_POLICIES] = [None; MAX_POLICIES];
+                let mut redo = false;
+                for (i, policy) in policies.iter().enumerate() {
+                    match data.lookup(policy) {
+                        Lookup::Found(entry) => {
+                            entries[i] = Some(entry);
+                            let own = if entry.is_log() {
+                                entry.logs.contains_key(&digest)
+                            } else {
+                                entry.map.contains_key(&digest)
+                            };
+                            redo |= !own && actual > charged && !self.at_cap(&data, now);
+                        }
+                        Lookup::Absent => redo |= actual > charged,
+                        Lookup::Stale => redo = true,
+                    }
+                }
+                if !redo {
+                    let mut decision = Decision::new(Verdict::Admitted, now, 1.0, actual);
+                    let mut fraction = 1.0_f64;
+                    for (i, policy) in policies.iter().enumerate() {
+                        let Some(entry) = entries[i] else {
+                            // Nothing kept for this policy here: a full bucket.
+                            let check = match policy.algorithm() {
+                                Algorithm::SlidingLog => Log::default().peek(&policy.quota(), now),
+                                _ => policy.rule().check(0, now, 0),
+                            };
+                            decision = decision.with(policy_state(i, policy, &check, Verdict::Admitted));
+                            continue;
+                        };
+                        let (policy, quota) = (&entry.policy, entry.policy.quota());
+                        let check = if entry.is_log() {
+                            let mut log = match entry.logs.get(&digest) {
+                                Some(log) => lock(log),
+                                None => lock(&entry.overflow_log),
+                            };
+                            log.settle(&quota, now, Nanos::new(receipt.get(i)), charged, actual);
+                            fraction = fraction.min(log.fraction(&quota, now));
+                            log.peek(&quota, now)
+                        } else {
+                            let own = entry.map.get(&digest);
+                            let slot = own.unwrap_or(&entry.overflow);
+                            let rule = policy.rule();
+                            if actual > charged || own.is_some() {
+                                self.settle_slot(shard, slot, rule, digest, policy, tier, settlement, now);
+                            }
+                            let state = slot.load(Ordering::Acquire);
+                            fraction = fraction.min(rule.fraction(state, now));
+                            rule.check(state, now, 0)
+                        };
+                        decision = decision.with(policy_state(i, policy, &check, Verdict::Admitted));
+                    }
+                    let mut settled = Decision::new(Verdict::Admitted, now, fraction, actual);
+                    for state in decision.policies() {
+                        settled = settled.with(*state);
+                    }
+                    return settled;
+                }
+                let _ = (receipt, charged_at);
+            }
+            // An extra charge on a state forgotten as idle (or kept under an older rule): make
+            // it current, then charge.
+            self.insert(shard, digest, policies, now);
+        }
+    }
+
+    /// Settles one `u64` state in place, remembering when a token-bucket refund slid it.
     #[allow(clippy::too_many_arguments)]
-    fn decide_logs(
+    fn settle_slot(
         &self,
         shard: &Shard,
+        slot: &AtomicU64,
+        rule: &Rule,
         digest: u64,
-        policies: &[Policy],
-        max_cost: u64,
-        max_wait: Nanos,
+        policy: &Policy,
+        tier: &Tier,
+        settlement: Settlement,
         now: Nanos,
-        charge: Charge,
-    ) -> Decision {
-        loop {
-            {
-                let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
-                let mut slots: [Option<&Mutex<Log>>; MAX_POLICIES] = [None; MAX_POLICIES];
-                for (slot, policy) in slots.iter_mut().zip(policies) {
-                    *slot = self.log_slot(&data, policy.uid(), digest, now);
-                }
-                if slots[..policies.len()].iter().all(Option::is_some) {
-                    let mut logs: [Option<MutexGuard<'_, Log>>; MAX_POLICIES] = Default::default();
-                    for (log, slot) in logs.iter_mut().zip(&slots[..policies.len()]) {
-                        *log = slot.map(lock);
-                    }
-                    let mut logs: Vec<&mut Log> = logs.iter_mut().flatten().map(|g| &mut **g).collect();
-                    return decide_in_logs(policies, &mut logs, max_cost, max_wait, now, charge);
-                }
-            }
-            self.insert(shard, digest, policies, now);
+    ) {
+        let Settlement { receipt, charged_at, charged, actual } = settlement;
+        let index = tier.policies().iter().position(|p| p.id() == policy.id()).unwrap_or(0);
+        let id = policy.id().get();
+        let shifted = rule.algorithm() == Algorithm::TokenBucket
+            && actual < charged
+            && shard.shifts.lock().unwrap_or_else(PoisonError::into_inner).since(digest, id, charged_at);
+        let mut slid = false;
+        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+            let settled = rule.settle(state, now, receipt.get(index), charged, actual, shifted);
+            slid = settled.shifted;
+            Some(settled.state)
+        });
+        if slid {
+            let needed_for = rule.quota().refill_time().saturating_add(tier.max_delay());
+            shard.shifts.lock().unwrap_or_else(PoisonError::into_inner).record(digest, id, now, needed_for);
         }
     }
 
-    /// The log of `digest` under policy `uid`, as [`slot`](Self::slot) finds a state.
+    /// The log of `digest` in `entry`, as [`slot`](Self::slot) finds a state.
     #[inline]
     fn log_slot<'a>(
         &self,
-        data: &'a ShardData,
-        uid: usize,
+        data: &ShardData,
+        entry: &'a PolicyMap,
         digest: u64,
         now: Nanos,
     ) -> Option<&'a Mutex<Log>> {
-        match data.logs.get(uid).and_then(|map| map.get(&digest)) {
-            Some(slot) => Some(slot),
-            None if self.at_cap(data, now) => data.overflow_logs.get(uid),
+        match entry.logs.get(&digest) {
+            Some(log) => Some(log),
+            None if self.at_cap(data, now) => Some(&entry.overflow_log),
             None => None,
         }
     }
 
+    /// The write path: makes each policy's entry current and gives `digest` a state in each
+    /// (unless the shard is at capacity: then the overflow states serve it).
     #[cold]
     fn insert(&self, shard: &Shard, digest: u64, policies: &[Policy], now: Nanos) {
         let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
-        data.grow_to(policies);
+        for policy in policies {
+            data.current(policy, now);
+        }
         if data.len >= data.next_sweep {
             data.sweep(now);
         }
@@ -538,18 +701,22 @@ impl<C: Clock> MemoryStore<C> {
             data.sweep(now);
         }
         if data.len >= self.per_shard {
-            return; // The overflow states (already grown) serve new keys.
+            // The overflow states serve new keys; the sweeps above may have dropped an entry.
+            for policy in policies {
+                data.current(policy, now);
+            }
+            return;
         }
         let mut added = 0;
         for policy in policies {
             use std::collections::hash_map::Entry::Vacant;
-            let uid = policy.uid();
-            if policy.algorithm() == Algorithm::SlidingLog {
-                if let Vacant(e) = data.logs[uid].entry(digest) {
+            let entry = data.current(policy, now);
+            if entry.is_log() {
+                if let Vacant(e) = entry.logs.entry(digest) {
                     e.insert(Mutex::default());
                     added += 1;
                 }
-            } else if let Vacant(e) = data.maps[uid].entry(digest) {
+            } else if let Vacant(e) = entry.map.entry(digest) {
                 e.insert(AtomicU64::new(0));
                 added += 1;
             }
@@ -559,15 +726,31 @@ impl<C: Clock> MemoryStore<C> {
 }
 
 /// A decision that charges nothing: cost 0, or a cost that can never fit.
-fn standing(policies: &[Policy], states: &[u64], now: Nanos, cost: u64, fraction: f64) -> Decision {
+fn standing(
+    policies: &[&Policy],
+    states: &[u64],
+    logs: &[Option<MutexGuard<'_, Log>>],
+    now: Nanos,
+    cost: u64,
+    fraction: f64,
+) -> Decision {
     let outcome = if cost == 0 { Verdict::Admitted } else { Verdict::Exceeds };
     let mut decision = Decision::new(outcome, now, fraction, 0);
     for (index, (policy, &state)) in policies.iter().zip(states).enumerate() {
         // Report the standing as it is: nothing is charged.
-        let check = policy.rule().check(state, now, 0);
-        decision = decision.with(policy_state(index, policy, &check, outcome));
+        decision =
+            decision.with(policy_state(index, policy, &peek(policy, state, logs.get(index), now), outcome));
     }
     decision
+}
+
+/// A policy's standing now, charging nothing.
+fn peek(policy: &Policy, state: u64, log: Option<&Option<MutexGuard<'_, Log>>>, now: Nanos) -> Check {
+    match log {
+        Some(Some(log)) => log.peek(&policy.quota(), now),
+        _ if policy.algorithm() == Algorithm::SlidingLog => Log::default().peek(&policy.quota(), now),
+        _ => policy.rule().check(state, now, 0),
+    }
 }
 
 fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Verdict) -> PolicyState {
@@ -603,46 +786,73 @@ fn charge_slot(
     }
 }
 
-/// Charges every policy at the one instant all of them have room (at most `max_wait` away):
-/// each policy's own earliest instant first, then all at the latest of them. `None` when a
-/// concurrent request moved a state in between (what was taken is given back; decide again).
+/// Charges every policy (`u64` states and locked logs) at the one instant all of them have
+/// room, at most `max_wait` away: each policy's own earliest instant first, then all at the
+/// latest of them. `None` when a concurrent request moved a state in between (what was taken
+/// is given back; decide again).
 fn reserve_all(
-    policies: &[Policy],
+    policies: &[&Policy],
     slots: &[Option<&AtomicU64>; MAX_POLICIES],
+    logs: &mut [Option<MutexGuard<'_, Log>>; MAX_POLICIES],
     now: Nanos,
     cost: u64,
     max_wait: Nanos,
     fraction: f64,
 ) -> Option<Decision> {
+    let mut earliest = [now; MAX_POLICIES];
+    let mut states = [0u64; MAX_POLICIES];
     let mut at = now;
     for (i, policy) in policies.iter().enumerate() {
-        let state = slots[i].expect("every slot present").load(Ordering::Acquire);
-        let check = policy.rule().check_within(state, now, cost, max_wait);
-        if check.new_state().is_none() {
-            return Some(rejected(policies, slots, now, cost, fraction));
+        earliest[i] = match logs[i].as_mut() {
+            Some(log) => log.earliest_at(&policy.quota(), now, cost),
+            None => {
+                states[i] = slots[i].map_or(0, |s| s.load(Ordering::Acquire));
+                let check = policy.rule().check_within(states[i], now, cost, max_wait);
+                match check.new_state() {
+                    Some(_) => now + check.wait,
+                    None => now + check.retry_after,
+                }
+            }
+        };
+        // A counter cannot wait: a later instant refuses it.
+        if earliest[i] > now && !policy.algorithm().reserves_ahead() {
+            earliest[i] = earliest[i].max(now + max_wait + Nanos::new(1));
         }
-        at = at.max(now + check.wait);
+        at = at.max(earliest[i]);
+    }
+    if at - now > max_wait {
+        let mut decision = Decision::new(Verdict::Rejected, now, fraction, 0);
+        for (index, policy) in policies.iter().enumerate() {
+            let mut check = peek(policy, states[index], logs.get(index), now);
+            check.retry_after = earliest[index] - now;
+            decision = decision.with(policy_state(index, policy, &check, Verdict::Rejected));
+        }
+        return Some(decision);
     }
     let mut checks = [None; MAX_POLICIES];
     let mut receipt = Receipt::default();
     for (i, policy) in policies.iter().enumerate() {
-        let slot = slots[i].expect("every slot present");
-        let current = slot.load(Ordering::Acquire);
-        let check = policy.rule().check_at(current, now, cost, at);
-        let written = check.new_state().filter(|&next| {
-            slot.compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        });
-        let Some(next) = written else {
-            for (j, earlier) in policies[..i].iter().enumerate() {
-                let slot = slots[j].expect("every slot present");
-                let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                    Some(earlier.rule().refund(s, now, cost))
-                });
+        let check = match logs[i].as_mut() {
+            Some(log) => {
+                receipt = receipt.with(i, at.as_nanos());
+                log.charge_at(&policy.quota(), now, cost, at)
             }
-            return None;
+            None => {
+                let slot = slots[i].expect("every slot present");
+                let current = slot.load(Ordering::Acquire);
+                let check = policy.rule().check_at(current, now, cost, at);
+                let written = check.new_state().filter(|&next| {
+                    slot.compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                });
+                let Some(next) = written else {
+                    undo(policies, slots, logs, i, now, cost, at);
+                    return None;
+                };
+                receipt = receipt.with(i, next);
+                check
+            }
         };
         checks[i] = Some(check);
-        receipt = receipt.with(i, next);
     }
     let mut decision =
         Decision::new(Verdict::Admitted, now, fraction, cost).held(at - now).with_receipt(receipt);
@@ -653,55 +863,32 @@ fn reserve_all(
     Some(decision)
 }
 
-/// A tier of sliding logs, all locked: charged all or none, at the instant all have room.
-fn decide_in_logs(
-    policies: &[Policy],
-    logs: &mut [&mut Log],
-    max_cost: u64,
-    max_wait: Nanos,
+/// Gives back the charges of the first `charged` policies, made at `at` a moment ago.
+fn undo(
+    policies: &[&Policy],
+    slots: &[Option<&AtomicU64>; MAX_POLICIES],
+    logs: &mut [Option<MutexGuard<'_, Log>>; MAX_POLICIES],
+    charged: usize,
     now: Nanos,
-    charge: Charge,
-) -> Decision {
-    let fraction =
-        policies.iter().zip(logs.iter()).map(|(p, l)| l.fraction(&p.quota(), now)).fold(1.0_f64, f64::min);
-    let cost = charge.cost_for(fraction);
-    if cost == 0 || cost > max_cost {
-        let outcome = if cost == 0 { Verdict::Admitted } else { Verdict::Exceeds };
-        let mut decision = Decision::new(outcome, now, fraction, 0);
-        for (index, (policy, log)) in policies.iter().zip(logs.iter()).enumerate() {
-            decision = decision.with(policy_state(index, policy, &log.peek(&policy.quota(), now), outcome));
+    cost: u64,
+    at: Nanos,
+) {
+    for (j, earlier) in policies[..charged].iter().enumerate() {
+        match logs[j].as_mut() {
+            Some(log) => log.settle(&earlier.quota(), now, at, cost, 0),
+            None => {
+                let slot = slots[j].expect("every slot present");
+                let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                    Some(earlier.rule().refund(s, now, cost))
+                });
+            }
         }
-        return decision;
     }
-    let mut at = now;
-    let mut earliest = [Nanos::ZERO; MAX_POLICIES];
-    for (i, (policy, log)) in policies.iter().zip(logs.iter_mut()).enumerate() {
-        earliest[i] = log.earliest_at(&policy.quota(), now, cost);
-        at = at.max(earliest[i]);
-    }
-    let wait = at - now;
-    if !wait.is_zero() && wait > max_wait {
-        let mut decision = Decision::new(Verdict::Rejected, now, fraction, 0);
-        for (index, (policy, log)) in policies.iter().zip(logs.iter()).enumerate() {
-            let mut check = log.peek(&policy.quota(), now);
-            check.retry_after = earliest[index].saturating_sub(now);
-            decision = decision.with(policy_state(index, policy, &check, Verdict::Rejected));
-        }
-        return decision;
-    }
-    let mut decision = Decision::new(Verdict::Admitted, now, fraction, cost).held(wait);
-    let mut receipt = Receipt::default();
-    for (index, (policy, log)) in policies.iter().zip(logs.iter_mut()).enumerate() {
-        let check = log.charge_at(&policy.quota(), now, cost, at);
-        receipt = receipt.with(index, at.as_nanos());
-        decision = decision.with(policy_state(index, policy, &check, Verdict::Admitted));
-    }
-    decision.with_receipt(receipt)
 }
 
 /// Charges every policy; on the first refusal gives back what was taken and reports why.
 fn charge_all(
-    policies: &[Policy],
+    policies: &[&Policy],
     slots: &[Option<&AtomicU64>; MAX_POLICIES],
     now: Nanos,
     cost: u64,
@@ -737,7 +924,7 @@ fn charge_all(
 }
 
 fn rejected(
-    policies: &[Policy],
+    policies: &[&Policy],
     slots: &[Option<&AtomicU64>; MAX_POLICIES],
     now: Nanos,
     cost: u64,
@@ -766,6 +953,10 @@ impl<C: Clock> Store for MemoryStore<C> {
 
     fn tracked(&self) -> Option<usize> {
         Some(self.len())
+    }
+
+    fn carry_over(&self, limits: &Limits) {
+        MemoryStore::carry_over(self, limits);
     }
 }
 

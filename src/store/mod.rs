@@ -35,7 +35,7 @@ pub use memory::MemoryStore;
 
 use crate::clock::Nanos;
 use crate::key::Key;
-use crate::policy::{Tier, MAX_POLICIES};
+use crate::policy::{Limits, Tier, MAX_POLICIES};
 
 /// The most states (one per key and policy) a memory store keeps unless told otherwise; also
 /// the bound of the Redis store's in-process fallback.
@@ -462,6 +462,16 @@ pub trait Store: Send + Sync + 'static {
     fn tracked(&self) -> Option<usize> {
         None
     }
+
+    /// Told when `limits`, made by a reload, come into force: every client's state carries
+    /// over by policy ([`Policy::id`](crate::policy::Policy::id)), and a policy whose rule
+    /// changed has a new [`version`](crate::algorithm::Rule::carry). A store may convert the
+    /// states it keeps under older versions now ([`MemoryStore`] does) or when it next meets
+    /// them (the Redis store does, in its script: a reload costs no round trip). Does nothing
+    /// by default.
+    fn carry_over(&self, limits: &Limits) {
+        let _ = limits;
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -475,5 +485,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn tracked(&self) -> Option<usize> {
         (**self).tracked()
+    }
+
+    fn carry_over(&self, limits: &Limits) {
+        (**self).carry_over(limits)
     }
 }

@@ -9,7 +9,7 @@
 
 use std::fmt::Write;
 
-use super::page::escape_html;
+use super::html::escape_html;
 use crate::history::Period;
 
 /// The chart's colours and layout; include it in the page's `<style>`. It relies on the
@@ -125,7 +125,7 @@ pub(crate) fn render(chart: &Chart<'_>) -> String {
         per = escape_html(chart.per),
         from = hh_mm(first * chart.period_s),
         since = if chart.period_s * chart.count >= 86_400 { " yesterday" } else { "" },
-        to = hh_mm((current + 1) * chart.period_s),
+        to = hh_mm(chart.now),
         ta = thousands(admitted),
         tr = thousands(rejected),
     );
@@ -294,6 +294,6 @@ mod tests {
             now: 1_700_000_000,
         });
         assert!(svg.contains(">24 h ago<") && svg.contains(">12 h ago<"), "{svg}");
-        assert!(svg.contains("23:00 yesterday–23:00 UTC"), "{svg}");
+        assert!(svg.contains("23:00 yesterday–22:13 UTC"), "{svg}");
     }
 }

@@ -91,8 +91,10 @@
 //! * `webhook`: [`Webhook`](crate::observe::Webhook), near-quota alerts POSTed as JSON.
 
 mod admin_page;
+mod calendar;
 mod chart;
 mod handlers;
+mod html;
 mod page;
 mod policy_page;
 #[cfg(feature = "prometheus")]
@@ -102,7 +104,7 @@ mod report;
 use axum::routing::get;
 use axum::Router;
 
-pub use handlers::{dashboard, policy, usage};
+pub use handlers::{admin, admin_usage, dashboard, policy, usage, AdminQuery};
 
 /// The `/policy` page for people: every tier of `limits` side by side like a pricing table
 /// (rates per minute and per day, burst, quotas, upgrade link, cheapest tier first) and what
@@ -150,7 +152,7 @@ pub fn policy_page(limits: &PublishedLimits) -> String {
 pub fn admin_page(report: &crate::history::AdminReport, now: u64) -> String {
     admin_page::render(report, now)
 }
-pub use page::escape_html;
+pub use html::escape_html;
 #[cfg(feature = "prometheus")]
 pub use prometheus::{install_prometheus, metrics, MetricsState};
 pub use report::{KeyedBy, PolicyLimits, PolicyUsage, PublishedLimits, RouteCost, TierLimits, UsageReport};
@@ -207,6 +209,8 @@ impl<K: KeyExtractor> UsageRoutes<K> {
             .route("/usage", get(usage::<K>))
             .route("/policy", get(policy::<K>))
             .route("/dashboard", get(dashboard::<K>))
+            .route("/admin", get(admin::<K>))
+            .route("/admin/usage", get(admin_usage::<K>))
             .with_state(self.layer.clone());
         #[cfg(feature = "prometheus")]
         let router = match self.prometheus {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::Algorithm;
+use crate::history::UsageHistory;
 use crate::layer::Standing;
 use crate::policy::{Limits, Policy, Tier};
 
@@ -61,6 +62,13 @@ pub struct UsageReport {
     /// Where to get a higher limit, when the tier has such a page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_url: Option<String>,
+    /// How people know the caller (`name` in `[api_keys]`), when it has a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The caller's usage over time, when the layer keeps a history: empty for a caller
+    /// identified only by its address (see [`History`](crate::history::History)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<UsageHistory>,
 }
 
 /// One policy of the caller's tier, in a [`UsageReport`].
@@ -109,6 +117,8 @@ impl UsageReport {
             reset: decision.reset_epoch_secs(&headline),
             policies,
             upgrade_url: tier.upgrade_url().map(str::to_owned),
+            name: standing.name.as_deref().map(str::to_owned),
+            history: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 pub use message::Notice;
 
+use super::near_quota::{NearQuotaEvent, OnNearQuota};
 use crate::clock::{Clock, SystemClock};
 use crate::key::Key;
 use dedupe::MemoryDedupe;
@@ -134,8 +135,9 @@ pub struct EmailAlertsBuilder {
     queue: usize,
     timeout: Duration,
     clock: Arc<dyn Clock>,
+    /// The Redis of the shared dedupe: a node's URL or a Cluster's nodes, and the prefix.
     #[cfg(feature = "redis")]
-    redis: Option<(String, String)>,
+    redis: Option<(Result<String, Vec<String>>, String)>,
 }
 
 impl fmt::Debug for EmailAlertsBuilder {
@@ -181,7 +183,14 @@ impl EmailAlertsBuilder {
     /// API key appears in Redis).
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: impl Into<String>, prefix: impl Into<String>) -> Self {
-        self.redis = Some((url.into(), prefix.into()));
+        self.redis = Some((Ok(url.into()), prefix.into()));
+        self
+    }
+
+    /// Like [`redis`](Self::redis), on the Redis Cluster that `nodes` belong to.
+    #[cfg(feature = "redis")]
+    pub fn redis_cluster(mut self, nodes: &[String], prefix: impl Into<String>) -> Self {
+        self.redis = Some((Err(nodes.to_vec()), prefix.into()));
         self
     }
 
@@ -195,9 +204,12 @@ impl EmailAlertsBuilder {
             .build();
         #[cfg(feature = "redis")]
         let shared = match &self.redis {
-            Some((url, prefix)) => Some(dedupe::RedisDedupe {
-                redis: crate::side_redis::SideRedis::node(url)
-                    .map_err(|e| EmailError::BadRedis(e.to_string()))?,
+            Some((target, prefix)) => Some(dedupe::RedisDedupe {
+                redis: match target {
+                    Ok(url) => crate::side_redis::SideRedis::node(url),
+                    Err(nodes) => crate::side_redis::SideRedis::cluster(nodes),
+                }
+                .map_err(|e| EmailError::BadRedis(e.to_string()))?,
                 prefix: prefix.clone(),
             }),
             None => None,
@@ -222,6 +234,34 @@ impl EmailAlertsBuilder {
 }
 
 impl EmailAlerts {
+    /// Checks a relay URL and a sender address without starting anything (what a
+    /// configuration checks at load).
+    ///
+    /// ```
+    /// use tollgate::observe::EmailAlerts;
+    /// assert!(EmailAlerts::check("smtps://mail.example.com:465", "Limits <limits@example.com>").is_ok());
+    /// assert!(EmailAlerts::check("http://mail.example.com", "limits@example.com").is_err());
+    /// assert!(EmailAlerts::check("smtp://127.0.0.1:2525", "limits").is_err());
+    /// ```
+    pub fn check(relay: &str, from: &str) -> Result<(), EmailError> {
+        from.parse::<Mailbox>().map_err(|_| EmailError::BadFrom(from.to_owned()))?;
+        AsyncSmtpTransport::<Tokio1Executor>::from_url(relay)
+            .map_err(|e| EmailError::BadRelay(e.to_string()))?;
+        Ok(())
+    }
+
+    /// True when `text` is one email address (`user@example.com`, no display name).
+    ///
+    /// ```
+    /// use tollgate::observe::EmailAlerts;
+    /// assert!(EmailAlerts::is_address("ops@acme.example"));
+    /// assert!(!EmailAlerts::is_address("ops at acme"));
+    /// assert!(!EmailAlerts::is_address("Ops <ops@acme.example>"));
+    /// ```
+    pub fn is_address(text: &str) -> bool {
+        text.parse::<lettre::Address>().is_ok()
+    }
+
     /// Settings for emails sent through `relay` (`smtp://HOST:PORT`, `smtps://HOST:PORT`, …)
     /// from the address `from`.
     pub fn builder(relay: impl Into<String>, from: impl Into<String>) -> EmailAlertsBuilder {
@@ -255,6 +295,28 @@ impl EmailAlerts {
             dropped: c.dropped.load(Ordering::Relaxed),
             dedupe_errors: c.dedupe_errors.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Emails the client of each near-quota event that has an address (`email` in the long form
+/// of `[api_keys]`, or an authentication layer's
+/// [`Client::with_email`](crate::key::Client::with_email)); events of clients without one are
+/// left to the other hooks.
+impl OnNearQuota for EmailAlerts {
+    fn on_near_quota(&self, event: &NearQuotaEvent) {
+        let Some(to) = &event.email else { return };
+        let mut notice = Notice::new(
+            to.clone(),
+            &event.tier,
+            &event.policy,
+            event.limit,
+            event.remaining,
+            event.reset,
+            event.at,
+        );
+        notice.name = event.name.clone();
+        notice.upgrade_url = event.upgrade_url.clone();
+        self.notify(&event.key, notice);
     }
 }
 

@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::algorithm::{Algorithm, Quota};
 use crate::clock::ManualClock;
-use crate::policy::{Limits, TierSpec};
+use crate::clock::Nanos;
+use crate::policy::{Limits, Tier, TierSpec};
 
 const START: Duration = Duration::from_secs(1_700_000_000);
 
@@ -212,9 +213,127 @@ proptest! {
             let a = fast.decide(&key, tier, charge);
             let digest = general.hasher.hash_one(&key);
             let shard = &general.shards[((digest >> 32) & general.shard_mask) as usize];
-            let b = general.decide_all(shard, digest, tier.policies(), tier.max_cost(), Nanos::ZERO, clock.now(), charge);
+            let b = general.decide_all(shard, digest, tier.policies(), Nanos::ZERO, clock.now(), charge);
             prop_assert_eq!(a, b);
             prop_assert_eq!(fast.len(), general.len());
         }
     }
+}
+
+fn one_tier(quota: Quota) -> Limits {
+    Limits::builder().tier("anonymous", TierSpec::new(quota)).build().unwrap()
+}
+
+/// The limits a reload of `previous` to `next` puts in force.
+fn reload(previous: &Limits, mut next: Limits) -> Limits {
+    next.continue_from(previous);
+    next
+}
+
+fn remaining<C: Clock>(store: &MemoryStore<C>, key: &Key, tier: &Tier) -> Vec<u64> {
+    store.decide(key, tier, Charge::new(0)).policies().iter().map(|p| p.remaining).collect()
+}
+
+/// Issue 11, item 5: state was indexed by the policy's position, so policy 0 of two limiters
+/// sharing a store was one bucket, and the strict limiter's refusal (Retry-After an hour)
+/// answered the loose one's client.
+#[test]
+fn limiters_sharing_a_store_never_share_a_bucket() {
+    let strict = one_tier(Quota::per_hour(nonzero!(1u32)));
+    let loose = one_tier(Quota::per_second(nonzero!(100u32)));
+    let same_as_strict = one_tier(Quota::per_hour(nonzero!(1u32)));
+    let (store, _) = store();
+    let key = Key::new("client");
+    assert!(store.decide(&key, strict.default_tier(), Charge::new(1)).is_admitted());
+    assert!(!store.decide(&key, strict.default_tier(), Charge::new(1)).is_admitted());
+    let d = store.decide(&key, loose.default_tier(), Charge::new(1));
+    assert!(d.is_admitted(), "{d:?}");
+    assert_eq!(d.policies()[0].remaining, 99);
+    // Separately built limits never share, even with the same names and rules; clones do.
+    assert!(store.decide(&key, same_as_strict.default_tier(), Charge::new(1)).is_admitted());
+    assert!(!store.decide(&key, strict.clone().default_tier(), Charge::new(1)).is_admitted());
+    assert_eq!(store.len(), 3);
+}
+
+/// The contract's example: a client who used 3 of a burst of 5 has 17 left when the burst
+/// becomes 20, plus what refills; lowering the burst takes nothing back beyond the new burst.
+#[test]
+fn used_tokens_carry_over_a_burst_change() {
+    let per_minute = |burst| Quota::per_minute(nonzero!(60u32)).allow_burst(burst);
+    let five = one_tier(per_minute(nonzero!(5u32)));
+    let (store, clock) = store();
+    let key = Key::new("k");
+    let other = Key::new("untouched");
+    for _ in 0..3 {
+        assert!(store.decide(&key, five.default_tier(), Charge::new(1)).is_admitted());
+    }
+    store.decide(&other, five.default_tier(), Charge::new(1));
+    let twenty = reload(&five, one_tier(per_minute(nonzero!(20u32))));
+    assert_eq!(remaining(&store, &key, twenty.default_tier()), [17]);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(remaining(&store, &key, twenty.default_tier()), [18], "plus what refilled");
+    assert_eq!(remaining(&store, &other, twenty.default_tier()), [20]);
+    for _ in 0..18 {
+        assert!(store.decide(&key, twenty.default_tier(), Charge::new(1)).is_admitted());
+    }
+    // 20 used; the burst becomes 2: empty, and the next token in a second, not in 19.
+    let two = reload(&twenty, one_tier(per_minute(nonzero!(2u32))));
+    let refused = store.decide(&key, two.default_tier(), Charge::new(1));
+    assert!(!refused.is_admitted());
+    assert_eq!(refused.retry_after(), Some(Nanos::SECOND));
+    clock.advance(Duration::from_secs(1));
+    assert!(store.decide(&key, two.default_tier(), Charge::new(1)).is_admitted());
+}
+
+/// A new rate (or algorithm) converts the state: the tokens used carry over, and refill at
+/// the new rate.
+#[test]
+fn used_tokens_carry_over_a_rate_or_algorithm_change() {
+    let ten = one_tier(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)));
+    let (store, clock) = store();
+    let key = Key::new("k");
+    assert!(store.decide(&key, ten.default_tier(), Charge::new(4)).is_admitted());
+    let faster = reload(&ten, one_tier(Quota::per_minute(nonzero!(120u32)).allow_burst(nonzero!(10u32))));
+    assert_eq!(remaining(&store, &key, faster.default_tier()), [6]);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(remaining(&store, &key, faster.default_tier()), [8], "two tokens a second now");
+    let window = TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)))
+        .algorithm(Algorithm::SlidingWindow);
+    let window = reload(&faster, Limits::builder().tier("anonymous", window).build().unwrap());
+    assert_eq!(remaining(&store, &key, window.default_tier()), [8]);
+}
+
+/// A policy that is gone is forgotten: added back later, it starts full. A new policy starts
+/// full; the others keep their state.
+#[test]
+fn gone_policies_are_forgotten_and_new_ones_start_full() {
+    let with_daily = |daily| {
+        let spec = TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)));
+        Limits::builder().tier("anonymous", if daily { spec.daily(100) } else { spec }).build().unwrap()
+    };
+    let (store, _) = store();
+    let key = Key::new("k");
+    let first = with_daily(true);
+    assert!(store.decide(&key, first.default_tier(), Charge::new(5)).is_admitted());
+    assert_eq!(remaining(&store, &key, first.default_tier()), [5, 95]);
+    let without = reload(&first, with_daily(false));
+    assert_eq!(remaining(&store, &key, without.default_tier()), [5]);
+    let again = reload(&without, with_daily(true));
+    assert_eq!(remaining(&store, &key, again.default_tier()), [5, 100], "the daily quota starts full");
+}
+
+/// A request planned under the limits before a reload that reaches the store after a request
+/// under the new ones is decided by the newest rule: states never go back to an older one.
+#[test]
+fn the_newest_rule_decides_for_requests_of_an_older_generation() {
+    let per_minute = |burst| one_tier(Quota::per_minute(nonzero!(60u32)).allow_burst(burst));
+    let old = per_minute(nonzero!(5u32));
+    let (store, _) = store();
+    let key = Key::new("k");
+    assert!(store.decide(&key, old.default_tier(), Charge::new(3)).is_admitted());
+    let new = reload(&old, per_minute(nonzero!(20u32)));
+    assert_eq!(remaining(&store, &key, new.default_tier()), [17]);
+    let late = store.decide(&key, old.default_tier(), Charge::new(1));
+    assert_eq!((late.policies()[0].limit, late.policies()[0].remaining), (20, 16));
+    assert_eq!(remaining(&store, &key, new.default_tier()), [16]);
 }

@@ -207,8 +207,11 @@ end
 local function log_load(p, key)
   p.key = key
   p.w = p.emission * p.burst
-  -- Members at or before now - w have left the window.
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - p.w))
+  -- Members at or before now - w have left the window. A key another algorithm wrote (a
+  -- reload changed the policy's algorithm) is dropped: a full quota.
+  if not pcall(redis.call, 'ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - p.w)) then
+    redis.call('DEL', key)
+  end
   p.total = redis.call('ZCARD', key)
   p.newest = now
   if p.total > 0 then
@@ -283,11 +286,21 @@ end
 
 -- Dispatch -----------------------------------------------------------------------------------
 
+-- A string key, or nothing when the key holds another type (a sliding log's set, before a
+-- reload changed the algorithm): SET overwrites it.
+local function get(key)
+  local ok, raw = pcall(redis.call, 'GET', key)
+  if ok and raw then
+    return raw
+  end
+  return nil
+end
+
 local function load(p, key)
   if p.algorithm == 0 then
-    gcra_load(p, redis.call('GET', key))
+    gcra_load(p, get(key))
   elseif p.algorithm == 1 then
-    window_load(p, redis.call('GET', key))
+    window_load(p, get(key))
   else
     log_load(p, key)
   end

@@ -54,9 +54,11 @@ impl Blocked {
         }
     }
 
-    /// The entry of one client in one tier.
+    /// The entry of one client under one tier's policies, by their identities and rules
+    /// (never by position: limiters sharing this store, or the limits before and after a
+    /// reload, have entries of their own).
     pub(super) fn digest(&self, key: &Key, tier: &Tier) -> u64 {
-        self.hasher.hash_one((key, tier.index()))
+        self.hasher.hash_one((key, tier.state_id()))
     }
 
     fn shard(&self, digest: u64) -> &Mutex<HashMap<u64, Entry>> {
