@@ -628,7 +628,7 @@ impl Rule {
                 // The counts are kept; their width follows the burst.
                 sliding_window::recount(&from.quota, &self.quota, state, at)
             }
-            _ => self.from_used(from.used(state, at), at),
+            _ => self.state_with_used(from.used(state, at), at),
         }
     }
 
@@ -642,7 +642,7 @@ impl Rule {
     }
 
     /// A `u64` state that has used `used` tokens at `now` (at most the burst).
-    pub(crate) fn from_used(&self, used: u64, now: Nanos) -> u64 {
+    pub(crate) fn state_with_used(&self, used: u64, now: Nanos) -> u64 {
         match self.algorithm {
             Algorithm::TokenBucket => gcra::with_used(&self.quota, used, now),
             Algorithm::SlidingWindow => sliding_window::with_used(&self.quota, used, now),

@@ -17,7 +17,12 @@ use crate::degrade::{Band, Pending, Recorder};
 use crate::store::{Decision, StoreError, StoreFuture};
 
 /// What happens to a request once its plan met the store's decision.
+///
+/// Moved once, from [`Core::settle`](super::core::Core) (inlined into `call`) to [`next`]; the
+/// forwarded case is the common one and carries the headers and the bill inline: boxing it
+/// would cost every request an allocation.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Settled {
     /// Call the handler (telling it the band, when degraded), after holding the request for
     /// the wait (its tokens were reserved ahead), and finish its answer with `After`.

@@ -266,3 +266,6 @@ impl Bill {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

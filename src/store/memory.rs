@@ -121,7 +121,7 @@ impl PolicyMap {
                 let quota = from.quota();
                 let used = |log: &mut Mutex<Log>| {
                     let log = log.get_mut().unwrap_or_else(PoisonError::into_inner);
-                    to.from_used(log.used(&quota, now), now)
+                    to.state_with_used(log.used(&quota, now), now)
                 };
                 self.map = self.logs.iter_mut().map(|(&k, log)| (k, AtomicU64::new(used(log)))).collect();
                 *self.overflow.get_mut() = used(&mut self.overflow_log);
