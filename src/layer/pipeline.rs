@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::Body;
 use tower_service::Service;
 
@@ -45,7 +45,7 @@ use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
 use super::settle::{Account, Bill, RouteHandle};
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
-use crate::degrade::{self, Band, BandPlan, Chosen};
+use crate::degrade::{self, Asked, Band, BandPlan, Chosen};
 use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{ChargeOn, RouteRule, Tier};
@@ -114,6 +114,9 @@ pub(crate) struct Route<'a> {
     /// axum's `MatchedPath`, when there is one (a bill keeps it for observers).
     pub(crate) handle: Option<&'a RouteHandle>,
     pub(crate) rule: RouteRule,
+    /// `path` is one of a bounded set: a template axum matched, or a route of the table (not
+    /// a raw path a client made up).
+    pub(crate) known: bool,
 }
 
 /// Everything the limiter settled about one request before asking the store, and all that
@@ -132,10 +135,14 @@ pub(crate) struct Plan<'a> {
     /// The client's name and address, for observers (history, emails).
     who: Who,
     route: &'a str,
+    /// `route` is a template, not a raw path (see [`Route::known`]).
+    known_route: bool,
     handle: Option<&'a RouteHandle>,
     method: &'a Method,
     /// Where a full answer may be recorded for the cached band.
     uri: &'a Uri,
+    /// The request's headers, for those a recorded answer varies on.
+    headers: &'a HeaderMap,
     /// The route's cost.
     cost: u64,
     /// Which answers keep the charge.
@@ -158,9 +165,16 @@ impl Plan<'_> {
             key: self.key,
             who: self.who,
             route: self.route.into(),
+            known_route: self.known_route,
             handle: self.handle.cloned(),
             method: self.method.clone(),
             uri: self.uri.clone(),
+            // Only an answer that may be recorded needs them (no allocation otherwise).
+            headers: if self.band.as_ref().is_some_and(BandPlan::recordable) {
+                self.headers.clone()
+            } else {
+                HeaderMap::new()
+            },
             cost: self.cost,
             charge_on: self.charge_on,
             charge: self.charge,
@@ -177,9 +191,11 @@ struct Detached {
     key: Key,
     who: Who,
     route: Box<str>,
+    known_route: bool,
     handle: Option<RouteHandle>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     cost: u64,
     charge_on: ChargeOn,
     charge: Charge,
@@ -195,9 +211,11 @@ impl Detached {
             key,
             who,
             route,
+            known_route,
             handle,
             method,
             uri,
+            headers,
             cost,
             charge_on,
             charge,
@@ -211,9 +229,11 @@ impl Detached {
             key,
             who,
             route: &route,
+            known_route,
             handle: handle.as_ref(),
             method: &method,
             uri: &uri,
+            headers: &headers,
             cost,
             charge_on,
             charge,
@@ -238,8 +258,9 @@ impl Core {
     /// Step 1: the route's rule.
     #[inline]
     pub(crate) fn route<'a>(snapshot: &Snapshot, parts: &'a Parts) -> Route<'a> {
-        let (path, handle) = route_path(parts);
-        Route { path, handle, rule: snapshot.limits.routes().lookup(&parts.method, path) }
+        let (path, matched) = route_path(parts);
+        let (rule, in_table) = snapshot.limits.routes().resolve(&parts.method, path);
+        Route { path, handle: matched, rule, known: matched.is_some() || in_table }
     }
 
     /// Step 2: who is asking, and in which tier.
@@ -294,7 +315,10 @@ impl Core {
         let cost = u64::from(route.rule.cost);
         let band = match (snapshot.limits.bands(), &self.cache) {
             (Some(bands), Some(cache)) if route.rule.degrade => {
-                Some(BandPlan::new(bands, cache, &key, parts))
+                // An address is not an identity (users behind one NAT share it), nor is the key
+                // of requests nobody recognised: "the caller's own last answer" cannot be
+                // promised to them, so they get no cached band.
+                Some(BandPlan::new(bands, who.identified.then_some(cache), &key, parts))
             }
             _ => None,
         };
@@ -305,9 +329,11 @@ impl Core {
             key,
             who,
             route: route.path,
+            known_route: route.known,
             handle: route.handle,
             method: &parts.method,
             uri: &parts.uri,
+            headers: &parts.headers,
             cost,
             charge_on: route.rule.charge,
             charge,
@@ -322,7 +348,21 @@ impl Core {
     #[inline]
     pub(crate) fn settle(self: &Arc<Self>, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
         let Plan {
-            snapshot, tier, key, who, route, handle, method, uri, cost, charge_on, band, slots, ..
+            snapshot,
+            tier,
+            key,
+            who,
+            route,
+            known_route,
+            handle,
+            method,
+            uri,
+            headers: asked_headers,
+            cost,
+            charge_on,
+            band,
+            slots,
+            ..
         } = plan;
         let observe = |outcome: Outcome<'_>| {
             if let Some(observer) = &self.observer {
@@ -334,6 +374,7 @@ impl Core {
                     tier,
                     method,
                     route,
+                    known_route,
                     cost,
                     outcome,
                 });
@@ -349,14 +390,25 @@ impl Core {
         let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
         // What settling the answer's cost needs (made last: it takes the client's key).
         let bill = |key: Key, who: Who, band: Option<Band>| {
-            let account =
-                Account { snapshot, tier, key, who, method, parts_route: handle, cost, charge: charge_on };
+            let account = Account {
+                snapshot,
+                tier,
+                key,
+                who,
+                method,
+                parts_route: handle,
+                known_route,
+                cost,
+                charge: charge_on,
+            };
             Some(Bill::new(self, account, &decision, band))
         };
         let wait = decision.wait();
         match decision.verdict() {
             Verdict::Admitted => {
-                match band.map_or(Chosen::Full(None), |b| b.choose(&decision, &key, method, uri)) {
+                match band.map_or(Chosen::Full(None), |b| {
+                    b.choose(&decision, Asked { owner: &key, method, uri, headers: asked_headers })
+                }) {
                     Chosen::Full(record) => {
                         if wait.is_zero() {
                             observe(Outcome::Admitted(&decision));

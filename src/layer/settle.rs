@@ -87,6 +87,7 @@ pub(crate) struct Bill {
     who: Who,
     method: Method,
     route: Route,
+    known_route: bool,
     /// The route's cost (what observers are told the request cost up front).
     cost: u64,
     /// What was charged, and the receipt.
@@ -130,6 +131,7 @@ pub(crate) struct Account<'a> {
     pub(crate) who: Who,
     pub(crate) method: &'a Method,
     pub(crate) parts_route: Option<&'a RouteHandle>,
+    pub(crate) known_route: bool,
     pub(crate) cost: u64,
     pub(crate) charge: ChargeOn,
 }
@@ -163,6 +165,7 @@ impl Bill {
             who: account.who,
             method: account.method.clone(),
             route,
+            known_route: account.known_route,
             cost: account.cost,
             settlement: decision.settlement(decision.charged()),
             charge: account.charge,
@@ -232,6 +235,7 @@ impl Bill {
                 tier: self.tier(),
                 method: &self.method,
                 route: self.route.as_str(),
+                known_route: self.known_route && !self.route.as_str().is_empty(),
                 cost: self.cost,
                 outcome: Outcome::Settled(decision),
             });

@@ -31,10 +31,12 @@ const OTHER: &str = "other";
 ///
 /// Label values are bounded so a scan of random paths cannot explode the number of series:
 /// `tier` is a configured tier name, `outcome` and `band` are fixed words, and `route` is the
-/// route template the limiter charged (axum's `MatchedPath`, never the raw path of a matched
-/// route). A service without route templates (or a fallback seeing arbitrary paths) could
-/// still show many routes, so only the first [`max_routes`](Self::max_routes) distinct routes
-/// (100 by default) get their own label value; later ones are counted as `other`.
+/// route template the limiter charged: axum's `MatchedPath`, or a route of the route table.
+/// A raw path that is neither (a 404 under `Router::layer`, a service without templates whose
+/// path the table does not name) is whatever the client asked for, so all such paths share the
+/// label value `other`: a scan of random paths never takes the label of a real route. Past
+/// [`max_routes`](Self::max_routes) distinct templates (100 by default), later ones are
+/// counted as `other` too.
 ///
 /// Recorded: [`DECISIONS`], [`DEGRADED`], [`STORE_FAULTS`], [`TOKENS_CHARGED`] (counters),
 /// [`REMAINING_RATIO`] (histogram) and, through [`record_tracked`](Self::record_tracked),
@@ -113,7 +115,9 @@ impl MetricsObserver {
 impl Observer for MetricsObserver {
     fn on_event(&self, event: &Event<'_>) {
         let tier = self.tiers.get(event.tier.name());
-        let route = self.routes.get(event.route);
+        // A raw path is whatever a client asked for (a scan of 404s): one label for all of them,
+        // so that it never takes the label of a real route.
+        let route = if event.known_route { self.routes.get(event.route) } else { self.routes.other.clone() };
         let (outcome, decision) = match event.outcome {
             Outcome::Admitted(d) => ("admitted", d),
             Outcome::Delayed(d) => ("delayed", d),
@@ -186,6 +190,52 @@ impl Interner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11 (suspected, confirmed): the first 100 route values got their own label, so a
+    /// scan of 404s on raw paths took every slot before the real routes got one.
+    #[cfg(feature = "prometheus")]
+    #[test]
+    fn a_scan_of_raw_paths_never_takes_a_real_routes_label() {
+        use crate::algorithm::Quota;
+        use crate::clock::Nanos;
+        use crate::key::Key;
+        use crate::policy::{Limits, TierSpec};
+        use crate::store::{Decision, Verdict};
+
+        let limits = Limits::builder()
+            .tier("anonymous", TierSpec::new(Quota::per_second(std::num::NonZeroU32::new(1).unwrap())))
+            .build()
+            .unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let observer = metrics::with_local_recorder(&recorder, MetricsObserver::new);
+        let key = Key::new("k");
+        let decision = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1);
+        let send = |route: &str, known_route: bool| {
+            observer.on_event(&Event {
+                key: &key,
+                name: None,
+                email: None,
+                identified: true,
+                tier: limits.default_tier(),
+                method: &http::Method::GET,
+                route,
+                known_route,
+                cost: 1,
+                outcome: Outcome::Admitted(&decision),
+            })
+        };
+        metrics::with_local_recorder(&recorder, || {
+            for i in 0..1_000 {
+                send(&format!("/wp-admin/{i}.php"), false);
+            }
+            send("/api/orders/{id}", true);
+        });
+        let text = handle.render();
+        assert!(text.contains("route=\"/api/orders/{id}\""), "{text}");
+        assert!(!text.contains("wp-admin"), "{text}");
+        assert!(text.contains("route=\"other\""), "{text}");
+    }
 
     #[test]
     fn routes_past_the_cap_are_other() {

@@ -470,6 +470,7 @@ mod tests {
                     tier,
                     method: &Method::GET,
                     route: "/",
+                    known_route: true,
                     cost: 1,
                     outcome,
                 };
@@ -512,6 +513,7 @@ mod tests {
                     tier,
                     method: &Method::GET,
                     route: "/",
+                    known_route: true,
                     cost: 1,
                     outcome: Outcome::Admitted(&d),
                 };
