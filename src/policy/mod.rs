@@ -672,7 +672,8 @@ mod tests {
     #[test]
     fn head_pays_what_get_pays() {
         let mut routes = Routes::default();
-        let export = RouteRule { cost: 50, exempt: false, degrade: true, concurrency: 1 };
+        let export =
+            RouteRule { cost: 50, charge: ChargeOn::All, exempt: false, degrade: true, concurrency: 1 };
         routes.set("GET /export", export).unwrap();
         routes.set("POST /export", RouteRule::cost(7)).unwrap();
         assert_eq!(routes.lookup(&Method::HEAD, "/export"), export);
