@@ -426,10 +426,11 @@ impl History {
 impl Observer for History {
     fn on_event(&self, event: &Event<'_>) {
         let (decision, admitted) = match event.outcome {
-            Outcome::Admitted(d) | Outcome::Degraded(d, _) => (d, true),
+            Outcome::Admitted(d) | Outcome::Delayed(d) | Outcome::Degraded(d, _) => (d, true),
             Outcome::Rejected(d) | Outcome::Exceeds(d) => (d, false),
-            // Shadow mode: nothing was refused, and nothing charged.
-            Outcome::StoreFault(_) | Outcome::ShadowRejected(_) => return,
+            // The tokens recorded are those charged up front: a cost settled from the answer
+            // is not a visit of its own. Shadow mode: nothing was refused, nothing charged.
+            Outcome::Settled(_) | Outcome::StoreFault(_) | Outcome::ShadowRejected(_) => return,
         };
         if admitted && decision.charged() == 0 {
             return;

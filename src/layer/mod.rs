@@ -42,6 +42,7 @@ mod future;
 mod pipeline;
 mod reload;
 mod service;
+mod settle;
 
 use std::sync::Arc;
 
@@ -51,6 +52,7 @@ pub use future::ResponseFuture;
 pub use reload::ConfigWatcher;
 pub use reload::{ReloadStats, Reloader};
 pub use service::RateLimit;
+pub use settle::ActualCost;
 use tower_layer::Layer;
 
 use self::core::{Core, Live, Shared, Snapshot};
