@@ -32,8 +32,10 @@ pub struct StoreConfig {
     pub on_error: OnError,
     /// Prefix of every Redis key.
     pub prefix: String,
-    /// The most states the in-process store keeps (one per key and policy); with Redis, the
-    /// bound of the in-process fallback.
+    /// The most states the in-process store keeps (one per client and policy), whatever
+    /// arrives; with Redis, the bound of the in-process fallback. At the bound the states idle
+    /// longest make room, and a flood of addresses never evicts a client with an identity (see
+    /// [`MemoryStore`]'s "At the cap").
     pub max_keys: usize,
     /// Redis: give up on a call after this many milliseconds (then `on_error` applies).
     pub timeout_ms: u64,

@@ -17,10 +17,9 @@
 //! * Idle states (a full bucket, an empty window) are indistinguishable from a new key, so they
 //!   are dropped by amortised sweeps that run when a shard has doubled since its last sweep.
 //!   No cleanup task is needed.
-//! * A hard [`capacity`](MemoryStore::capacity) bounds the number of states. When a shard is
-//!   full of busy keys even after a sweep, new keys of that shard share one overflow bucket per
-//!   policy until room frees up: nobody escapes a limit and memory stays bounded, at the price of
-//!   new clients sharing a bucket while the store is saturated (the `tracked` count shows it).
+//! * A hard [`capacity`](MemoryStore::capacity) (`[store] max_keys`) bounds the number of
+//!   states, whatever arrives: memory stays flat under a flood of new addresses. See
+//!   [At the cap](MemoryStore#at-the-cap).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -36,6 +35,9 @@ use super::{Charge, Decision, PolicyState, Store, StoreFuture, Verdict, DEFAULT_
 
 /// States a shard may reach before its first sweep.
 const MIN_SWEEP: usize = 1_024;
+
+/// The fewest states a shard is given when the store's capacity is small.
+const MIN_PER_SHARD: usize = 64;
 
 /// The digest is already a good hash: hand it to the map unchanged.
 #[derive(Default)]
@@ -55,14 +57,45 @@ impl Hasher for Passthrough {
 
 type Map = HashMap<u64, AtomicU64, BuildHasherDefault<Passthrough>>;
 
+/// Whose a state is. At the cap, an anonymous state makes room for any newcomer; an identified
+/// one only for another identified client, so a flood of addresses never costs a client with
+/// an identity its own bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Keyed by address: anyone can make up more of these.
+    Anonymous = 0,
+    /// Keyed by a name (an API key of the table, an auth layer's identity, the one key of
+    /// unrecognised requests): nobody can make up more of these.
+    Identified = 1,
+}
+
+impl Class {
+    #[inline]
+    fn of(key: &Key) -> Self {
+        if key.ip().is_some() {
+            Self::Anonymous
+        } else {
+            Self::Identified
+        }
+    }
+}
+
 /// The states of one policy (by [`id`](Policy::id)) in one shard.
 struct PolicyMap {
     /// The newest version of the policy seen: its rule is the one every state here is kept
     /// under.
     policy: Policy,
-    map: Map,
-    /// Shared by new keys while the shard is at capacity.
+    /// The states, by [`Class`].
+    maps: [Map; 2],
+    /// Shared by anonymous newcomers while the shard holds nothing they may evict (it is full
+    /// of identified clients).
     overflow: AtomicU64,
+}
+
+impl PolicyMap {
+    fn len(&self) -> usize {
+        self.maps[0].len() + self.maps[1].len()
+    }
 }
 
 /// Where a policy's state is in a shard, as a request under one version of it finds it.
@@ -81,9 +114,14 @@ enum Lookup<'a> {
 struct ShardData {
     /// One entry per policy seen; a few, found by a short scan.
     policies: Vec<PolicyMap>,
+    /// States kept, of both classes.
     len: usize,
+    /// Of which anonymous.
+    anonymous: usize,
     next_sweep: usize,
-    last_full_sweep: Nanos,
+    /// When an anonymous newcomer last found no room (every state identified): anonymous
+    /// newcomers share the overflow states for a second, then look for room again.
+    crowded: Option<Nanos>,
 }
 
 impl ShardData {
@@ -102,8 +140,11 @@ impl ShardData {
         let index = match self.policies.iter().position(|p| p.policy.id() == policy.id()) {
             Some(index) => index,
             None => {
-                let entry =
-                    PolicyMap { policy: policy.clone(), map: Map::default(), overflow: AtomicU64::new(0) };
+                let entry = PolicyMap {
+                    policy: policy.clone(),
+                    maps: [Map::default(), Map::default()],
+                    overflow: AtomicU64::new(0),
+                };
                 self.policies.push(entry);
                 self.policies.len() - 1
             }
@@ -111,12 +152,15 @@ impl ShardData {
         let entry = &mut self.policies[index];
         if entry.policy.version() < policy.version() {
             if entry.policy.version() < policy.since() {
-                self.len -= entry.map.len();
-                entry.map = Map::default();
+                self.len -= entry.len();
+                self.anonymous -= entry.maps[Class::Anonymous as usize].len();
+                entry.maps = [Map::default(), Map::default()];
                 *entry.overflow.get_mut() = 0;
             } else if entry.policy.rule() != policy.rule() {
                 let (from, to) = (*entry.policy.rule(), *policy.rule());
-                for state in entry.map.values_mut().chain(std::iter::once(&mut entry.overflow)) {
+                let [anonymous, identified] = &mut entry.maps;
+                let states = anonymous.values_mut().chain(identified.values_mut());
+                for state in states.chain(std::iter::once(&mut entry.overflow)) {
                     *state.get_mut() = to.carry(&from, *state.get_mut(), now);
                 }
             }
@@ -126,21 +170,68 @@ impl ShardData {
     }
 
     fn sweep(&mut self, now: Nanos) {
-        let mut len = 0;
+        let (mut len, mut anonymous) = (0, 0);
         for entry in &mut self.policies {
             let rule = *entry.policy.rule();
-            entry.map.retain(|_, state| !rule.is_idle(state.load(Ordering::Relaxed), now));
-            if entry.map.capacity() > 4 * entry.map.len().max(64) {
-                entry.map.shrink_to_fit();
+            for map in &mut entry.maps {
+                map.retain(|_, state| !rule.is_idle(state.load(Ordering::Relaxed), now));
+                if map.capacity() > 4 * map.len().max(64) {
+                    map.shrink_to_fit();
+                }
             }
-            len += entry.map.len();
+            len += entry.len();
+            anonymous += entry.maps[Class::Anonymous as usize].len();
         }
         // A policy with nothing kept is forgotten (a request finds it again as new).
-        self.policies.retain(|e| {
-            !e.map.is_empty() || !e.policy.rule().is_idle(e.overflow.load(Ordering::Relaxed), now)
-        });
+        self.policies
+            .retain(|e| e.len() > 0 || !e.policy.rule().is_idle(e.overflow.load(Ordering::Relaxed), now));
         self.len = len;
+        self.anonymous = anonymous;
         self.next_sweep = (2 * len).max(MIN_SWEEP);
+    }
+
+    /// Makes room for `needed` more states of a `class` newcomer in a shard of `per_shard`
+    /// states: drops idle states, then the anonymous states that are idle longest (the soonest
+    /// full again), then, for an identified newcomer only, identified ones the same way. Makes
+    /// room for a batch of newcomers at once (an eighth of the shard), so that this scan is paid
+    /// once per many insertions.
+    fn make_room(&mut self, now: Nanos, class: Class, needed: usize, per_shard: usize) {
+        self.sweep(now);
+        let target = per_shard.saturating_sub(needed + per_shard / 8);
+        if self.len > target {
+            self.evict(Class::Anonymous, self.len - target, now);
+        }
+        if self.len > target && class == Class::Identified {
+            self.evict(Class::Identified, self.len - target, now);
+        }
+    }
+
+    /// Drops the `count` states of `class` that are idle longest: those whose buckets are full
+    /// again soonest (for GCRA, the smallest theoretical arrival time), so a client loses the
+    /// least it could be owed.
+    fn evict(&mut self, class: Class, count: usize, now: Nanos) {
+        let mut ranked: Vec<(Nanos, usize, u64)> = Vec::new();
+        for (index, entry) in self.policies.iter().enumerate() {
+            let rule = entry.policy.rule();
+            for (&digest, state) in &entry.maps[class as usize] {
+                let full_in = rule.check(state.load(Ordering::Relaxed), now, 0).reset_after;
+                ranked.push((full_in, index, digest));
+            }
+        }
+        let count = count.min(ranked.len());
+        if count == 0 {
+            return;
+        }
+        if count < ranked.len() {
+            ranked.select_nth_unstable(count - 1);
+        }
+        for &(_, index, digest) in &ranked[..count] {
+            self.policies[index].maps[class as usize].remove(&digest);
+        }
+        self.len -= count;
+        if class == Class::Anonymous {
+            self.anonymous -= count;
+        }
     }
 }
 
@@ -151,6 +242,31 @@ struct Shard {
 }
 
 /// The default store: lock-free per-key state in a sharded, self-cleaning, bounded map.
+///
+/// # At the cap
+/// The store keeps at most [`capacity`](Self::capacity) states (`[store] max_keys`; one per
+/// client and policy), split evenly over its shards, whatever arrives. When a new client finds
+/// its shard full:
+/// * states that are idle (a full bucket) are dropped first: they are indistinguishable from
+///   new ones;
+/// * then the states **idle longest** make room: those whose buckets are full again soonest
+///   (for GCRA, the smallest theoretical arrival time; read off each state, no bookkeeping on
+///   the hot path), so the clients evicted lose the least they could be owed. A new anonymous
+///   client arriving in the middle of a flood of random addresses is therefore admitted on its
+///   first request, with its own bucket;
+/// * a client keyed by address (anonymous) only ever makes room by evicting other anonymous
+///   clients. A client with an identity (an API key, an authentication layer's
+///   [`Client`](crate::key::Client)) is never evicted, nor made to share a bucket, because of
+///   anonymous clients: its limits stay exact through any flood. Only when a shard holds
+///   identified clients alone does an identified newcomer evict the one idle longest, and an
+///   anonymous newcomer share one bucket per policy with the other anonymous newcomers of that
+///   shard (for a second, then it looks for room again).
+///
+/// So size `max_keys` above the number of identified clients times their policies, with room to
+/// spare: each shard holds `capacity / shards` states (with a small capacity the store uses
+/// fewer shards, at least 64 states each). Room is made for a batch of newcomers at once, so
+/// the scan it takes is paid once per many insertions; the hot path (a known client) never
+/// pays anything for it.
 ///
 /// ```
 /// use nonzero_ext::nonzero;
@@ -214,8 +330,16 @@ impl Default for MemoryStore<SystemClock> {
 impl<C: Clock> MemoryStore<C> {
     /// A store reading time from `clock`.
     pub fn with_clock(clock: C) -> Self {
+        Self::build(clock, Self::default_shards(DEFAULT_CAPACITY), DEFAULT_CAPACITY)
+    }
+
+    /// Sixteen shards per core, but no fewer than 64 states a shard: a small capacity spread
+    /// thin would fill some shards long before the store is full.
+    fn default_shards(capacity: usize) -> usize {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        Self::build(clock, (cores * 16).next_power_of_two().clamp(16, 1024), DEFAULT_CAPACITY)
+        let most = (capacity / MIN_PER_SHARD).max(1);
+        let most = if most.is_power_of_two() { most } else { most.next_power_of_two() / 2 };
+        (cores * 16).next_power_of_two().clamp(16, 1024).min(most)
     }
 
     fn build(clock: C, shards: usize, capacity: usize) -> Self {
@@ -225,14 +349,22 @@ impl<C: Clock> MemoryStore<C> {
             shard_mask: shards as u64 - 1,
             hasher: foldhash::quality::RandomState::default(),
             clock,
-            per_shard: capacity.div_ceil(shards).max(1),
+            per_shard: capacity.div_ceil(shards).max(MAX_POLICIES),
         }
     }
 
     /// Keeps at most about `states` states (one per key and policy); 2 097 152 by default.
-    /// See the module documentation for what happens at the cap.
+    /// See [At the cap](Self#at-the-cap) for what happens when they are all taken. A small
+    /// capacity also lowers the number of shards (to keep at least 64 states each), unless
+    /// [`shards`](Self::shards) is called afterwards.
+    ///
+    /// ```
+    /// use tollgate::store::MemoryStore;
+    /// let store = MemoryStore::new().capacity(1_000);
+    /// assert!(format!("{store:?}").contains("capacity: 1000"));
+    /// ```
     pub fn capacity(self, states: usize) -> Self {
-        let shards = self.shards.len();
+        let shards = self.shards.len().min(Self::default_shards(states));
         Self::build(self.clock, shards, states)
     }
 
@@ -269,9 +401,10 @@ impl<C: Clock> MemoryStore<C> {
         let digest = self.hasher.hash_one(key);
         // The map uses the low bits (bucket) and the top 7 (tag): shard by bits in between.
         let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
+        let class = Class::of(key);
         match tier.policies() {
-            [policy] => self.decide_one(shard, digest, policy, now, charge),
-            policies => self.decide_all(shard, digest, policies, now, charge),
+            [policy] => self.decide_one(shard, digest, class, policy, now, charge),
+            policies => self.decide_all(shard, digest, class, policies, now, charge),
         }
     }
 
@@ -292,26 +425,24 @@ impl<C: Clock> MemoryStore<C> {
         }
     }
 
-    /// At capacity, new keys share the overflow states, except when a sweep (at most one a
-    /// second) might make room: then the insert path tries.
-    #[inline]
-    fn at_cap(&self, data: &ShardData, now: Nanos) -> bool {
-        data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) < Nanos::SECOND
-    }
-
-    /// The state of `digest` in `entry`: its own, or the shared overflow state when the shard is
-    /// full; `None` when it has to be inserted.
+    /// The state of `digest` of `class` in `entry`: its own, or, for an anonymous newcomer
+    /// while its shard holds nothing it may evict, the shared overflow state; `None` when it
+    /// has to be inserted.
     #[inline]
     fn slot<'a>(
-        &self,
         data: &ShardData,
         entry: &'a PolicyMap,
+        class: Class,
         digest: u64,
         now: Nanos,
     ) -> Option<&'a AtomicU64> {
-        match entry.map.get(&digest) {
+        match entry.maps[class as usize].get(&digest) {
             Some(slot) => Some(slot),
-            None if self.at_cap(data, now) => Some(&entry.overflow),
+            None if class == Class::Anonymous
+                && data.crowded.is_some_and(|at| now.saturating_sub(at) < Nanos::SECOND) =>
+            {
+                Some(&entry.overflow)
+            }
             None => None,
         }
     }
@@ -324,6 +455,7 @@ impl<C: Clock> MemoryStore<C> {
         &self,
         shard: &Shard,
         digest: u64,
+        class: Class,
         policy: &Policy,
         now: Nanos,
         charge: Charge,
@@ -332,7 +464,9 @@ impl<C: Clock> MemoryStore<C> {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
                 let found = match data.lookup(policy) {
-                    Lookup::Found(entry) => Some((&entry.policy, self.slot(&data, entry, digest, now))),
+                    Lookup::Found(entry) => {
+                        Some((&entry.policy, Self::slot(&data, entry, class, digest, now)))
+                    }
                     Lookup::Absent => Some((policy, None)),
                     Lookup::Stale => None,
                 };
@@ -354,7 +488,7 @@ impl<C: Clock> MemoryStore<C> {
                     }
                 }
             }
-            self.insert(shard, digest, std::slice::from_ref(policy), now);
+            self.insert(shard, digest, class, std::slice::from_ref(policy), now);
         }
     }
 
@@ -363,6 +497,7 @@ impl<C: Clock> MemoryStore<C> {
         &self,
         shard: &Shard,
         digest: u64,
+        class: Class,
         policies: &[Policy],
         now: Nanos,
         charge: Charge,
@@ -378,7 +513,7 @@ impl<C: Clock> MemoryStore<C> {
                     match data.lookup(policy) {
                         Lookup::Found(entry) => {
                             effective[i] = &entry.policy;
-                            slots[i] = self.slot(&data, entry, digest, now);
+                            slots[i] = Self::slot(&data, entry, class, digest, now);
                         }
                         Lookup::Absent => effective[i] = policy,
                         Lookup::Stale => stale = true,
@@ -403,43 +538,58 @@ impl<C: Clock> MemoryStore<C> {
                     }
                 }
             }
-            self.insert(shard, digest, policies, now);
+            self.insert(shard, digest, class, policies, now);
         }
     }
 
-    /// The write path: makes each policy's entry current and gives `digest` a state in each
-    /// (unless the shard is at capacity: then the overflow states serve it).
+    /// The write path: makes each policy's entry current and gives `digest` a state of `class`
+    /// in each, making room when the shard is full ([At the cap](Self#at-the-cap)). An
+    /// anonymous newcomer that finds nothing it may evict is left to the overflow states.
     #[cold]
-    fn insert(&self, shard: &Shard, digest: u64, policies: &[Policy], now: Nanos) {
+    fn insert(&self, shard: &Shard, digest: u64, class: Class, policies: &[Policy], now: Nanos) {
         let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
         for policy in policies {
             data.current(policy, now);
         }
+        let missing = |data: &ShardData| {
+            policies.iter().any(|p| {
+                data.policies
+                    .iter()
+                    .find(|e| e.policy.id() == p.id())
+                    .is_none_or(|e| !e.maps[class as usize].contains_key(&digest))
+            })
+        };
+        if !missing(&data) {
+            return; // another request of this client got here first
+        }
         if data.len >= data.next_sweep {
             data.sweep(now);
         }
-        if data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) >= Nanos::SECOND {
-            // At capacity: sweep at most once a second, so a flood of new keys cannot turn
-            // every request into a full scan.
-            data.last_full_sweep = now;
-            data.sweep(now);
-        }
-        if data.len >= self.per_shard {
-            // The overflow states serve new keys; the sweeps above may have dropped an entry.
+        let needed = policies.len();
+        if data.len + needed > self.per_shard {
+            data.make_room(now, class, needed, self.per_shard);
+            // The sweep may have dropped an entry.
             for policy in policies {
                 data.current(policy, now);
             }
+        }
+        if data.len + needed > self.per_shard {
+            // Only an anonymous newcomer in a shard of identified clients gets here.
+            data.crowded = Some(now);
             return;
         }
         let mut added = 0;
         for policy in policies {
             let entry = data.current(policy, now);
-            if let std::collections::hash_map::Entry::Vacant(e) = entry.map.entry(digest) {
+            if let std::collections::hash_map::Entry::Vacant(e) = entry.maps[class as usize].entry(digest) {
                 e.insert(AtomicU64::new(0));
                 added += 1;
             }
         }
         data.len += added;
+        if class == Class::Anonymous {
+            data.anonymous += added;
+        }
     }
 }
 
