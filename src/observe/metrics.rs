@@ -120,6 +120,15 @@ impl Observer for MetricsObserver {
         let route = if event.known_route { self.routes.get(event.route) } else { self.routes.other.clone() };
         let (outcome, decision) = match event.outcome {
             Outcome::Admitted(d) => ("admitted", d),
+            Outcome::Delayed(d) => ("delayed", d),
+            Outcome::Settled(d) => {
+                // Counters only grow: an extra charge is counted, a refund is not taken back.
+                let extra = d.charged().saturating_sub(event.cost);
+                if extra > 0 {
+                    counter!(TOKENS_CHARGED, "tier" => tier, "route" => route).increment(extra);
+                }
+                return;
+            }
             Outcome::Degraded(d, band) => {
                 let band = match band {
                     Band::Cached => "cached",
