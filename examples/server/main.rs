@@ -13,33 +13,19 @@ mod app;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use clap::Parser;
 use tollgate::Config;
 
+/// The tollgate demo server: the routes of CONTRACT.md behind one rate limiter.
+#[derive(Parser)]
+#[command(name = "server")]
 struct Args {
+    /// The configuration file (TOML); `TOLLGATE_` environment variables override it.
+    #[arg(long, value_name = "PATH", default_value = "config/ratelimit.toml")]
     config: String,
+    /// The address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
     bind: String,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args { config: "config/ratelimit.toml".into(), bind: "127.0.0.1:3000".into() };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-            None => (arg.clone(), None),
-        };
-        let mut value = || inline.clone().or_else(|| it.next()).ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--config" => args.config = value()?,
-            "--bind" => args.bind = value()?,
-            "-h" | "--help" => {
-                println!("usage: server [--config PATH] [--bind ADDR]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument `{other}` (try --help)")),
-        }
-    }
-    Ok(args)
 }
 
 #[tokio::main]
@@ -51,13 +37,8 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
-    };
+    // Bad flags: clap prints why and exits with status 2, before anything listens.
+    let args = Args::parse();
     let layer = match Config::load(&args.config).map_err(Into::into).and_then(app::layer) {
         Ok(layer) => layer,
         Err(error) => {

@@ -68,7 +68,9 @@ fn reset_after(win: &Window, w: u64, cur: u64) -> u64 {
     }
 }
 
-#[inline]
+// Not inlined, like `fraction`: its 128-bit arithmetic would be hoisted into the store's
+// compare-and-swap loop and run for token buckets too.
+#[inline(never)]
 pub(super) fn check(quota: &Quota, state: u64, now: Nanos, cost: u64) -> Check {
     let w = quota.refill_time().as_nanos();
     let limit = quota.burst();
@@ -121,7 +123,10 @@ fn next_token(win: &Window, w: u64, limit: u64, available: u64) -> u64 {
     }
 }
 
-#[inline]
+// Not inlined: its 128-bit product converted to a float is loop-invariant arithmetic that the
+// compiler would otherwise hoist out of the store's retry loop, ahead of the choice of
+// algorithm, where every token-bucket request would pay for it (36 instructions, callgrind).
+#[inline(never)]
 pub(super) fn fraction(quota: &Quota, state: u64, now: Nanos) -> f64 {
     let w = quota.refill_time().as_nanos();
     let win = unpack(quota, state, now);

@@ -49,7 +49,9 @@ use crate::algorithm::{Algorithm, Quota};
 use crate::answer::HeaderMode;
 use crate::clock::Nanos;
 use crate::degrade::CacheLimits;
-use crate::key::{ApiKeys, Client, ClientIp, DefaultExtractor, FromExtension, Key, KeyExtractor};
+use crate::key::{
+    ApiKeys, Client, ClientIp, ClientIpHeader, DefaultExtractor, FromExtension, Key, KeyExtractor,
+};
 use crate::observe::DEFAULT_NEAR_QUOTA;
 use crate::policy::{Bands, Limits, LimitsBuilder, TierSpec};
 
@@ -69,6 +71,9 @@ pub struct Settings {
     pub headers: HeaderMode,
     /// Networks whose forwarding headers are believed (CIDRs; none by default).
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header the trusted proxies write the client's address in (`x-forwarded-for`
+    /// by default, `forwarded` or `x-real-ip`); the others are ignored.
+    pub client_ip_header: ClientIpHeader,
     /// Bits of an IPv6 address that name one client (64 by default).
     pub ipv6_prefix: u8,
     /// The tiers, by name.
@@ -101,6 +106,7 @@ impl Default for Settings {
             default_tier: None,
             headers: HeaderMode::default(),
             trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::default(),
             ipv6_prefix: ClientIp::DEFAULT_IPV6_PREFIX,
             tiers: BTreeMap::new(),
             routes: BTreeMap::new(),
@@ -291,7 +297,8 @@ pub struct DegradeConfig {
     pub cache_ttl_secs: u64,
     /// Cached answers kept at most, over all clients (10 000 by default).
     pub cache_max_entries: usize,
-    /// Cached body bytes kept at most, over all clients (16 MiB by default).
+    /// Bytes the cached answers hold at most, over all clients: bodies, paths and queries,
+    /// headers and overheads (16 MiB by default).
     pub cache_max_bytes: usize,
     /// The largest body cached (64 KiB by default).
     pub cache_max_entry_bytes: usize,
@@ -531,7 +538,10 @@ impl Settings {
             }
             keys.client(k, client)
         });
-        let ip = ClientIp::new().trusted(self.trusted_proxies.iter().copied()).ipv6_prefix(self.ipv6_prefix);
+        let ip = ClientIp::new()
+            .trusted(self.trusted_proxies.iter().copied())
+            .header(self.client_ip_header)
+            .ipv6_prefix(self.ipv6_prefix);
         FromExtension.or(keys).or(ip)
     }
 }

@@ -119,3 +119,21 @@ fn a_config_survives_a_round_trip() {
     let back: Settings = figment::Figment::from(text).extract().unwrap();
     assert_eq!(Config::new(back).unwrap(), config);
 }
+
+#[test]
+fn client_ip_header_names_the_one_header_the_proxy_writes() {
+    let base = "[tiers.anonymous]\nrequests_per_second = 1\nburst = 1\n";
+    let config = Config::from_toml(base).unwrap();
+    assert_eq!(config.settings().client_ip_header, crate::key::ClientIpHeader::XForwardedFor);
+    for (value, header) in [
+        ("forwarded", crate::key::ClientIpHeader::Forwarded),
+        ("X-Real-IP", crate::key::ClientIpHeader::XRealIp),
+        ("x-forwarded-for", crate::key::ClientIpHeader::XForwardedFor),
+    ] {
+        let config = Config::from_toml(&format!("client_ip_header = \"{value}\"\n{base}")).unwrap();
+        assert_eq!(config.settings().client_ip_header, header);
+    }
+    let err = Config::from_toml(&format!("client_ip_header = \"cf-connecting-ip\"\n{base}")).unwrap_err();
+    assert_eq!(err.key(), Some("client_ip_header"), "{err}");
+    assert!(err.to_string().contains("x-forwarded-for"), "{err}");
+}

@@ -4,8 +4,9 @@
 //! one of three [`Band`]s, chosen from the fraction of the burst left *before* the request is
 //! charged:
 //! * at or above `cached_below`: in full, at the route's cost;
-//! * below `cached_below`: a GET or HEAD is answered from the caller's *own* cached last good
-//!   answer to the same method, path and query, without calling the handler, with `Age` and
+//! * below `cached_below`: a GET or HEAD is answered from the caller's *own* cached last
+//!   complete answer to the same method, path and query (and the same values of every header
+//!   the answer varies on), without calling the handler, with `Age` and
 //!   `X-RateLimit-Degraded: cached`, for at most 1 token. Without a cached copy the request is
 //!   served (and charged) in full;
 //! * below `minimal_below`: the handler runs, told through the [`Band`] request extension
@@ -26,18 +27,28 @@
 //! | 9 | 0.09 | minimal | 1 | the handler, told through [`Band`] to answer minimally |
 //! | 0.5 | 0.005 | — | — | 429: not even one token |
 //!
-//! The cache is bounded in entries and bytes, expires entries, never shares an answer between
-//! clients, keeps only successful GET/HEAD answers under a size limit, and honours
-//! `Cache-Control: no-store` and `private` from the handler. It never keeps an answer that sets
-//! a cookie or says `Vary: *`, nor one to a request carrying `Cookie` or `Authorization`: such
-//! answers may be personal, and clients keyed by IP address may share one.
+//! ## Whose answers are replayed
+//! Only a client with an identity of its own has cached answers: an API key of `[api_keys]`,
+//! or a [`Client`](crate::key::Client) an authentication layer put in the request. *Decision:*
+//! a client keyed by its IP address (or not recognised at all) never gets the cached band. An
+//! address is not an identity: users behind one NAT or proxy share it, and an application may
+//! tell them apart by credentials the limiter does not know (its own API keys, sessions), so
+//! "the caller's own last answer" cannot be promised to an address. Such clients go from the
+//! full band straight to the minimal one.
+//!
+//! The cache is bounded in entries and in bytes (every byte an entry holds counts, not only its
+//! body), drops expired entries without waiting for a lookup, never shares an answer between
+//! clients, honours `Vary` in full, keeps only complete `200` answers to GET/HEAD under a size
+//! limit, and honours `Cache-Control: no-store` and `private` from the handler. It never keeps
+//! an answer that sets a cookie or says `Vary: *`, a `206` (part of a body), nor one to a
+//! request carrying `Cookie` or `Authorization`: such answers may be personal.
 
 mod cache;
 mod plan;
 
 pub use cache::CacheLimits;
 pub(crate) use cache::{Pending, Recorder, ResponseCache};
-pub(crate) use plan::{replay, BandPlan, Chosen};
+pub(crate) use plan::{replay, Asked, BandPlan, Chosen};
 
 /// How fully a request should be answered. Inserted into the request extensions by the
 /// limiter when it degrades a request; absent means [`Band::Full`].

@@ -24,22 +24,20 @@ use crate::store::{Charge, Decision};
 /// below `minimal_below` the handler answers minimally, below the threshold the copy is
 /// replayed, otherwise the answer is full (and, for a read with no credentials of its own,
 /// recorded for later).
+///
+/// Only a client with an identity of its own (an API key, an auth layer's [`Client`]) has a
+/// cache: a plan made without one never replays or records, so its bands are full and minimal.
+///
+/// [`Client`]: crate::key::Client
 #[derive(Debug)]
 pub(crate) struct BandPlan {
     bands: Bands,
-    cache: Arc<ResponseCache>,
+    cache: Option<Arc<ResponseCache>>,
     /// The caller's own fresh copy of this answer.
     copy: Option<Arc<Cached>>,
-    /// Where a full answer to this request would be kept: a read without credentials.
-    record: Option<Recording>,
-}
-
-/// Whose answer to which request a full answer would be kept as.
-#[derive(Debug)]
-struct Recording {
-    owner: Key,
-    method: Method,
-    uri: Uri,
+    /// A full answer to this request may be kept: a read without credentials of its own, by a
+    /// client with a cache.
+    recordable: bool,
 }
 
 /// The [`Band`](super::Band) a decision put the request in, with what that band needs.
@@ -53,20 +51,34 @@ pub(crate) enum Chosen {
     Minimal,
 }
 
+/// The request a full answer would be kept for: its owner, method, target and headers (for
+/// the ones the answer turns out to vary on).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asked<'a> {
+    pub(crate) owner: &'a Key,
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+}
+
 impl BandPlan {
-    /// The plan of a request to a degradable route, by `key`.
-    pub(crate) fn new(bands: Bands, cache: &Arc<ResponseCache>, key: &Key, parts: &Parts) -> Self {
-        let copy = cache.get(key, &parts.method, &parts.uri);
+    /// The plan of a request to a degradable route, by `key`, with the client's `cache` (none
+    /// for a client without an identity of its own).
+    pub(crate) fn new(bands: Bands, cache: Option<&Arc<ResponseCache>>, key: &Key, parts: &Parts) -> Self {
+        let Some(cache) = cache else {
+            return Self { bands, cache: None, copy: None, recordable: false };
+        };
+        let copy = cache.get(key, &parts.method, &parts.uri, &parts.headers);
         // The privacy rule: only reads are replayed, and a request with credentials of its own
-        // may get a personal answer, never kept (clients keyed by IP may share an address).
+        // may get a personal answer, never kept.
         let read = matches!(parts.method, Method::GET | Method::HEAD);
         let personal = parts.headers.contains_key(COOKIE) || parts.headers.contains_key(AUTHORIZATION);
-        let record = (read && !personal).then(|| Recording {
-            owner: key.clone(),
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-        });
-        Self { bands, cache: cache.clone(), copy, record }
+        Self { bands, cache: Some(cache.clone()), copy, recordable: read && !personal }
+    }
+
+    /// Whether a full answer may be kept (its request's headers are needed then).
+    pub(crate) fn recordable(&self) -> bool {
+        self.recordable
     }
 
     /// The fraction of the burst below which the request costs 1 token.
@@ -83,22 +95,26 @@ impl BandPlan {
         Charge::new(cost).reduced(self.threshold(), 1)
     }
 
-    /// The band of an admitted request, from the fraction the store saw before charging.
-    pub(crate) fn choose(self, decision: &Decision) -> Chosen {
-        self.cache.tick(decision.now());
+    /// The band of an admitted request (`asked`), from the fraction the store saw before
+    /// charging.
+    pub(crate) fn choose(self, decision: &Decision, asked: Asked<'_>) -> Chosen {
+        if let Some(cache) = &self.cache {
+            cache.tick(decision.now());
+        }
         let fraction = decision.fraction_before();
         if fraction < self.bands.minimal_below {
             return Chosen::Minimal;
         }
         match self.copy {
             Some(copy) if fraction < self.bands.cached_below => Chosen::Cached(copy),
-            _ => Chosen::Full(self.record.map(|r| {
+            _ => Chosen::Full(self.cache.filter(|_| self.recordable).map(|cache| {
                 // Whether it is kept is decided when its status, headers and size are known.
                 Box::new(Pending {
-                    cache: self.cache,
-                    owner: r.owner,
-                    method: r.method,
-                    uri: r.uri,
+                    cache,
+                    owner: asked.owner.clone(),
+                    method: asked.method.clone(),
+                    uri: asked.uri.clone(),
+                    request: asked.headers.clone(),
                     status: StatusCode::OK,
                     headers: HeaderMap::new(),
                     stored_at: decision.now(),

@@ -9,8 +9,10 @@
 //!   non-UTF-8 or absurdly long key is *not* recognised, so inventing keys never buys a bucket.
 //! * [`ClientIp`]: the TCP peer (axum's `ConnectInfo<SocketAddr>` or a bare `SocketAddr`
 //!   extension), or, only when the peer is a trusted proxy, the right-most untrusted address of
-//!   `Forwarded` / `X-Forwarded-For` / `X-Real-IP`. IPv6 clients are keyed by their prefix
-//!   (default /64), so rotating addresses inside one allocation buys nothing.
+//!   the one header that proxy writes ([`ClientIpHeader`]: `X-Forwarded-For` by default,
+//!   `Forwarded` or `X-Real-IP`); the others are the client's own claims and are ignored. IPv6
+//!   clients are keyed by their prefix (default /64), so rotating addresses inside one
+//!   allocation buys nothing.
 //! * [`FromExtension`]: a [`Client`] an authentication layer put into the request extensions.
 //! * Any closure `Fn(&Parts) -> Option<Client>`.
 //!
@@ -45,7 +47,7 @@ use std::sync::Arc;
 use http::request::Parts;
 
 pub use api_key::ApiKeys;
-pub use ip::ClientIp;
+pub use ip::{ClientIp, ClientIpHeader, UnknownClientIpHeader};
 
 /// The extractor a configuration builds: a [`Client`] set by an auth layer, else a known API
 /// key (`X-API-Key`), else the client IP.
@@ -192,6 +194,7 @@ impl Client {
         self.tier.as_deref()
     }
 
+    #[inline]
     pub(crate) fn into_parts(self) -> (Key, Option<Arc<str>>, Who) {
         let identified = self.key.ip().is_none();
         (self.key, self.tier, Who { name: self.name, email: self.email, identified })

@@ -101,6 +101,7 @@ where
 }
 
 /// Forwards `parts` and `body` to `inner`, telling the handler its band, or answers.
+#[inline]
 pub(crate) fn next<S, ReqBody>(
     settled: Settled,
     inner: &mut S,

@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::Body;
 use tower_service::Service;
 
@@ -38,7 +38,7 @@ use super::core::{Core, Snapshot};
 use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
-use crate::degrade::{self, Band, BandPlan, Chosen};
+use crate::degrade::{self, Asked, Band, BandPlan, Chosen};
 use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{RouteRule, Tier};
@@ -105,6 +105,9 @@ pub(crate) struct Route<'a> {
     /// axum's matched route template, else the request path.
     pub(crate) path: &'a str,
     pub(crate) rule: RouteRule,
+    /// `path` is one of a bounded set: a template axum matched, or a route of the table (not
+    /// a raw path a client made up).
+    pub(crate) known: bool,
 }
 
 /// Everything the limiter settled about one request before asking the store, and all that
@@ -123,7 +126,13 @@ pub(crate) struct Plan<'a> {
     /// The client's name and address, for observers (history, emails).
     who: Who,
     route: &'a str,
+    /// `route` is a template, not a raw path (see [`Route::known`]).
+    known_route: bool,
     method: &'a Method,
+    /// Where a full answer may be recorded for the cached band.
+    uri: &'a Uri,
+    /// The request's headers, for those a recorded answer varies on.
+    headers: &'a HeaderMap,
     /// The route's cost.
     cost: u64,
     /// What the store takes (the cost, or less in a degradation band).
@@ -144,7 +153,15 @@ impl Plan<'_> {
             key: self.key,
             who: self.who,
             route: self.route.into(),
+            known_route: self.known_route,
             method: self.method.clone(),
+            uri: self.uri.clone(),
+            // Only an answer that may be recorded needs them (no allocation otherwise).
+            headers: if self.band.as_ref().is_some_and(BandPlan::recordable) {
+                self.headers.clone()
+            } else {
+                HeaderMap::new()
+            },
             cost: self.cost,
             charge: self.charge,
             band: self.band,
@@ -160,7 +177,10 @@ struct Detached {
     key: Key,
     who: Who,
     route: Box<str>,
+    known_route: bool,
     method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     cost: u64,
     charge: Charge,
     band: Option<BandPlan>,
@@ -169,7 +189,21 @@ struct Detached {
 
 impl Detached {
     fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
-        let Self { snapshot, tier, key, who, route, method, cost, charge, band, slots } = self;
+        let Self {
+            snapshot,
+            tier,
+            key,
+            who,
+            route,
+            known_route,
+            method,
+            uri,
+            headers,
+            cost,
+            charge,
+            band,
+            slots,
+        } = self;
         let tier = &snapshot.limits.tiers()[tier];
         let plan = Plan {
             snapshot: &snapshot,
@@ -177,7 +211,10 @@ impl Detached {
             key,
             who,
             route: &route,
+            known_route,
             method: &method,
+            uri: &uri,
+            headers: &headers,
             cost,
             charge,
             band,
@@ -187,22 +224,23 @@ impl Detached {
     }
 }
 
-/// The route template axum matched, else the request path.
+/// The route template axum matched (true), else the request path (false).
 #[inline]
-fn route_path(parts: &Parts) -> &str {
+fn route_path(parts: &Parts) -> (&str, bool) {
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
+        return (matched.as_str(), true);
     }
-    parts.uri.path()
+    (parts.uri.path(), false)
 }
 
 impl Core {
     /// Step 1: the route's rule.
     #[inline]
     pub(crate) fn route<'a>(snapshot: &Snapshot, parts: &'a Parts) -> Route<'a> {
-        let path = route_path(parts);
-        Route { path, rule: snapshot.limits.routes().lookup(&parts.method, path) }
+        let (path, matched) = route_path(parts);
+        let (rule, in_table) = snapshot.limits.routes().resolve(&parts.method, path);
+        Route { path, rule, known: matched || in_table }
     }
 
     /// Step 2: who is asking, and in which tier.
@@ -257,7 +295,10 @@ impl Core {
         let cost = u64::from(route.rule.cost);
         let band = match (snapshot.limits.bands(), &self.cache) {
             (Some(bands), Some(cache)) if route.rule.degrade => {
-                Some(BandPlan::new(bands, cache, &key, parts))
+                // An address is not an identity (users behind one NAT share it), nor is the key
+                // of requests nobody recognised: "the caller's own last answer" cannot be
+                // promised to them, so they get no cached band.
+                Some(BandPlan::new(bands, who.identified.then_some(cache), &key, parts))
             }
             _ => None,
         };
@@ -268,7 +309,10 @@ impl Core {
             key,
             who,
             route: route.path,
+            known_route: route.known,
             method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
             cost,
             charge,
             band,
@@ -277,9 +321,25 @@ impl Core {
     }
 
     /// Step 5: the plan and the store's decision become what happens next. The one place that
-    /// does.
+    /// does. (Inlined into `call`: the plan and the outcome are large values, better not
+    /// copied through a call.)
+    #[inline]
     pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
-        let Plan { snapshot, tier, key, who, route, method, cost, band, slots, .. } = plan;
+        let Plan {
+            snapshot,
+            tier,
+            key,
+            who,
+            route,
+            known_route,
+            method,
+            uri,
+            headers: asked_headers,
+            cost,
+            band,
+            slots,
+            ..
+        } = plan;
         let observe = |outcome: Outcome<'_>| {
             if let Some(observer) = &self.observer {
                 observer.on_event(&Event {
@@ -290,6 +350,7 @@ impl Core {
                     tier,
                     method,
                     route,
+                    known_route,
                     cost,
                     outcome,
                 });
@@ -304,27 +365,31 @@ impl Core {
         };
         let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
         match decision.verdict() {
-            Verdict::Admitted => match band.map_or(Chosen::Full(None), |band| band.choose(&decision)) {
-                Chosen::Full(record) => {
-                    observe(Outcome::Admitted(&decision));
-                    Settled::Forward(After { headers: Some(headers), slots, record }, None)
+            Verdict::Admitted => {
+                match band.map_or(Chosen::Full(None), |b| {
+                    b.choose(&decision, Asked { owner: &key, method, uri, headers: asked_headers })
+                }) {
+                    Chosen::Full(record) => {
+                        observe(Outcome::Admitted(&decision));
+                        Settled::Forward(After { headers: Some(headers), slots, record }, None)
+                    }
+                    Chosen::Cached(copy) => {
+                        observe(Outcome::Degraded(&decision, Band::Cached));
+                        headers.degraded(Band::Cached);
+                        let mut response = degrade::replay(&copy, method, decision.now());
+                        headers.apply(response.headers_mut());
+                        Settled::Answer(response)
+                    }
+                    Chosen::Minimal => {
+                        observe(Outcome::Degraded(&decision, Band::Minimal));
+                        headers.degraded(Band::Minimal);
+                        Settled::Forward(
+                            After { headers: Some(headers), slots, record: None },
+                            Some(Band::Minimal),
+                        )
+                    }
                 }
-                Chosen::Cached(copy) => {
-                    observe(Outcome::Degraded(&decision, Band::Cached));
-                    headers.degraded(Band::Cached);
-                    let mut response = degrade::replay(&copy, method, decision.now());
-                    headers.apply(response.headers_mut());
-                    Settled::Answer(response)
-                }
-                Chosen::Minimal => {
-                    observe(Outcome::Degraded(&decision, Band::Minimal));
-                    headers.degraded(Band::Minimal);
-                    Settled::Forward(
-                        After { headers: Some(headers), slots, record: None },
-                        Some(Band::Minimal),
-                    )
-                }
-            },
+            }
             Verdict::Rejected => {
                 observe(Outcome::Rejected(&decision));
                 Settled::Answer(answer::too_many_requests(tier, &decision, headers))

@@ -358,6 +358,23 @@ async fn unidentified_clients_share_one_bucket_of_the_default_tier() {
     assert_eq!(ok, 5);
 }
 
+/// A builder chain changes one layer in place (no new shared part per call); a layer that was
+/// cloned before is copied first, keeps what it had, and still shares the store and its state.
+#[test]
+fn builder_methods_edit_in_place_and_leave_earlier_clones_alone() {
+    let layer = RateLimitLayer::from_limits(limits());
+    let shared = Arc::as_ptr(&layer.core);
+    let layer = layer.headers(crate::answer::HeaderMode::None).on_error(OnError::Deny).route_cost("/x", 2);
+    assert_eq!(Arc::as_ptr(&layer.core), shared, "edited in place");
+
+    let before = layer.clone();
+    let after = layer.route_cost("/x", 3);
+    assert_eq!(after.limits().routes().lookup(&http::Method::GET, "/x").cost, 3);
+    assert_eq!(before.limits().routes().lookup(&http::Method::GET, "/x").cost, 2, "the clone keeps its own");
+    assert!(Arc::ptr_eq(before.store(), after.store()), "one store");
+    assert!(Arc::ptr_eq(&before.core.inflight, &after.core.inflight), "one in-flight count");
+}
+
 #[test]
 fn route_annotations_in_code() {
     let layer = RateLimitLayer::from_limits(limits()).route_cost("/report/{id}", 3).exempt("/search");

@@ -50,8 +50,11 @@ const RATIO_BUCKET: &str = "tollgate_remaining_ratio_bucket";
 const RATIO_COUNT: &str = "tollgate_remaining_ratio_count";
 const RATIO_SUM: &str = "tollgate_remaining_ratio_sum";
 
-/// The label value of routes (and tiers) past the limit of distinct values.
+/// The label value of routes (and tiers) past the limit of distinct values, and of raw paths.
 const OTHER: &str = "other";
+/// The route under which every raw path (not a route template) is counted: no template is
+/// empty.
+const RAW_PATH: &str = "";
 
 /// The upper bounds of the [`REMAINING_RATIO`] buckets, in tenths, then `+Inf`.
 const BOUNDS: [f64; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
@@ -70,10 +73,12 @@ const PUBLISH_EVERY: Nanos = Nanos::SECOND;
 ///
 /// Label values are bounded so a scan of random paths cannot explode the number of series:
 /// `tier` is a configured tier name, `outcome` and `band` are fixed words, and `route` is the
-/// route template the limiter charged (axum's `MatchedPath`, never the raw path of a matched
-/// route). A service without route templates (or a fallback seeing arbitrary paths) could
-/// still show many routes, so only the first [`max_routes`](Self::max_routes) distinct routes
-/// (100 by default) get their own label value; later ones are counted as `other`.
+/// route template the limiter charged: axum's `MatchedPath`, or a route of the route table.
+/// A raw path that is neither (a 404 under `Router::layer`, a service without templates whose
+/// path the table does not name) is whatever the client asked for, so all such paths share the
+/// label value `other`: a scan of random paths never takes the label of a real route. Past
+/// [`max_routes`](Self::max_routes) distinct templates (100 by default), later ones are
+/// counted as `other` too.
 ///
 /// Recorded: [`DECISIONS`], [`DEGRADED`], [`STORE_FAULTS`], [`TOKENS_CHARGED`] (counters),
 /// [`REMAINING_RATIO`] (a histogram in tenths, kept in fixed buckets: see the module
@@ -190,13 +195,16 @@ impl MetricsObserver {
 
 impl Observer for MetricsObserver {
     fn on_event(&self, event: &Event<'_>) {
+        // A raw path is whatever a client asked for (a scan of 404s): one series for all of
+        // them, so that it never takes the label of a real route.
+        let route = if event.known_route { event.route } else { RAW_PATH };
         let table = self.shared.table.load();
-        let hash = self.shared.hasher.hash_one((event.tier.name(), event.route));
+        let hash = self.shared.hasher.hash_one((event.tier.name(), route));
         let made;
-        let series = match table.find(hash, event.tier.name(), event.route) {
+        let series = match table.find(hash, event.tier.name(), route) {
             Some(series) => series,
             None => {
-                made = self.shared.series(hash, event.tier.name(), event.route);
+                made = self.shared.series(hash, event.tier.name(), route);
                 &made
             }
         };
@@ -351,7 +359,12 @@ impl Labels {
         Self::label(&mut self.tiers, self.max_tiers, tier).0
     }
 
+    /// The label of `route`; raw paths ([`RAW_PATH`]) are `other`, and have a series (one per
+    /// tier) in the table.
     fn route(&mut self, route: &str) -> (SharedString, bool) {
+        if route == RAW_PATH {
+            return (SharedString::const_str(OTHER), true);
+        }
         Self::label(&mut self.routes, self.max_routes, route)
     }
 
@@ -652,6 +665,16 @@ mod tests {
     }
 
     fn tell(observer: &MetricsObserver, limits: &Limits, route: &str, outcome: Outcome<'_>) {
+        tell_raw(observer, limits, route, true, outcome)
+    }
+
+    fn tell_raw(
+        observer: &MetricsObserver,
+        limits: &Limits,
+        route: &str,
+        known_route: bool,
+        outcome: Outcome<'_>,
+    ) {
         let key = ClientKey::new("alice");
         let event = Event {
             key: &key,
@@ -661,6 +684,7 @@ mod tests {
             tier: limits.default_tier(),
             method: &Method::GET,
             route,
+            known_route,
             cost: 1,
             outcome,
         };
@@ -773,6 +797,36 @@ mod tests {
             observer.shared.publish();
             assert_eq!(count(), Some(6));
         });
+    }
+
+    /// Issue 11 (suspected, confirmed): the first 100 route values got their own label, so a
+    /// scan of 404s on raw paths took every slot before the real routes got one. Raw paths
+    /// share one series, `other`, which takes no route's slot and one table entry per tier.
+    #[test]
+    fn a_scan_of_raw_paths_never_takes_a_real_routes_label() {
+        let recorded = Recorded::default();
+        let limits = limits();
+        metrics::with_local_recorder(&recorded, || {
+            let observer = MetricsObserver::new().max_routes(1);
+            let admitted = decision(Verdict::Admitted, 0, 1, 9);
+            for i in 0..1_000 {
+                tell_raw(
+                    &observer,
+                    &limits,
+                    &format!("/wp-admin/{i}.php"),
+                    false,
+                    Outcome::Admitted(&admitted),
+                );
+            }
+            tell(&observer, &limits, "/api/orders/{id}", Outcome::Admitted(&admitted));
+            assert_eq!(observer.shared.table.load().by_hash.len(), 2);
+        });
+        let admitted = |route: &str| {
+            recorded.get(&format!("{DECISIONS}{{tier=anonymous,route={route},outcome=admitted}}"))
+        };
+        assert_eq!(admitted("/api/orders/{id}"), Some(1));
+        assert_eq!(admitted("other"), Some(1_000));
+        assert!(recorded.0.lock().unwrap().keys().all(|k| !k.contains("wp-admin")));
     }
 
     #[test]

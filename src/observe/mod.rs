@@ -92,6 +92,11 @@ pub struct Event<'a> {
     pub method: &'a Method,
     /// The route template (or path) charged.
     pub route: &'a str,
+    /// True when `route` is a route template: one axum matched, or one the route table names.
+    /// False for a raw request path (a 404, a service without templates), which a client can
+    /// make up at will: an observer keeping something per route should keep one for all
+    /// such paths together.
+    pub known_route: bool,
     /// The route's cost.
     pub cost: u64,
     /// What happened.

@@ -313,10 +313,14 @@ impl<H: OnNearQuota> NearQuota<H> {
             if charged == 0 || p.limit == 0 {
                 return None;
             }
-            let limit = p.limit as f64;
-            let after = p.limit.saturating_sub(p.remaining) as f64 / limit;
-            let before = p.limit.saturating_sub(p.remaining.saturating_add(charged)) as f64 / limit;
-            (before < threshold && after >= threshold).then_some(usize::from(p.index))
+            // used / limit ≥ threshold, without a division: this runs on every admitted request.
+            // (Counts go through i64, whose conversion to f64 is one instruction; tokens never
+            // reach 2^63.)
+            let float = |n: u64| n.min(i64::MAX as u64) as i64 as f64;
+            let mark = threshold * float(p.limit);
+            let after = p.limit.saturating_sub(p.remaining);
+            let before = p.limit.saturating_sub(p.remaining.saturating_add(charged));
+            (float(before) < mark && float(after) >= mark).then_some(usize::from(p.index))
         })
     }
 
@@ -341,6 +345,35 @@ impl<H: OnNearQuota> NearQuota<H> {
     }
 }
 
+impl<H: OnNearQuota> NearQuota<H> {
+    /// A crossing of the policy at `index`: tells the hook, unless it was told of this key and
+    /// policy less than a period ago. Kept out of [`on_event`](Observer::on_event), which every
+    /// request runs and which mostly finds no crossing.
+    #[cold]
+    #[inline(never)]
+    fn crossed(&self, event: &Event<'_>, decision: &Decision, index: usize) {
+        let Some(policy) = event.tier.policies().get(index) else { return };
+        let state = decision.policies()[index];
+        let period = policy.quota().refill_time().max(Nanos::SECOND);
+        if !self.first_in_period(event.key, policy.id(), decision.now(), period) {
+            return;
+        }
+        let mut alert = NearQuotaEvent::new(
+            event.key.clone(),
+            event.tier.name(),
+            policy.name(),
+            state.limit,
+            state.remaining,
+            decision.reset_epoch_secs(&state),
+        );
+        alert.at = decision.now().as_secs();
+        alert.name = event.name.map(str::to_owned);
+        alert.email = event.email.map(str::to_owned);
+        alert.upgrade_url = event.tier.upgrade_url().map(str::to_owned);
+        self.hook.on_near_quota(&alert);
+    }
+}
+
 impl<H: OnNearQuota> Observer for NearQuota<H> {
     fn on_event(&self, event: &Event<'_>) {
         let decision = match event.outcome {
@@ -348,25 +381,7 @@ impl<H: OnNearQuota> Observer for NearQuota<H> {
             _ => return,
         };
         for index in self.crossings(decision) {
-            let Some(policy) = event.tier.policies().get(index) else { continue };
-            let state = decision.policies()[index];
-            let period = policy.quota().refill_time().max(Nanos::SECOND);
-            if !self.first_in_period(event.key, policy.id(), decision.now(), period) {
-                continue;
-            }
-            let mut alert = NearQuotaEvent::new(
-                event.key.clone(),
-                event.tier.name(),
-                policy.name(),
-                state.limit,
-                state.remaining,
-                decision.reset_epoch_secs(&state),
-            );
-            alert.at = decision.now().as_secs();
-            alert.name = event.name.map(str::to_owned);
-            alert.email = event.email.map(str::to_owned);
-            alert.upgrade_url = event.tier.upgrade_url().map(str::to_owned);
-            self.hook.on_near_quota(&alert);
+            self.crossed(event, decision, index);
         }
     }
 }
@@ -447,6 +462,7 @@ mod tests {
                     tier,
                     method: &Method::GET,
                     route: "/",
+                    known_route: true,
                     cost: 1,
                     outcome,
                 };
@@ -489,6 +505,7 @@ mod tests {
                     tier,
                     method: &Method::GET,
                     route: "/",
+                    known_route: true,
                     cost: 1,
                     outcome: Outcome::Admitted(&d),
                 };

@@ -377,18 +377,38 @@ impl Routes {
     }
 
     /// The rule for a request with `method` on the route template `path`.
+    ///
+    /// A `HEAD` request pays what a `GET` pays (axum answers `HEAD` with the `GET` handler):
+    /// without a `HEAD` entry of its own, it takes the `GET` entry's rule: cost, concurrency
+    /// and degradation.
+    ///
+    /// ```
+    /// use tollgate::policy::{RouteRule, Routes};
+    /// use http::Method;
+    ///
+    /// let mut routes = Routes::default();
+    /// routes.set("GET /export", RouteRule::cost(50)).unwrap();
+    /// assert_eq!(routes.lookup(&Method::HEAD, "/export").cost, 50);
+    /// routes.set("HEAD /export", RouteRule::cost(2)).unwrap();
+    /// assert_eq!(routes.lookup(&Method::HEAD, "/export").cost, 2);
+    /// ```
     #[inline]
     pub fn lookup(&self, method: &Method, path: &str) -> RouteRule {
+        self.resolve(method, path).0
+    }
+
+    /// [`lookup`](Self::lookup), and whether `path` is a route of the table.
+    #[inline]
+    pub(crate) fn resolve(&self, method: &Method, path: &str) -> (RouteRule, bool) {
         let Some(entry) = self.table.get(path) else {
-            return self.default;
+            return (self.default, false);
         };
-        entry
-            .by_method
-            .iter()
-            .find(|(m, _)| m == method)
-            .map(|(_, rule)| *rule)
+        let by = |method: &Method| entry.by_method.iter().find(|(m, _)| m == method).map(|(_, rule)| *rule);
+        let rule = by(method)
+            .or_else(|| (*method == Method::HEAD).then(|| by(&Method::GET)).flatten())
             .or(entry.any)
-            .unwrap_or(self.default)
+            .unwrap_or(self.default);
+        (rule, true)
     }
 
     /// Every entry as `(route, rule)`, routes written as in the configuration.
@@ -561,6 +581,26 @@ mod tests {
     use nonzero_ext::nonzero;
 
     use super::*;
+
+    /// Issue 11, finding 3: `"GET /export" = 50` charged a HEAD 1, and a HEAD took no slot of
+    /// the route's concurrency limit.
+    #[test]
+    fn head_pays_what_get_pays() {
+        let mut routes = Routes::default();
+        let export = RouteRule { cost: 50, exempt: false, degrade: true, concurrency: 1 };
+        routes.set("GET /export", export).unwrap();
+        routes.set("POST /export", RouteRule::cost(7)).unwrap();
+        assert_eq!(routes.lookup(&Method::HEAD, "/export"), export);
+        assert_eq!(routes.lookup(&Method::OPTIONS, "/export"), RouteRule::cost(1));
+        // A path-only entry covers HEAD as it covers GET; a HEAD entry of its own wins.
+        routes.set("/search", RouteRule::cost(5)).unwrap();
+        assert_eq!(routes.lookup(&Method::HEAD, "/search").cost, 5);
+        routes.set("HEAD /search", RouteRule::cost(1)).unwrap();
+        assert_eq!(routes.lookup(&Method::HEAD, "/search").cost, 1);
+        assert_eq!(routes.lookup(&Method::GET, "/search").cost, 5);
+        assert_eq!(routes.resolve(&Method::HEAD, "/unknown"), (RouteRule::cost(1), false));
+        assert!(routes.resolve(&Method::DELETE, "/export").1, "a route of the table");
+    }
 
     fn limits(burst: std::num::NonZeroU32, daily: Option<u64>, extra: bool) -> Limits {
         let mut spec = TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(burst));

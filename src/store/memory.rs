@@ -345,12 +345,12 @@ impl<C: Clock> MemoryStore<C> {
                         return standing(&[policy], &[current], now, cost, fraction);
                     }
                     if let Some(slot) = slot {
-                        let (verdict, check, charged) = match charge_slot(slot, current, rule, now, cost) {
-                            Ok(check) => (Verdict::Admitted, check, cost),
-                            Err(check) => (Verdict::Rejected, check, 0),
+                        return match charge_slot(slot, current, rule, now, cost) {
+                            Ok(check) => Decision::new(Verdict::Admitted, now, fraction, cost)
+                                .with(policy_state(0, policy, &check, Verdict::Admitted)),
+                            Err(check) => Decision::new(Verdict::Rejected, now, fraction, 0)
+                                .with(policy_state(0, policy, &check, Verdict::Rejected)),
                         };
-                        return Decision::new(verdict, now, fraction, charged)
-                            .with(policy_state(0, policy, &check, verdict));
                     }
                 }
             }

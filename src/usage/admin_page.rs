@@ -3,8 +3,9 @@
 
 use std::fmt::Write;
 
+use super::calendar::utc_minute;
 use super::chart::{self, thousands, Chart, CHART_STYLE};
-use super::page::escape_html;
+use super::html::escape_html;
 use super::policy_page::BASE_STYLE;
 use crate::history::{AdminReport, NamedCount};
 
@@ -26,7 +27,7 @@ pub(crate) fn render(report: &AdminReport, now: u64) -> String {
          <h1>Who uses the API</h1><p class=\"lede\">The last hour, as of {} UTC. Clients are \
          shown by name, by address, or by the first characters of their key, never by a whole \
          key.</p>",
-        clock(now)
+        utc_minute(now)
     );
     html.push_str(&chart::render(&Chart {
         id: "everyone",
@@ -89,27 +90,6 @@ fn rejections(html: &mut String, id: &str, title: &str, what: &str, counts: &[Na
         );
     }
     html.push_str("</tbody></table></div></section>");
-}
-
-/// `YYYY-MM-DD HH:MM`, UTC.
-fn clock(epoch: u64) -> String {
-    let date = date_of(epoch / 86_400);
-    format!("{date} {:02}:{:02}", epoch / 3_600 % 24, epoch / 60 % 60)
-}
-
-/// Days since the epoch as `YYYY-MM-DD` (proleptic Gregorian; Howard Hinnant's
-/// `civil_from_days`).
-fn date_of(days: u64) -> String {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use std::fmt::Write;
 
-use super::page::escape_html;
+use super::html::escape_html;
 use crate::history::Period;
 
 /// The chart's colours and layout; include it in the page's `<style>`. It relies on the

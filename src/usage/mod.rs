@@ -91,8 +91,10 @@
 //! * `webhook`: [`Webhook`](crate::observe::Webhook), near-quota alerts POSTed as JSON.
 
 mod admin_page;
+mod calendar;
 mod chart;
 mod handlers;
+mod html;
 mod page;
 mod policy_page;
 #[cfg(feature = "prometheus")]
@@ -150,7 +152,7 @@ pub fn policy_page(limits: &PublishedLimits) -> String {
 pub fn admin_page(report: &crate::history::AdminReport, now: u64) -> String {
     admin_page::render(report, now)
 }
-pub use page::escape_html;
+pub use html::escape_html;
 #[cfg(feature = "prometheus")]
 pub use prometheus::{install_prometheus, metrics, MetricsState};
 pub use report::{KeyedBy, PolicyLimits, PolicyUsage, PublishedLimits, RouteCost, TierLimits, UsageReport};

@@ -3,34 +3,10 @@
 
 use std::fmt::Write;
 
+use super::calendar::{iso8601, utc_clock};
 use super::chart::{self, Chart, CHART_STYLE};
+use super::html::escape_html;
 use super::report::{KeyedBy, UsageReport};
-
-/// Escapes `text` for HTML element content and quoted attribute values: `& < > " '`.
-///
-/// Five replacements need no dependency; a templating crate would bring a macro and a
-/// compile-time step for one page.
-///
-/// ```
-/// use tollgate::usage::escape_html;
-/// assert_eq!(escape_html(r#"<a href="x">Tom & 'Jerry'</a>"#),
-///            "&lt;a href=&quot;x&quot;&gt;Tom &amp; &#39;Jerry&#39;&lt;/a&gt;");
-/// assert_eq!(escape_html("plain"), "plain");
-/// ```
-pub fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 const STYLE: &str = "\
 :root{color-scheme:light dark;--fg:#1b1f24;--muted:#5b6470;--bg:#f6f7f9;--card:#fff;--track:#e3e7ec;\
@@ -164,35 +140,6 @@ pub(crate) fn render(report: &UsageReport, now: u64) -> String {
     html
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ`.
-fn iso8601(epoch: u64) -> String {
-    let (y, m, d, hh, mm, ss) = civil(epoch);
-    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
-}
-
-/// `YYYY-MM-DD HH:MM:SS UTC`.
-fn utc_clock(epoch: u64) -> String {
-    let (y, m, d, hh, mm, ss) = civil(epoch);
-    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02} UTC")
-}
-
-/// Unix epoch seconds to the proleptic Gregorian calendar in UTC (Howard Hinnant's
-/// `civil_from_days`).
-fn civil(epoch: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (epoch / 86_400) as i64;
-    let secs = (epoch % 86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, secs / 3_600, secs / 60 % 60, secs % 60)
-}
-
 /// A short human duration: `45 s`, `2 min 5 s`, `3 h 20 min`, `2 d 4 h`.
 fn duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
@@ -211,14 +158,6 @@ fn duration(secs: u64) -> String {
 mod tests {
     use super::*;
     use crate::usage::report::PolicyUsage;
-
-    #[test]
-    fn calendar_dates() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(utc_clock(4_102_444_799), "2099-12-31 23:59:59 UTC");
-    }
 
     #[test]
     fn durations() {

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::chart::thousands;
-use super::page::escape_html;
+use super::html::escape_html;
 use super::report::{PolicyLimits, PublishedLimits, TierLimits};
 
 /// The look shared by the operator's page and this one: the dashboard's colours (light and
