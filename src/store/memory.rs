@@ -962,3 +962,6 @@ impl<C: Clock> Store for MemoryStore<C> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod charging_tests;
