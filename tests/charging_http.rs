@@ -11,7 +11,6 @@
 mod app;
 
 #[path = "redis_support.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;
