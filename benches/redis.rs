@@ -30,7 +30,8 @@ use tollgate::key::Key;
 use tollgate::policy::{Limits, Tier, TierSpec};
 use tollgate::store::{Charge, RedisStore, Store};
 
-const SCRIPT: &str = include_str!("../src/store/redis/check.lua");
+const SCRIPT: &str =
+    concat!(include_str!("../src/store/redis/algorithms.lua"), include_str!("../src/store/redis/check.lua"));
 const TASKS: usize = 64;
 const CLIENTS_PER_TASK: usize = 16;
 const OPS: usize = 20_480; // 320 per task
@@ -148,6 +149,7 @@ async fn run(url: String) {
     let algorithm: u8 = match policy.algorithm() {
         Algorithm::TokenBucket => 0,
         Algorithm::SlidingWindow => 1,
+        Algorithm::SlidingLog => 2,
     };
     let emission = policy.quota().emission().as_micros_ceil();
     let burst = policy.quota().burst();
@@ -171,7 +173,7 @@ async fn run(url: String) {
             async move {
                 let mut invocation = script.prepare_invoke();
                 invocation.key(&names[t * CLIENTS_PER_TASK + i % CLIENTS_PER_TASK]);
-                invocation.arg(charge.cost).arg(charge.reduced_below).arg(charge.reduced_cost);
+                invocation.arg(charge.cost).arg(charge.reduced_below).arg(charge.reduced_cost).arg(0);
                 invocation.arg(algorithm).arg(emission).arg(burst);
                 let reply: Vec<i64> = invocation.invoke_async(&mut conn).await.unwrap();
                 assert_eq!(reply[0], 0);

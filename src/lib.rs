@@ -130,4 +130,4 @@ pub mod store;
 pub mod usage;
 
 pub use config::{Config, ConfigError};
-pub use layer::{RateLimit, RateLimitLayer};
+pub use layer::{ActualCost, RateLimit, RateLimitLayer};

@@ -54,6 +54,7 @@ burst = 1000
 "POST /api/generate" = 20
 "/usage" = 0
 "/dashboard" = 0
+"POST /login" = { cost = 1, charge = "failures" }
 
 [exempt]
 routes = ["/health", "/metrics", "/policy"]

@@ -53,7 +53,7 @@ use crate::key::{
     ApiKeys, Client, ClientIp, ClientIpHeader, DefaultExtractor, FromExtension, Key, KeyExtractor,
 };
 use crate::observe::DEFAULT_NEAR_QUOTA;
-use crate::policy::{Bands, Limits, LimitsBuilder, TierSpec};
+use crate::policy::{Bands, ChargeOn, Limits, LimitsBuilder, TierSpec};
 
 /// The whole configuration file, as written (nothing checked yet: see [`Config`]).
 ///
@@ -78,8 +78,9 @@ pub struct Settings {
     pub ipv6_prefix: u8,
     /// The tiers, by name.
     pub tiers: BTreeMap<String, TierConfig>,
-    /// Route costs: `"PATH"` or `"METHOD PATH"` (axum templates) → tokens. Others cost 1.
-    pub routes: BTreeMap<String, i64>,
+    /// Route costs: `"PATH"` or `"METHOD PATH"` (axum templates) → tokens, or a table
+    /// `{ cost, charge }`. Others cost 1.
+    pub routes: BTreeMap<String, RouteConfig>,
     /// Routes never limited.
     pub exempt: ExemptConfig,
     /// API key → tier name (`"free"`), or the long form `{ tier, name, email }`.
@@ -273,6 +274,100 @@ pub struct TierConfig {
     /// The most requests one client of this tier may have in flight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<i64>,
+    /// How long a request that would be refused may be held until its tokens arrive
+    /// (milliseconds; 0, the default, refuses at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_delay_ms: Option<i64>,
+}
+
+/// One `[routes]` entry: a cost (`"/api/search" = 5`), or a table that also says which
+/// answers keep the charge (`"POST /login" = { cost = 1, charge = "failures" }`; `cost`
+/// defaults to 1, `charge` to `"all"`).
+///
+/// ```
+/// use tollgate::config::RouteConfig;
+/// use tollgate::policy::ChargeOn;
+/// use tollgate::Config;
+///
+/// let config = Config::from_toml(r#"
+///     [tiers.anonymous]
+///     requests_per_minute = 30
+///     burst = 5
+///     [routes]
+///     "/api/search" = 5
+///     "POST /login" = { cost = 1, charge = "failures" }
+/// "#).unwrap();
+/// let routes = &config.settings().routes;
+/// assert_eq!(routes["/api/search"], RouteConfig { cost: 5, charge: ChargeOn::All });
+/// assert_eq!(routes["POST /login"], RouteConfig { cost: 1, charge: ChargeOn::Failures });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Tokens charged up front.
+    pub cost: i64,
+    /// Which answers keep the charge.
+    pub charge: ChargeOn,
+}
+
+impl From<i64> for RouteConfig {
+    fn from(cost: i64) -> Self {
+        Self { cost, charge: ChargeOn::All }
+    }
+}
+
+impl Serialize for RouteConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.charge == ChargeOn::All {
+            return serializer.serialize_i64(self.cost);
+        }
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("cost", &self.cost)?;
+        map.serialize_entry("charge", &self.charge)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RouteConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a cost (a whole number) or a table { cost, charge }")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, cost: i64) -> Result<RouteConfig, E> {
+                Ok(RouteConfig::from(cost))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, cost: u64) -> Result<RouteConfig, E> {
+                i64::try_from(cost).map(RouteConfig::from).map_err(|_| E::custom("the cost is too large"))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RouteConfig, A::Error> {
+                let mut route = RouteConfig::from(1);
+                let (mut cost, mut charge) = (false, false);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "cost" if !cost => {
+                            route.cost = map.next_value()?;
+                            cost = true;
+                        }
+                        "charge" if !charge => {
+                            route.charge = map.next_value()?;
+                            charge = true;
+                        }
+                        "cost" | "charge" => return Err(serde::de::Error::duplicate_field("cost or charge")),
+                        other => return Err(serde::de::Error::unknown_field(other, &["cost", "charge"])),
+                    }
+                }
+                Ok(route)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `[exempt]`: routes never limited.
@@ -483,14 +578,14 @@ impl Settings {
                 "must be at least 1 (or set enabled = false)",
             ));
         }
-        for (route, &cost) in &self.routes {
-            let cost = u32::try_from(cost).map_err(|_| {
+        for (route, entry) in &self.routes {
+            let cost = u32::try_from(entry.cost).map_err(|_| {
                 ConfigError::invalid(
                     format!("routes.\"{route}\""),
-                    format!("a cost is a whole number of tokens, 0 or more (found {cost})"),
+                    format!("a cost is a whole number of tokens, 0 or more (found {})", entry.cost),
                 )
             })?;
-            builder = builder.route(route, cost);
+            builder = builder.route_charged(route, cost, entry.charge);
         }
         for route in &self.exempt.routes {
             builder = builder.exempt(route);
@@ -703,6 +798,15 @@ impl TierConfig {
                 )
             })?;
             spec = spec.concurrency(limit);
+        }
+        if let Some(delay) = self.max_delay_ms {
+            let delay = u64::try_from(delay).map_err(|_| {
+                ConfigError::invalid(
+                    key("max_delay_ms"),
+                    format!("must be a whole number of milliseconds, 0 or more (found {delay})"),
+                )
+            })?;
+            spec = spec.max_delay(Nanos::from_millis(delay));
         }
         Ok(spec)
     }

@@ -426,9 +426,11 @@ impl History {
 impl Observer for History {
     fn on_event(&self, event: &Event<'_>) {
         let (decision, admitted) = match event.outcome {
-            Outcome::Admitted(d) | Outcome::Degraded(d, _) => (d, true),
+            Outcome::Admitted(d) | Outcome::Delayed(d) | Outcome::Degraded(d, _) => (d, true),
             Outcome::Rejected(d) | Outcome::Exceeds(d) => (d, false),
-            Outcome::StoreFault(_) => return,
+            // The tokens recorded are those charged up front: a cost settled from the answer
+            // is not a visit of its own.
+            Outcome::Settled(_) | Outcome::StoreFault(_) => return,
         };
         if admitted && decision.charged() == 0 {
             return;

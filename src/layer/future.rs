@@ -5,19 +5,28 @@ use std::task::{ready, Context, Poll};
 use http::request::Parts;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::concurrency::Slots;
+use super::settle::Bill;
 use crate::answer::{OwnResponse, RateLimitHeaders};
-use crate::degrade::{Band, Pending};
+use crate::clock::Nanos;
+use crate::degrade::{Band, Pending, Recorder};
 use crate::store::{Decision, StoreError, StoreFuture};
 
 /// What happens to a request once its plan met the store's decision.
+///
+/// Moved once, from [`Core::settle`](super::core::Core) (inlined into `call`) to [`next`]; the
+/// forwarded case is the common one and carries the headers and the bill inline: boxing it
+/// would cost every request an allocation.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Settled {
-    /// Call the handler (telling it the band, when degraded) and finish its answer with `After`.
-    Forward(After, Option<Band>),
+    /// Call the handler (telling it the band, when degraded), after holding the request for
+    /// the wait (its tokens were reserved ahead), and finish its answer with `After`.
+    Forward(After, Option<Band>, Nanos),
     /// The limiter answers itself.
     Answer(OwnResponse),
 }
@@ -31,6 +40,9 @@ pub(crate) struct After {
     pub(crate) slots: Slots,
     /// Where the answer is kept for the cached band, if it may be.
     pub(crate) record: Option<Box<Pending>>,
+    /// The admission's account, settled from the answer (or given back if the request goes
+    /// away while held).
+    pub(crate) bill: Option<Bill>,
 }
 
 /// Turns the decision of an asynchronous store into what happens next: the plan, settled.
@@ -57,6 +69,34 @@ struct Checking<S, ReqBody> {
     request: (Parts, ReqBody),
 }
 
+/// A request held until its reserved tokens exist: a timer, never a blocked thread. Boxed (the
+/// rare path). Dropped before the timer fires (the client went away), it gives its
+/// reservation back.
+struct Holding<S, ReqBody> {
+    sleep: Pin<Box<Sleep>>,
+    /// The instance that was polled ready.
+    inner: S,
+    request: Option<(Parts, ReqBody)>,
+    band: Option<Band>,
+    after: Option<After>,
+}
+
+impl<S, ReqBody> Drop for Holding<S, ReqBody> {
+    fn drop(&mut self) {
+        if let Some(bill) = self.after.take().and_then(|after| after.bill) {
+            bill.release();
+        }
+    }
+}
+
+/// The answer is in, its cost changed, and an asynchronous store is settling it.
+struct Settling<R> {
+    settling: StoreFuture,
+    response: R,
+    recorder: Option<Box<Recorder>>,
+    after: After,
+}
+
 pin_project! {
     #[project = KindProj]
     enum Kind<S, ReqBody>
@@ -65,12 +105,16 @@ pin_project! {
     {
         /// Waiting for an asynchronous store; owns the inner service that was polled ready.
         Checking { state: Option<Box<Checking<S, ReqBody>>> },
+        /// Held until the request's tokens exist; owns the inner service that was polled ready.
+        Held { state: Option<Box<Holding<S, ReqBody>>> },
         /// The inner service is answering; the headers are merged when it does.
         Inner {
             #[pin]
             future: S::Future,
             after: Option<After>,
         },
+        /// Settling the answer's cost with an asynchronous store.
+        Settling { state: Option<Box<Settling<S::Response>>> },
         /// The limiter answered itself.
         Ready { response: Option<OwnResponse> },
     }
@@ -100,31 +144,68 @@ where
     }
 }
 
-/// Forwards `parts` and `body` to `inner`, telling the handler its band, or answers.
+/// Forwards `parts` and `body` to `inner`, telling the handler its band, or answers. A request
+/// to be held takes the instance that was polled ready with it (a clone takes its place).
 #[inline]
 pub(crate) fn next<S, ReqBody>(
     settled: Settled,
     inner: &mut S,
-    mut parts: Parts,
+    parts: Parts,
     body: ReqBody,
 ) -> ResponseFuture<S, ReqBody>
 where
-    S: Service<Request<ReqBody>>,
+    S: Service<Request<ReqBody>> + Clone,
 {
     match settled {
-        Settled::Forward(after, band) => {
-            if let Some(band) = band {
-                parts.extensions.insert(band);
-            }
-            ResponseFuture::inner(inner.call(Request::from_parts(parts, body)), after)
+        Settled::Forward(after, band, wait) if !wait.is_zero() => {
+            let clone = inner.clone();
+            let ready = std::mem::replace(inner, clone);
+            let holding = Holding {
+                sleep: Box::pin(tokio::time::sleep(wait.into())),
+                inner: ready,
+                request: Some((parts, body)),
+                band,
+                after: Some(after),
+            };
+            ResponseFuture { kind: Kind::Held { state: Some(Box::new(holding)) } }
         }
+        Settled::Forward(after, band, _) => forward(inner, parts, body, band, after),
         Settled::Answer(response) => ResponseFuture::ready(response),
     }
 }
 
+fn forward<S, ReqBody>(
+    inner: &mut S,
+    mut parts: Parts,
+    body: ReqBody,
+    band: Option<Band>,
+    after: After,
+) -> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    if let Some(band) = band {
+        parts.extensions.insert(band);
+    }
+    ResponseFuture::inner(inner.call(Request::from_parts(parts, body)), after)
+}
+
+/// The finished answer: the headers merged (a handler's own win), the body wrapped.
+fn finish<ResBody>(
+    mut response: Response<ResBody>,
+    headers: Option<RateLimitHeaders>,
+    slots: Slots,
+    recorder: Option<Box<Recorder>>,
+) -> Response<ResponseBody<ResBody>> {
+    if let Some(headers) = headers {
+        headers.apply(response.headers_mut());
+    }
+    response.map(|body| ResponseBody::inner(body, slots, recorder))
+}
+
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
@@ -138,17 +219,47 @@ where
                         *state.take().expect("polled after completion");
                     next(settle(result), &mut inner, parts, body).kind
                 }
+                KindProj::Held { state } => {
+                    let holding = state.as_mut().expect("polled after completion");
+                    ready!(holding.sleep.as_mut().poll(cx));
+                    let (parts, body) = holding.request.take().expect("released once");
+                    let after = holding.after.take().expect("released once");
+                    let band = holding.band;
+                    let mut holding = state.take().expect("polled after completion");
+                    forward(&mut holding.inner, parts, body, band, after).kind
+                }
                 KindProj::Inner { future, after } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    let after = after.take().expect("polled after completion");
+                    let response = ready!(future.poll(cx))?;
+                    let mut after = after.take().expect("polled after completion");
                     // Record before our headers are merged: a replay gets fresh ones.
-                    let recorder = after.record.and_then(|pending| pending.start(&response));
-                    if let Some(headers) = after.headers {
-                        headers.apply(response.headers_mut());
+                    let recorder = after.record.take().and_then(|pending| pending.start(&response));
+                    let Some(bill) = &after.bill else {
+                        return Poll::Ready(Ok(finish(response, after.headers, after.slots, recorder)));
+                    };
+                    let Some(mut settling) = bill.settle_for(&response) else {
+                        return Poll::Ready(Ok(finish(response, after.headers, after.slots, recorder)));
+                    };
+                    match settling.try_take() {
+                        Some(result) => {
+                            let headers = bill.settled(result, after.headers);
+                            return Poll::Ready(Ok(finish(response, headers, after.slots, recorder)));
+                        }
+                        None => {
+                            let state = Settling { settling, response, recorder, after };
+                            Kind::Settling { state: Some(Box::new(state)) }
+                        }
                     }
-                    return Poll::Ready(Ok(
-                        response.map(|body| ResponseBody::inner(body, after.slots, recorder))
-                    ));
+                }
+                KindProj::Settling { state } => {
+                    let settling = state.as_mut().expect("polled after completion");
+                    let result = ready!(Pin::new(&mut settling.settling).poll(cx));
+                    let Settling { response, recorder, after, .. } =
+                        *state.take().expect("polled after completion");
+                    let headers = match &after.bill {
+                        Some(bill) => bill.settled(result, after.headers),
+                        None => after.headers,
+                    };
+                    return Poll::Ready(Ok(finish(response, headers, after.slots, recorder)));
                 }
                 KindProj::Ready { response } => {
                     let response = response.take().expect("polled after completion");
@@ -167,7 +278,9 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.kind {
             Kind::Checking { .. } => "checking",
+            Kind::Held { .. } => "held",
             Kind::Inner { .. } => "inner",
+            Kind::Settling { .. } => "settling",
             Kind::Ready { .. } => "ready",
         };
         f.debug_struct("ResponseFuture").field("state", &state).finish()

@@ -41,12 +41,14 @@ mod core;
 mod future;
 mod pipeline;
 mod service;
+mod settle;
 
 use std::sync::Arc;
 
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use service::RateLimit;
+pub use settle::ActualCost;
 use tower_layer::Layer;
 
 use self::core::Core;

@@ -14,9 +14,15 @@
 //! 5. **Outcome** ([`Core::settle`]): the plan and the decision become what happens next:
 //!    forward with headers (perhaps degraded), replay a cached copy, or answer 429/403/503
 //!    ([`answer`](crate::answer)); the observers are told ([`observe`](crate::observe)).
-//! 6. **Response** (`future.rs`, `body.rs`): the headers are merged into the handler's answer,
-//!    which is recorded for the cached band when it may be, and the slots come back once the
-//!    body is sent.
+//!    An admission whose tokens were reserved ahead (a tier with `max_delay_ms`) is held for
+//!    its wait first: a timer in the response future; dropped before it fires, the request
+//!    gives its reservation back.
+//! 6. **Response** (`future.rs`, `body.rs`, `settle.rs`): when the answer's cost differs from
+//!    the charge (the route's `charge` refunds this status, or the handler reported an
+//!    [`ActualCost`](super::ActualCost)) the store settles the difference and the headers are
+//!    written from the standing it answers with; then the headers are merged into the
+//!    handler's answer, which is recorded for the cached band when it may be, and the slots
+//!    come back once the body is sent.
 //!
 //! An in-process store answers in step 4 at once, and steps 5 and 6 run inside `call` with
 //! everything borrowed. A store doing I/O answers later: the plan is [detached](Plan::detach)
@@ -37,11 +43,12 @@ use super::concurrency::{Scope, Slots};
 use super::core::{Core, Snapshot};
 use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
+use super::settle::{Account, Bill, RouteHandle};
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::degrade::{self, Asked, Band, BandPlan, Chosen};
 use crate::key::{Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
-use crate::policy::{RouteRule, Tier};
+use crate::policy::{ChargeOn, RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
 
 impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, K>
@@ -83,7 +90,7 @@ where
         let mut check = core.store.check(&plan.key, plan.tier, plan.charge);
         match check.try_take() {
             // 5. Outcome, now; 6. the response, in the future.
-            Some(result) => next(core.settle(plan, result), &mut self.inner, parts, body),
+            Some(result) => next(self.core.settle(plan, result), &mut self.inner, parts, body),
             None => {
                 // The store does I/O: the plan outlives this call, and the instance polled
                 // ready moves into the future while a clone takes its place (see "Be careful
@@ -104,6 +111,8 @@ where
 pub(crate) struct Route<'a> {
     /// axum's matched route template, else the request path.
     pub(crate) path: &'a str,
+    /// axum's `MatchedPath`, when there is one (a bill keeps it for observers).
+    pub(crate) handle: Option<&'a RouteHandle>,
     pub(crate) rule: RouteRule,
     /// `path` is one of a bounded set: a template axum matched, or a route of the table (not
     /// a raw path a client made up).
@@ -128,6 +137,7 @@ pub(crate) struct Plan<'a> {
     route: &'a str,
     /// `route` is a template, not a raw path (see [`Route::known`]).
     known_route: bool,
+    handle: Option<&'a RouteHandle>,
     method: &'a Method,
     /// Where a full answer may be recorded for the cached band.
     uri: &'a Uri,
@@ -135,6 +145,8 @@ pub(crate) struct Plan<'a> {
     headers: &'a HeaderMap,
     /// The route's cost.
     cost: u64,
+    /// Which answers keep the charge.
+    charge_on: ChargeOn,
     /// What the store takes (the cost, or less in a degradation band).
     pub(crate) charge: Charge,
     band: Option<BandPlan>,
@@ -154,6 +166,7 @@ impl Plan<'_> {
             who: self.who,
             route: self.route.into(),
             known_route: self.known_route,
+            handle: self.handle.cloned(),
             method: self.method.clone(),
             uri: self.uri.clone(),
             // Only an answer that may be recorded needs them (no allocation otherwise).
@@ -163,6 +176,7 @@ impl Plan<'_> {
                 HeaderMap::new()
             },
             cost: self.cost,
+            charge_on: self.charge_on,
             charge: self.charge,
             band: self.band,
             slots: self.slots,
@@ -178,17 +192,19 @@ struct Detached {
     who: Who,
     route: Box<str>,
     known_route: bool,
+    handle: Option<RouteHandle>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     cost: u64,
+    charge_on: ChargeOn,
     charge: Charge,
     band: Option<BandPlan>,
     slots: Slots,
 }
 
 impl Detached {
-    fn settle(self, core: &Core, result: Result<Decision, StoreError>) -> Settled {
+    fn settle(self, core: &Arc<Core>, result: Result<Decision, StoreError>) -> Settled {
         let Self {
             snapshot,
             tier,
@@ -196,10 +212,12 @@ impl Detached {
             who,
             route,
             known_route,
+            handle,
             method,
             uri,
             headers,
             cost,
+            charge_on,
             charge,
             band,
             slots,
@@ -212,10 +230,12 @@ impl Detached {
             who,
             route: &route,
             known_route,
+            handle: handle.as_ref(),
             method: &method,
             uri: &uri,
             headers: &headers,
             cost,
+            charge_on,
             charge,
             band,
             slots,
@@ -224,14 +244,14 @@ impl Detached {
     }
 }
 
-/// The route template axum matched (true), else the request path (false).
+/// The route template axum matched (with axum's handle on it), else the request path.
 #[inline]
-fn route_path(parts: &Parts) -> (&str, bool) {
+fn route_path(parts: &Parts) -> (&str, Option<&RouteHandle>) {
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return (matched.as_str(), true);
+        return (matched.as_str(), Some(matched));
     }
-    (parts.uri.path(), false)
+    (parts.uri.path(), None)
 }
 
 impl Core {
@@ -240,7 +260,7 @@ impl Core {
     pub(crate) fn route<'a>(snapshot: &Snapshot, parts: &'a Parts) -> Route<'a> {
         let (path, matched) = route_path(parts);
         let (rule, in_table) = snapshot.limits.routes().resolve(&parts.method, path);
-        Route { path, rule, known: matched || in_table }
+        Route { path, handle: matched, rule, known: matched.is_some() || in_table }
     }
 
     /// Step 2: who is asking, and in which tier.
@@ -310,10 +330,12 @@ impl Core {
             who,
             route: route.path,
             known_route: route.known,
+            handle: route.handle,
             method: &parts.method,
             uri: &parts.uri,
             headers: &parts.headers,
             cost,
+            charge_on: route.rule.charge,
             charge,
             band,
             slots,
@@ -324,7 +346,7 @@ impl Core {
     /// does. (Inlined into `call`: the plan and the outcome are large values, better not
     /// copied through a call.)
     #[inline]
-    pub(crate) fn settle(&self, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
+    pub(crate) fn settle(self: &Arc<Self>, plan: Plan<'_>, result: Result<Decision, StoreError>) -> Settled {
         let Plan {
             snapshot,
             tier,
@@ -332,10 +354,12 @@ impl Core {
             who,
             route,
             known_route,
+            handle,
             method,
             uri,
             headers: asked_headers,
             cost,
+            charge_on,
             band,
             slots,
             ..
@@ -364,14 +388,35 @@ impl Core {
             }
         };
         let mut headers = RateLimitHeaders::new(snapshot.headers, snapshot.answers.of(tier), &decision);
+        // What settling the answer's cost needs (made last: it takes the client's key).
+        let bill = |key: Key, who: Who, band: Option<Band>| {
+            let account = Account {
+                snapshot,
+                tier,
+                key,
+                who,
+                method,
+                parts_route: handle,
+                known_route,
+                cost,
+                charge: charge_on,
+            };
+            Some(Bill::new(self, account, &decision, band))
+        };
+        let wait = decision.wait();
         match decision.verdict() {
             Verdict::Admitted => {
                 match band.map_or(Chosen::Full(None), |b| {
                     b.choose(&decision, Asked { owner: &key, method, uri, headers: asked_headers })
                 }) {
                     Chosen::Full(record) => {
-                        observe(Outcome::Admitted(&decision));
-                        Settled::Forward(After { headers: Some(headers), slots, record }, None)
+                        if wait.is_zero() {
+                            observe(Outcome::Admitted(&decision));
+                        } else {
+                            observe(Outcome::Delayed(&decision));
+                        }
+                        let bill = bill(key, who, None);
+                        Settled::Forward(After { headers: Some(headers), slots, record, bill }, None, wait)
                     }
                     Chosen::Cached(copy) => {
                         observe(Outcome::Degraded(&decision, Band::Cached));
@@ -383,9 +428,11 @@ impl Core {
                     Chosen::Minimal => {
                         observe(Outcome::Degraded(&decision, Band::Minimal));
                         headers.degraded(Band::Minimal);
+                        let bill = bill(key, who, Some(Band::Minimal));
                         Settled::Forward(
-                            After { headers: Some(headers), slots, record: None },
+                            After { headers: Some(headers), slots, record: None, bill },
                             Some(Band::Minimal),
+                            wait,
                         )
                     }
                 }
@@ -410,7 +457,9 @@ impl Core {
         }
         match self.on_error {
             OnError::Deny => Settled::Answer(answer::unavailable(Unavailable::Limit)),
-            OnError::Allow | OnError::Local => Settled::Forward(After { slots, ..After::default() }, None),
+            OnError::Allow | OnError::Local => {
+                Settled::Forward(After { slots, ..After::default() }, None, crate::clock::Nanos::ZERO)
+            }
         }
     }
 }

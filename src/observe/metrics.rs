@@ -30,8 +30,8 @@ use crate::clock::Nanos;
 use crate::degrade::Band;
 use crate::store::Store;
 
-/// Decisions, by `tier`, `route` and `outcome` (`admitted`, `degraded`, `rejected`, `exceeds`,
-/// `store_fault`).
+/// Decisions, by `tier`, `route` and `outcome` (`admitted`, `delayed`, `degraded`, `rejected`,
+/// `exceeds`, `store_fault`).
 pub const DECISIONS: &str = "tollgate_decisions_total";
 /// Degraded answers, by `tier`, `route` and `band` (`cached`, `minimal`).
 pub const DEGRADED: &str = "tollgate_degraded_total";
@@ -213,6 +213,18 @@ impl Observer for MetricsObserver {
                 series.decision(Word::Admitted);
                 d
             }
+            Outcome::Delayed(d) => {
+                series.decision(Word::Delayed);
+                d
+            }
+            Outcome::Settled(d) => {
+                // Counters only grow: an extra charge is counted, a refund is not taken back.
+                let extra = d.charged().saturating_sub(event.cost);
+                if extra > 0 {
+                    series.tokens().increment(extra);
+                }
+                return;
+            }
             Outcome::Degraded(d, band) => {
                 series.decision(Word::Degraded);
                 series.degraded(band);
@@ -259,6 +271,7 @@ impl Observer for MetricsObserver {
 #[derive(Debug, Clone, Copy)]
 enum Word {
     Admitted,
+    Delayed,
     Degraded,
     Rejected,
     Exceeds,
@@ -269,6 +282,7 @@ impl Word {
     fn as_str(self) -> &'static str {
         match self {
             Self::Admitted => "admitted",
+            Self::Delayed => "delayed",
             Self::Degraded => "degraded",
             Self::Rejected => "rejected",
             Self::Exceeds => "exceeds",
@@ -391,7 +405,7 @@ struct Series {
     route: Box<str>,
     tier_label: SharedString,
     route_label: SharedString,
-    decisions: [OnceLock<Counter>; 5],
+    decisions: [OnceLock<Counter>; 6],
     degraded: [OnceLock<Counter>; 3],
     tokens: OnceLock<Counter>,
     store_faults: OnceLock<Counter>,
@@ -710,6 +724,10 @@ mod tests {
             tell(&observer, &limits, "/b", Outcome::Degraded(&degraded, Band::Minimal));
             tell(&observer, &limits, "/b", Outcome::Exceeds(&decision(Verdict::Exceeds, 0, 0, 10)));
             tell(&observer, &limits, "/b", Outcome::StoreFault(&StoreError::new("down", None)));
+            tell(&observer, &limits, "/b", Outcome::Delayed(&decision(Verdict::Admitted, 0, 1, 0)));
+            // Settled from the answer: 4 where 1 was charged up front (3 more), then a refund.
+            tell(&observer, &limits, "/b", Outcome::Settled(&decision(Verdict::Admitted, 0, 4, 0)));
+            tell(&observer, &limits, "/b", Outcome::Settled(&decision(Verdict::Admitted, 0, 0, 0)));
             // One table entry per (tier, route) seen.
             assert_eq!(observer.shared.table.load().by_hash.len(), 2);
         });
@@ -722,8 +740,10 @@ mod tests {
         assert_eq!(decisions("/b", "degraded"), Some(1));
         assert_eq!(decisions("/b", "exceeds"), Some(1));
         assert_eq!(decisions("/b", "store_fault"), Some(1));
+        assert_eq!(decisions("/b", "delayed"), Some(1));
+        assert_eq!(decisions("/b", "settled"), None, "a settlement is not a decision");
         assert_eq!(recorded.get(&format!("{TOKENS_CHARGED}{{tier=anonymous,route=/a}}")), Some(3));
-        assert_eq!(recorded.get(&format!("{TOKENS_CHARGED}{{tier=anonymous,route=/b}}")), Some(2));
+        assert_eq!(recorded.get(&format!("{TOKENS_CHARGED}{{tier=anonymous,route=/b}}")), Some(2 + 1 + 3));
         assert_eq!(recorded.get(&format!("{DEGRADED}{{tier=anonymous,route=/b,band=minimal}}")), Some(1));
         assert_eq!(recorded.get(&format!("{STORE_FAULTS}{{tier=anonymous}}")), Some(1));
     }

@@ -62,6 +62,14 @@ use crate::store::{Decision, StoreError};
 pub enum Outcome<'a> {
     /// Admitted and served in full.
     Admitted(&'a Decision),
+    /// Admitted with its tokens reserved ahead: held [`Decision::wait`] before it is served
+    /// (a tier with `max_delay_ms`).
+    Delayed(&'a Decision),
+    /// An admitted request's cost was settled from its answer (the handler reported its actual
+    /// cost, or the route's `charge` refunded it, or a held request went away): the decision is
+    /// the standing afterwards and [`Decision::charged`] what it really cost, where the
+    /// event's `cost` is what it was charged up front.
+    Settled(&'a Decision),
     /// Admitted in a degradation band (cached or minimal).
     Degraded(&'a Decision, Band),
     /// Rejected for now (429).

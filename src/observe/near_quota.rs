@@ -376,8 +376,16 @@ impl<H: OnNearQuota> NearQuota<H> {
 
 impl<H: OnNearQuota> Observer for NearQuota<H> {
     fn on_event(&self, event: &Event<'_>) {
+        let extra;
         let decision = match event.outcome {
-            Outcome::Admitted(d) | Outcome::Degraded(d, _) => d,
+            Outcome::Admitted(d) | Outcome::Delayed(d) | Outcome::Degraded(d, _) => d,
+            // A settlement that charged more may cross the threshold: by what it added.
+            Outcome::Settled(d) if d.charged() > event.cost => {
+                let added =
+                    Decision::new(d.verdict(), d.now(), d.fraction_before(), d.charged() - event.cost);
+                extra = d.policies().iter().fold(added, |acc, p| acc.with(*p));
+                &extra
+            }
             _ => return,
         };
         for index in self.crossings(decision) {

@@ -2,8 +2,13 @@
 
 use std::fmt;
 
-use super::{Bands, Limits, RouteRule, Routes, TierSpec, MAX_POLICIES};
-use crate::algorithm::{Algorithm, Quota, SLIDING_WINDOW_MAX_BURST};
+use super::{Bands, ChargeOn, Limits, RouteRule, Routes, TierSpec, MAX_POLICIES};
+use crate::clock::Nanos;
+
+/// The longest a tier may hold a request (`max_delay_ms`): an hour is already far beyond what
+/// a client or a proxy in between waits for an answer.
+pub const MAX_DELAY: Nanos = Nanos::from_secs(3_600);
+use crate::algorithm::{Algorithm, Quota};
 
 /// Why limits were refused: the offending setting, named as in the configuration file
 /// (`tiers.free.burst`, `default_tier`, `routes."/x"`), and what is wrong with it.
@@ -120,6 +125,26 @@ impl LimitsBuilder {
         self
     }
 
+    /// Sets the cost of `route` and which of its answers keep the charge: the table form of
+    /// `[routes]`, `"POST /login" = { cost = 1, charge = "failures" }`.
+    ///
+    /// ```
+    /// use nonzero_ext::nonzero;
+    /// use tollgate::algorithm::Quota;
+    /// use tollgate::policy::{ChargeOn, Limits, TierSpec};
+    ///
+    /// let limits = Limits::builder()
+    ///     .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(10u32))))
+    ///     .route_charged("POST /login", 1, ChargeOn::Failures)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(limits.routes().lookup(&http::Method::POST, "/login").charge, ChargeOn::Failures);
+    /// ```
+    pub fn route_charged(mut self, route: &str, cost: u32, charge: ChargeOn) -> Self {
+        self.routes.push((Table::Routes, route.to_owned(), RouteRule::cost(cost).charged(charge)));
+        self
+    }
+
     /// Never limits `route`.
     pub fn exempt(mut self, route: &str) -> Self {
         self.routes.push((Table::Exempt, route.to_owned(), RouteRule::EXEMPT));
@@ -221,14 +246,23 @@ fn quotas(name: &str, spec: &TierSpec, default: Algorithm) -> Result<Vec<Quota>,
         quotas.push(quota);
     }
     debug_assert!(quotas.len() <= MAX_POLICIES);
-    if spec.algorithm.unwrap_or(default) == Algorithm::SlidingWindow {
-        for (quota, field) in quotas.iter().zip(["burst", "requests_per_day"]) {
-            if quota.burst() > SLIDING_WINDOW_MAX_BURST {
-                return Err(LimitsError::new(
-                    key(field),
-                    format!("a sliding window holds at most {SLIDING_WINDOW_MAX_BURST}"),
-                ));
-            }
+    let algorithm = spec.algorithm.unwrap_or(default);
+    for (quota, field) in quotas.iter().zip(["burst", "requests_per_day"]) {
+        algorithm.check_quota(quota).map_err(|why| LimitsError::new(key(field), why))?;
+    }
+    if !spec.max_delay.is_zero() {
+        if !algorithm.reserves_ahead() {
+            return Err(LimitsError::new(
+                key("max_delay_ms"),
+                "needs an algorithm that can reserve tokens ahead: \"token_bucket\" or \"sliding_log\" \
+                 (a sliding-window counter keeps counts, not times)",
+            ));
+        }
+        if spec.max_delay > MAX_DELAY {
+            return Err(LimitsError::new(
+                key("max_delay_ms"),
+                format!("is at most {} (one hour)", MAX_DELAY.as_nanos() / 1_000_000),
+            ));
         }
     }
     if spec.concurrency == Some(0) {

@@ -19,9 +19,10 @@ use std::sync::Arc;
 
 use http::Method;
 
-pub use builder::{LimitsBuilder, LimitsError};
+pub use builder::{LimitsBuilder, LimitsError, MAX_DELAY};
 
 use crate::algorithm::{Algorithm, Quota, Rule};
+use crate::clock::Nanos;
 
 /// The most policies one tier may have: its rate and, optionally, a daily quota. A store's
 /// [`Decision`](crate::store::Decision) has room for exactly this many, so it stays small enough
@@ -151,6 +152,7 @@ pub struct Tier {
     policies: Arc<[Policy]>,
     upgrade_url: Option<Arc<str>>,
     concurrency: Option<u32>,
+    max_delay: Nanos,
     /// The identity and version of every policy, hashed: equal for the same state under the
     /// same rules.
     state_id: u64,
@@ -180,6 +182,13 @@ impl Tier {
     /// The most requests a client of this tier may have in flight at once.
     pub fn concurrency(&self) -> Option<u32> {
         self.concurrency
+    }
+
+    /// How long a request may be held waiting for its tokens instead of being refused (zero:
+    /// refused at once). Tokens are reserved at most this far ahead, so at most `rate × delay`
+    /// requests of one client wait at once.
+    pub fn max_delay(&self) -> Nanos {
+        self.max_delay
     }
 
     /// The smallest burst of the tier's policies: the largest cost it can ever admit.
@@ -218,12 +227,40 @@ pub struct TierSpec {
     pub(crate) algorithm: Option<Algorithm>,
     pub(crate) upgrade_url: Option<String>,
     pub(crate) concurrency: Option<u32>,
+    pub(crate) max_delay: Nanos,
 }
 
 impl TierSpec {
     /// A tier held to `quota`.
     pub fn new(quota: Quota) -> Self {
-        Self { quota, daily: None, algorithm: None, upgrade_url: None, concurrency: None }
+        Self {
+            quota,
+            daily: None,
+            algorithm: None,
+            upgrade_url: None,
+            concurrency: None,
+            max_delay: Nanos::ZERO,
+        }
+    }
+
+    /// Holds a request that would be refused for up to `delay`, when its tokens arrive within
+    /// it, instead of refusing it (`max_delay_ms`; needs an algorithm that can reserve ahead:
+    /// the token bucket or the sliding log).
+    ///
+    /// ```
+    /// use nonzero_ext::nonzero;
+    /// use tollgate::algorithm::Quota;
+    /// use tollgate::clock::Nanos;
+    /// use tollgate::policy::{Limits, TierSpec};
+    ///
+    /// let batch = TierSpec::new(Quota::per_second(nonzero!(5u32)).allow_burst(nonzero!(2u32)))
+    ///     .max_delay(Nanos::from_millis(1_000));
+    /// let limits = Limits::builder().tier("anonymous", batch).build().unwrap();
+    /// assert_eq!(limits.default_tier().max_delay(), Nanos::from_millis(1_000));
+    /// ```
+    pub fn max_delay(mut self, delay: impl Into<Nanos>) -> Self {
+        self.max_delay = delay.into();
+        self
     }
 
     /// Adds a daily quota of `requests`, refilled continuously over 24 hours.
@@ -251,11 +288,51 @@ impl TierSpec {
     }
 }
 
+/// Which answers of a route keep their charge (`charge` in a `[routes]` table). The others are
+/// refunded as soon as the response head is known, before the rate-limit headers are written.
+///
+/// ```
+/// use tollgate::policy::ChargeOn;
+/// use http::StatusCode;
+///
+/// assert_eq!(ChargeOn::default(), ChargeOn::All);
+/// assert!(ChargeOn::Failures.keeps(StatusCode::UNAUTHORIZED));
+/// assert!(!ChargeOn::Failures.keeps(StatusCode::OK));
+/// assert!(ChargeOn::Successes.keeps(StatusCode::FOUND));
+/// assert!(!ChargeOn::Successes.keeps(StatusCode::NOT_FOUND));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeOn {
+    /// Every answer keeps its charge.
+    #[default]
+    All,
+    /// Only answers with a status of 400 or more keep it: a login route that counts failed
+    /// attempts, so a user who types the right password is never locked out by successes.
+    Failures,
+    /// Only answers with a status below 400 keep it.
+    Successes,
+}
+
+impl ChargeOn {
+    /// True when an answer with `status` keeps its charge.
+    pub fn keeps(self, status: http::StatusCode) -> bool {
+        match self {
+            Self::All => true,
+            Self::Failures => status.as_u16() >= 400,
+            Self::Successes => status.as_u16() < 400,
+        }
+    }
+}
+
 /// What a route costs, or that it is not limited at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteRule {
     /// Tokens charged per request; 0 charges nothing but still reports the standing.
     pub cost: u32,
+    /// Which answers keep the charge (the others are refunded when the response head is
+    /// known).
+    pub charge: ChargeOn,
     /// Not limited at all: no charge, no headers.
     pub exempt: bool,
     /// Opted into degradation bands.
@@ -267,11 +344,18 @@ pub struct RouteRule {
 impl RouteRule {
     /// A limited route costing `cost`.
     pub const fn cost(cost: u32) -> Self {
-        Self { cost, exempt: false, degrade: false, concurrency: 0 }
+        Self { cost, charge: ChargeOn::All, exempt: false, degrade: false, concurrency: 0 }
+    }
+
+    /// The same rule, charging only the answers `charge` keeps.
+    pub const fn charged(mut self, charge: ChargeOn) -> Self {
+        self.charge = charge;
+        self
     }
 
     /// A route that is never limited.
-    pub const EXEMPT: Self = Self { cost: 0, exempt: true, degrade: false, concurrency: 0 };
+    pub const EXEMPT: Self =
+        Self { cost: 0, charge: ChargeOn::All, exempt: true, degrade: false, concurrency: 0 };
 }
 
 #[derive(Debug, Clone, Default)]
@@ -508,6 +592,7 @@ impl Limits {
                 policies: policies.into(),
                 upgrade_url: spec.upgrade_url.map(Into::into),
                 concurrency: spec.concurrency,
+                max_delay: spec.max_delay,
                 state_id: 0,
             };
             tier.identify();
@@ -587,7 +672,8 @@ mod tests {
     #[test]
     fn head_pays_what_get_pays() {
         let mut routes = Routes::default();
-        let export = RouteRule { cost: 50, exempt: false, degrade: true, concurrency: 1 };
+        let export =
+            RouteRule { cost: 50, charge: ChargeOn::All, exempt: false, degrade: true, concurrency: 1 };
         routes.set("GET /export", export).unwrap();
         routes.set("POST /export", RouteRule::cost(7)).unwrap();
         assert_eq!(routes.lookup(&Method::HEAD, "/export"), export);

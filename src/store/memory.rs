@@ -2,6 +2,14 @@
 //!
 //! * Each (key, policy) state is one `AtomicU64`, charged with a compare-and-swap loop: no lock
 //!   is held across the decision, and concurrent requests on one key never lose an update.
+//!   A sliding log's state is a [`Log`] behind a mutex of its own, held for one decision (in
+//!   policy order when a tier has two).
+//! * A tier with a `max_delay` reserves ahead: its policies are charged at the one instant the
+//!   request's tokens exist in all of them (at most the delay away), and the decision says how
+//!   long to hold it.
+//! * Settling a cost ([`Store::settle`]) changes the states in place. A token bucket's refund
+//!   needs to know whether an earlier refund slid the client's bucket since the charge (see
+//!   [`Rule::settle`]): each shard remembers, for a while, when refunds slid which states.
 //! * The map is split into many shards (at least 16, sixteen per core), each behind its own
 //!   reader-writer lock taken for reading on the hot path; only a key's first request takes a
 //!   shard's write lock. There is no global lock.
@@ -25,14 +33,16 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
-use crate::algorithm::{Check, Rule};
+use crate::algorithm::{Algorithm, Check, Log, Rule};
 use crate::clock::{Clock, Nanos, SystemClock};
 use crate::key::Key;
 use crate::policy::{Limits, Policy, Tier, MAX_POLICIES};
 
-use super::{Charge, Decision, PolicyState, Store, StoreFuture, Verdict, DEFAULT_CAPACITY};
+use super::{
+    Charge, Decision, PolicyState, Receipt, Settlement, Store, StoreFuture, Verdict, DEFAULT_CAPACITY,
+};
 
 /// States a shard may reach before its first sweep.
 const MIN_SWEEP: usize = 1_024;
@@ -54,15 +64,82 @@ impl Hasher for Passthrough {
 }
 
 type Map = HashMap<u64, AtomicU64, BuildHasherDefault<Passthrough>>;
+type LogMap = HashMap<u64, Mutex<Log>, BuildHasherDefault<Passthrough>>;
 
 /// The states of one policy (by [`id`](Policy::id)) in one shard.
 struct PolicyMap {
     /// The newest version of the policy seen: its rule is the one every state here is kept
     /// under.
     policy: Policy,
+    /// `u64` states (token bucket, sliding window).
     map: Map,
     /// Shared by new keys while the shard is at capacity.
     overflow: AtomicU64,
+    /// A sliding log's states (when the policy is one).
+    logs: LogMap,
+    /// Shared by new keys while the shard is at capacity.
+    overflow_log: Mutex<Log>,
+}
+
+fn lock(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
+    log.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PolicyMap {
+    fn new(policy: &Policy) -> Self {
+        Self {
+            policy: policy.clone(),
+            map: Map::default(),
+            overflow: AtomicU64::new(0),
+            logs: LogMap::default(),
+            overflow_log: Mutex::default(),
+        }
+    }
+
+    fn is_log(&self) -> bool {
+        self.policy.algorithm() == Algorithm::SlidingLog
+    }
+
+    fn len(&self) -> usize {
+        self.map.len() + self.logs.len()
+    }
+
+    /// Keeps the states under `to` instead of `from` (a reload changed the rule). A log stays
+    /// a log (its entries do not depend on the rule); between a log and a `u64` state, the
+    /// tokens used carry over as admitted at `now`.
+    fn convert(&mut self, from: &Rule, to: &Rule, now: Nanos) {
+        let (from_log, to_log) =
+            (from.algorithm() == Algorithm::SlidingLog, to.algorithm() == Algorithm::SlidingLog);
+        match (from_log, to_log) {
+            (false, false) => {
+                for state in self.map.values_mut().chain(std::iter::once(&mut self.overflow)) {
+                    *state.get_mut() = to.carry(from, *state.get_mut(), now);
+                }
+            }
+            (true, true) => {}
+            (true, false) => {
+                let quota = from.quota();
+                let used = |log: &mut Mutex<Log>| {
+                    let log = log.get_mut().unwrap_or_else(PoisonError::into_inner);
+                    to.state_with_used(log.used(&quota, now), now)
+                };
+                self.map = self.logs.iter_mut().map(|(&k, log)| (k, AtomicU64::new(used(log)))).collect();
+                *self.overflow.get_mut() = used(&mut self.overflow_log);
+                self.logs = LogMap::default();
+                self.overflow_log = Mutex::default();
+            }
+            (false, true) => {
+                let quota = to.quota();
+                let log = |state: &mut AtomicU64| {
+                    Mutex::new(Log::with_used(&quota, from.used(*state.get_mut(), now), now))
+                };
+                self.logs = self.map.iter_mut().map(|(&k, state)| (k, log(state))).collect();
+                self.overflow_log = log(&mut self.overflow);
+                self.map = Map::default();
+                *self.overflow.get_mut() = 0;
+            }
+        }
+    }
 }
 
 /// Where a policy's state is in a shard, as a request under one version of it finds it.
@@ -102,23 +179,18 @@ impl ShardData {
         let index = match self.policies.iter().position(|p| p.policy.id() == policy.id()) {
             Some(index) => index,
             None => {
-                let entry =
-                    PolicyMap { policy: policy.clone(), map: Map::default(), overflow: AtomicU64::new(0) };
-                self.policies.push(entry);
+                self.policies.push(PolicyMap::new(policy));
                 self.policies.len() - 1
             }
         };
         let entry = &mut self.policies[index];
         if entry.policy.version() < policy.version() {
             if entry.policy.version() < policy.since() {
-                self.len -= entry.map.len();
-                entry.map = Map::default();
-                *entry.overflow.get_mut() = 0;
+                self.len -= entry.len();
+                *entry = PolicyMap::new(policy);
             } else if entry.policy.rule() != policy.rule() {
                 let (from, to) = (*entry.policy.rule(), *policy.rule());
-                for state in entry.map.values_mut().chain(std::iter::once(&mut entry.overflow)) {
-                    *state.get_mut() = to.carry(&from, *state.get_mut(), now);
-                }
+                entry.convert(&from, &to, now);
             }
             entry.policy = policy.clone();
         }
@@ -133,14 +205,54 @@ impl ShardData {
             if entry.map.capacity() > 4 * entry.map.len().max(64) {
                 entry.map.shrink_to_fit();
             }
-            len += entry.map.len();
+            let quota = rule.quota();
+            entry.logs.retain(|_, log| !lock(log).is_idle(&quota, now));
+            if entry.logs.capacity() > 4 * entry.logs.len().max(64) {
+                entry.logs.shrink_to_fit();
+            }
+            len += entry.len();
         }
         // A policy with nothing kept is forgotten (a request finds it again as new).
         self.policies.retain(|e| {
-            !e.map.is_empty() || !e.policy.rule().is_idle(e.overflow.load(Ordering::Relaxed), now)
+            e.len() > 0
+                || !e.policy.rule().is_idle(e.overflow.load(Ordering::Relaxed), now)
+                || !lock(&e.overflow_log).is_idle(&e.policy.quota(), now)
         });
         self.len = len;
         self.next_sweep = (2 * len).max(MIN_SWEEP);
+    }
+}
+
+/// When refunds slid token-bucket states of this shard: a refund of a request charged before
+/// that instant leaves its charge alone (see [`Rule::settle`]). An entry is needed only while a
+/// receipt written before it could still be refunded, i.e. for the policy's refill time plus
+/// the tier's delay; past [`MAX_SHIFTS`] live entries the shard just remembers the latest
+/// instant for all its keys (more conservative, never wrong).
+#[derive(Default)]
+struct Shifts {
+    /// (digest, policy id) → (slid at, needed until).
+    at: HashMap<(u64, u64), (Nanos, Nanos), foldhash::fast::RandomState>,
+    /// The latest slide forgotten for want of room: it counts for every key.
+    overflowed: Nanos,
+}
+
+const MAX_SHIFTS: usize = 256;
+
+impl Shifts {
+    fn since(&self, digest: u64, policy: u64, charged_at: Nanos) -> bool {
+        self.overflowed >= charged_at
+            || self.at.get(&(digest, policy)).is_some_and(|&(at, _)| at >= charged_at)
+    }
+
+    fn record(&mut self, digest: u64, policy: u64, now: Nanos, needed_for: Nanos) {
+        if self.at.len() >= MAX_SHIFTS && !self.at.contains_key(&(digest, policy)) {
+            self.at.retain(|_, &mut (_, until)| until > now);
+            if self.at.len() >= MAX_SHIFTS {
+                self.overflowed = now;
+                return;
+            }
+        }
+        self.at.insert((digest, policy), (now, now.saturating_add(needed_for)));
     }
 }
 
@@ -148,6 +260,7 @@ impl ShardData {
 #[derive(Default)]
 struct Shard {
     data: RwLock<ShardData>,
+    shifts: Mutex<Shifts>,
 }
 
 /// The default store: lock-free per-key state in a sharded, self-cleaning, bounded map.
@@ -270,8 +383,10 @@ impl<C: Clock> MemoryStore<C> {
         // The map uses the low bits (bucket) and the top 7 (tag): shard by bits in between.
         let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
         match tier.policies() {
-            [policy] => self.decide_one(shard, digest, policy, now, charge),
-            policies => self.decide_all(shard, digest, policies, now, charge),
+            [policy] if tier.max_delay().is_zero() && policy.algorithm() != Algorithm::SlidingLog => {
+                self.decide_one(shard, digest, policy, tier, now, charge)
+            }
+            policies => self.decide_all(shard, digest, policies, tier.max_delay(), now, charge),
         }
     }
 
@@ -325,6 +440,7 @@ impl<C: Clock> MemoryStore<C> {
         shard: &Shard,
         digest: u64,
         policy: &Policy,
+        tier: &Tier,
         now: Nanos,
         charge: Charge,
     ) -> Decision {
@@ -332,9 +448,15 @@ impl<C: Clock> MemoryStore<C> {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
                 let found = match data.lookup(policy) {
-                    Lookup::Found(entry) => Some((&entry.policy, self.slot(&data, entry, digest, now))),
-                    Lookup::Absent => Some((policy, None)),
-                    Lookup::Stale => None,
+                    // A reload made it a log: the general path keeps logs.
+                    Lookup::Found(entry) if entry.is_log() => Err(()),
+                    Lookup::Found(entry) => Ok(Some((&entry.policy, self.slot(&data, entry, digest, now)))),
+                    Lookup::Absent => Ok(Some((policy, None))),
+                    Lookup::Stale => Ok(None),
+                };
+                let Ok(found) = found else {
+                    drop(data);
+                    return self.decide_all(shard, digest, tier.policies(), tier.max_delay(), now, charge);
                 };
                 if let Some((policy, slot)) = found {
                     let rule = policy.rule();
@@ -342,12 +464,13 @@ impl<C: Clock> MemoryStore<C> {
                     let fraction = rule.fraction(current, now);
                     let cost = charge.cost_for(fraction);
                     if cost == 0 || cost > policy.quota().burst() {
-                        return standing(&[policy], &[current], now, cost, fraction);
+                        return standing(&[policy], &[current], &[], now, cost, fraction);
                     }
                     if let Some(slot) = slot {
-                        return match charge_slot(slot, current, rule, now, cost) {
-                            Ok(check) => Decision::new(Verdict::Admitted, now, fraction, cost)
-                                .with(policy_state(0, policy, &check, Verdict::Admitted)),
+                        return match charge_slot(slot, current, rule, now, cost, Nanos::ZERO) {
+                            Ok((check, state)) => Decision::new(Verdict::Admitted, now, fraction, cost)
+                                .with(policy_state(0, policy, &check, Verdict::Admitted))
+                                .with_receipt(Receipt::default().with(0, state)),
                             Err(check) => Decision::new(Verdict::Rejected, now, fraction, 0)
                                 .with(policy_state(0, policy, &check, Verdict::Rejected)),
                         };
@@ -358,12 +481,14 @@ impl<C: Clock> MemoryStore<C> {
         }
     }
 
-    /// [`decide`](Self::decide) for any number of policies, charged all or none.
+    /// [`decide`](Self::decide) for any number of policies of any algorithm, charged all or
+    /// none, and for a tier that may hold a request up to `max_wait`.
     fn decide_all(
         &self,
         shard: &Shard,
         digest: u64,
         policies: &[Policy],
+        max_wait: Nanos,
         now: Nanos,
         charge: Charge,
     ) -> Decision {
@@ -372,38 +497,189 @@ impl<C: Clock> MemoryStore<C> {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
                 let mut effective: [&Policy; MAX_POLICIES] = [&policies[0]; MAX_POLICIES];
                 let mut slots: [Option<&AtomicU64>; MAX_POLICIES] = [None; MAX_POLICIES];
-                let mut states = [0u64; MAX_POLICIES];
+                let mut logs: [Option<&Mutex<Log>>; MAX_POLICIES] = [None; MAX_POLICIES];
                 let (mut stale, mut missing) = (false, false);
                 for (i, policy) in policies.iter().enumerate() {
                     match data.lookup(policy) {
                         Lookup::Found(entry) => {
                             effective[i] = &entry.policy;
-                            slots[i] = self.slot(&data, entry, digest, now);
+                            if entry.is_log() {
+                                logs[i] = self.log_slot(&data, entry, digest, now);
+                            } else {
+                                slots[i] = self.slot(&data, entry, digest, now);
+                            }
                         }
                         Lookup::Absent => effective[i] = policy,
                         Lookup::Stale => stale = true,
                     }
-                    missing |= slots[i].is_none();
-                    states[i] = slots[i].map_or(0, |s| s.load(Ordering::Acquire));
+                    missing |= slots[i].is_none() && logs[i].is_none();
                 }
                 if !stale {
                     let effective = &effective[..policies.len()];
+                    // Logs are locked in policy order (every decision takes them so).
+                    let mut held: [Option<MutexGuard<'_, Log>>; MAX_POLICIES] = Default::default();
+                    for (guard, log) in held.iter_mut().zip(&logs) {
+                        *guard = log.map(lock);
+                    }
+                    let mut states = [0u64; MAX_POLICIES];
+                    for (state, slot) in states.iter_mut().zip(&slots) {
+                        *state = slot.map_or(0, |s| s.load(Ordering::Acquire));
+                    }
+                    let empty = Log::default();
                     let fraction = effective
                         .iter()
-                        .zip(&states)
-                        .map(|(p, &s)| p.rule().fraction(s, now))
+                        .enumerate()
+                        .map(|(i, p)| match &held[i] {
+                            Some(log) => log.fraction(&p.quota(), now),
+                            None if p.algorithm() == Algorithm::SlidingLog => empty.fraction(&p.quota(), now),
+                            None => p.rule().fraction(states[i], now),
+                        })
                         .fold(1.0_f64, f64::min);
                     let max_cost = effective.iter().map(|p| p.quota().burst()).min().unwrap_or(0);
                     let cost = charge.cost_for(fraction);
                     if cost == 0 || cost > max_cost {
-                        return standing(effective, &states, now, cost, fraction);
+                        return standing(effective, &states, &held, now, cost, fraction);
                     }
                     if !missing {
-                        return charge_all(effective, &slots, now, cost, fraction);
+                        if max_wait.is_zero() && logs.iter().all(Option::is_none) {
+                            return charge_all(effective, &slots, now, cost, fraction);
+                        }
+                        if let Some(decision) =
+                            reserve_all(effective, &slots, &mut held, now, cost, max_wait, fraction)
+                        {
+                            return decision;
+                        }
+                        continue; // another request moved a state in between: decide again
                     }
                 }
             }
             self.insert(shard, digest, policies, now);
+        }
+    }
+
+    /// Settles `settlement` for `key` under `tier` now: the synchronous heart of
+    /// [`Store::settle`]. A refund of a state that is gone (forgotten as idle: nothing left to
+    /// refund) does nothing; an extra charge makes it again. A state shared while the shard is
+    /// at capacity takes extra charges, never refunds (its receipts may be anyone's).
+    pub fn settle_now(&self, key: &Key, tier: &Tier, settlement: Settlement) -> Decision {
+        let now = self.clock.now();
+        let digest = self.hasher.hash_one(key);
+        let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
+        let policies = tier.policies();
+        let Settlement { receipt, charged_at, charged, actual } = settlement;
+        loop {
+            {
+                let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
+                let mut entries: [Option<&PolicyMap>; MAX_POLICIES] = [None; MAX_POLICIES];
+                let mut redo = false;
+                for (i, policy) in policies.iter().enumerate() {
+                    match data.lookup(policy) {
+                        Lookup::Found(entry) => {
+                            entries[i] = Some(entry);
+                            let own = if entry.is_log() {
+                                entry.logs.contains_key(&digest)
+                            } else {
+                                entry.map.contains_key(&digest)
+                            };
+                            redo |= !own && actual > charged && !self.at_cap(&data, now);
+                        }
+                        Lookup::Absent => redo |= actual > charged,
+                        Lookup::Stale => redo = true,
+                    }
+                }
+                if !redo {
+                    let mut decision = Decision::new(Verdict::Admitted, now, 1.0, actual);
+                    let mut fraction = 1.0_f64;
+                    for (i, policy) in policies.iter().enumerate() {
+                        let Some(entry) = entries[i] else {
+                            // Nothing kept for this policy here: a full bucket.
+                            let check = match policy.algorithm() {
+                                Algorithm::SlidingLog => Log::default().peek(&policy.quota(), now),
+                                _ => policy.rule().check(0, now, 0),
+                            };
+                            decision = decision.with(policy_state(i, policy, &check, Verdict::Admitted));
+                            continue;
+                        };
+                        let (policy, quota) = (&entry.policy, entry.policy.quota());
+                        let check = if entry.is_log() {
+                            let mut log = match entry.logs.get(&digest) {
+                                Some(log) => lock(log),
+                                None => lock(&entry.overflow_log),
+                            };
+                            log.settle(&quota, now, Nanos::new(receipt.get(i)), charged, actual);
+                            fraction = fraction.min(log.fraction(&quota, now));
+                            log.peek(&quota, now)
+                        } else {
+                            let own = entry.map.get(&digest);
+                            let slot = own.unwrap_or(&entry.overflow);
+                            let rule = policy.rule();
+                            if actual > charged || own.is_some() {
+                                self.settle_slot(shard, slot, rule, digest, policy, tier, settlement, now);
+                            }
+                            let state = slot.load(Ordering::Acquire);
+                            fraction = fraction.min(rule.fraction(state, now));
+                            rule.check(state, now, 0)
+                        };
+                        decision = decision.with(policy_state(i, policy, &check, Verdict::Admitted));
+                    }
+                    let mut settled = Decision::new(Verdict::Admitted, now, fraction, actual);
+                    for state in decision.policies() {
+                        settled = settled.with(*state);
+                    }
+                    return settled;
+                }
+                let _ = (receipt, charged_at);
+            }
+            // An extra charge on a state forgotten as idle (or kept under an older rule): make
+            // it current, then charge.
+            self.insert(shard, digest, policies, now);
+        }
+    }
+
+    /// Settles one `u64` state in place, remembering when a token-bucket refund slid it.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_slot(
+        &self,
+        shard: &Shard,
+        slot: &AtomicU64,
+        rule: &Rule,
+        digest: u64,
+        policy: &Policy,
+        tier: &Tier,
+        settlement: Settlement,
+        now: Nanos,
+    ) {
+        let Settlement { receipt, charged_at, charged, actual } = settlement;
+        let index = tier.policies().iter().position(|p| p.id() == policy.id()).unwrap_or(0);
+        let id = policy.id().get();
+        let shifted = rule.algorithm() == Algorithm::TokenBucket
+            && actual < charged
+            && shard.shifts.lock().unwrap_or_else(PoisonError::into_inner).since(digest, id, charged_at);
+        let mut slid = false;
+        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+            let settled = rule.settle(state, now, receipt.get(index), charged, actual, shifted);
+            slid = settled.shifted;
+            Some(settled.state)
+        });
+        if slid {
+            let needed_for = rule.quota().refill_time().saturating_add(tier.max_delay());
+            shard.shifts.lock().unwrap_or_else(PoisonError::into_inner).record(digest, id, now, needed_for);
+        }
+    }
+
+    /// The log of `digest` in `entry`, as [`slot`](Self::slot) finds a state.
+    #[inline]
+    fn log_slot<'a>(
+        &self,
+        data: &ShardData,
+        entry: &'a PolicyMap,
+        digest: u64,
+        now: Nanos,
+    ) -> Option<&'a Mutex<Log>> {
+        match entry.logs.get(&digest) {
+            Some(log) => Some(log),
+            None if self.at_cap(data, now) => Some(&entry.overflow_log),
+            None => None,
         }
     }
 
@@ -433,8 +709,14 @@ impl<C: Clock> MemoryStore<C> {
         }
         let mut added = 0;
         for policy in policies {
+            use std::collections::hash_map::Entry::Vacant;
             let entry = data.current(policy, now);
-            if let std::collections::hash_map::Entry::Vacant(e) = entry.map.entry(digest) {
+            if entry.is_log() {
+                if let Vacant(e) = entry.logs.entry(digest) {
+                    e.insert(Mutex::default());
+                    added += 1;
+                }
+            } else if let Vacant(e) = entry.map.entry(digest) {
                 e.insert(AtomicU64::new(0));
                 added += 1;
             }
@@ -444,15 +726,31 @@ impl<C: Clock> MemoryStore<C> {
 }
 
 /// A decision that charges nothing: cost 0, or a cost that can never fit.
-fn standing(policies: &[&Policy], states: &[u64], now: Nanos, cost: u64, fraction: f64) -> Decision {
+fn standing(
+    policies: &[&Policy],
+    states: &[u64],
+    logs: &[Option<MutexGuard<'_, Log>>],
+    now: Nanos,
+    cost: u64,
+    fraction: f64,
+) -> Decision {
     let outcome = if cost == 0 { Verdict::Admitted } else { Verdict::Exceeds };
     let mut decision = Decision::new(outcome, now, fraction, 0);
     for (index, (policy, &state)) in policies.iter().zip(states).enumerate() {
         // Report the standing as it is: nothing is charged.
-        let check = policy.rule().check(state, now, 0);
-        decision = decision.with(policy_state(index, policy, &check, outcome));
+        decision =
+            decision.with(policy_state(index, policy, &peek(policy, state, logs.get(index), now), outcome));
     }
     decision
+}
+
+/// A policy's standing now, charging nothing.
+fn peek(policy: &Policy, state: u64, log: Option<&Option<MutexGuard<'_, Log>>>, now: Nanos) -> Check {
+    match log {
+        Some(Some(log)) => log.peek(&policy.quota(), now),
+        _ if policy.algorithm() == Algorithm::SlidingLog => Log::default().peek(&policy.quota(), now),
+        _ => policy.rule().check(state, now, 0),
+    }
 }
 
 fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Verdict) -> PolicyState {
@@ -466,9 +764,9 @@ fn policy_state(index: usize, policy: &Policy, check: &Check, outcome: Verdict) 
     }
 }
 
-/// Takes `cost` from one state, starting from its value `current`: the one compare-and-swap
-/// loop of the store. `Err` with the refusing check when the rule refuses; nothing is written
-/// then.
+/// Takes `cost` from one state, starting from its value `current`, waiting up to `max_wait`
+/// for it: the one compare-and-swap loop of the store. `Ok` with the check and the state
+/// written; `Err` with the refusing check when the rule refuses (nothing is written then).
 #[inline]
 fn charge_slot(
     slot: &AtomicU64,
@@ -476,13 +774,114 @@ fn charge_slot(
     rule: &Rule,
     now: Nanos,
     cost: u64,
-) -> Result<Check, Check> {
+    max_wait: Nanos,
+) -> Result<(Check, u64), Check> {
     loop {
-        let check = rule.check(current, now, cost);
+        let check = rule.check_within(current, now, cost, max_wait);
         let Some(next) = check.new_state() else { return Err(check) };
         match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return Ok(check),
+            Ok(_) => return Ok((check, next)),
             Err(actual) => current = actual,
+        }
+    }
+}
+
+/// Charges every policy (`u64` states and locked logs) at the one instant all of them have
+/// room, at most `max_wait` away: each policy's own earliest instant first, then all at the
+/// latest of them. `None` when a concurrent request moved a state in between (what was taken
+/// is given back; decide again).
+fn reserve_all(
+    policies: &[&Policy],
+    slots: &[Option<&AtomicU64>; MAX_POLICIES],
+    logs: &mut [Option<MutexGuard<'_, Log>>; MAX_POLICIES],
+    now: Nanos,
+    cost: u64,
+    max_wait: Nanos,
+    fraction: f64,
+) -> Option<Decision> {
+    let mut earliest = [now; MAX_POLICIES];
+    let mut states = [0u64; MAX_POLICIES];
+    let mut at = now;
+    for (i, policy) in policies.iter().enumerate() {
+        earliest[i] = match logs[i].as_mut() {
+            Some(log) => log.earliest_at(&policy.quota(), now, cost),
+            None => {
+                states[i] = slots[i].map_or(0, |s| s.load(Ordering::Acquire));
+                let check = policy.rule().check_within(states[i], now, cost, max_wait);
+                match check.new_state() {
+                    Some(_) => now + check.wait,
+                    None => now + check.retry_after,
+                }
+            }
+        };
+        // A counter cannot wait: a later instant refuses it.
+        if earliest[i] > now && !policy.algorithm().reserves_ahead() {
+            earliest[i] = earliest[i].max(now + max_wait + Nanos::new(1));
+        }
+        at = at.max(earliest[i]);
+    }
+    if at - now > max_wait {
+        let mut decision = Decision::new(Verdict::Rejected, now, fraction, 0);
+        for (index, policy) in policies.iter().enumerate() {
+            let mut check = peek(policy, states[index], logs.get(index), now);
+            check.retry_after = earliest[index] - now;
+            decision = decision.with(policy_state(index, policy, &check, Verdict::Rejected));
+        }
+        return Some(decision);
+    }
+    let mut checks = [None; MAX_POLICIES];
+    let mut receipt = Receipt::default();
+    for (i, policy) in policies.iter().enumerate() {
+        let check = match logs[i].as_mut() {
+            Some(log) => {
+                receipt = receipt.with(i, at.as_nanos());
+                log.charge_at(&policy.quota(), now, cost, at)
+            }
+            None => {
+                let slot = slots[i].expect("every slot present");
+                let current = slot.load(Ordering::Acquire);
+                let check = policy.rule().check_at(current, now, cost, at);
+                let written = check.new_state().filter(|&next| {
+                    slot.compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                });
+                let Some(next) = written else {
+                    undo(policies, slots, logs, i, now, cost, at);
+                    return None;
+                };
+                receipt = receipt.with(i, next);
+                check
+            }
+        };
+        checks[i] = Some(check);
+    }
+    let mut decision =
+        Decision::new(Verdict::Admitted, now, fraction, cost).held(at - now).with_receipt(receipt);
+    for (index, (policy, check)) in policies.iter().zip(&checks).enumerate() {
+        let check = check.expect("every policy charged");
+        decision = decision.with(policy_state(index, policy, &check, Verdict::Admitted));
+    }
+    Some(decision)
+}
+
+/// Gives back the charges of the first `charged` policies, made at `at` a moment ago.
+fn undo(
+    policies: &[&Policy],
+    slots: &[Option<&AtomicU64>; MAX_POLICIES],
+    logs: &mut [Option<MutexGuard<'_, Log>>; MAX_POLICIES],
+    charged: usize,
+    now: Nanos,
+    cost: u64,
+    at: Nanos,
+) {
+    for (j, earlier) in policies[..charged].iter().enumerate() {
+        match logs[j].as_mut() {
+            Some(log) => log.settle(&earlier.quota(), now, at, cost, 0),
+            None => {
+                let slot = slots[j].expect("every slot present");
+                let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                    Some(earlier.rule().refund(s, now, cost))
+                });
+            }
         }
     }
 }
@@ -496,10 +895,14 @@ fn charge_all(
     fraction: f64,
 ) -> Decision {
     let mut checks = [None; MAX_POLICIES];
+    let mut receipt = Receipt::default();
     for (i, policy) in policies.iter().enumerate() {
         let slot = slots[i].expect("every slot present");
-        match charge_slot(slot, slot.load(Ordering::Acquire), policy.rule(), now, cost) {
-            Ok(check) => checks[i] = Some(check),
+        match charge_slot(slot, slot.load(Ordering::Acquire), policy.rule(), now, cost, Nanos::ZERO) {
+            Ok((check, state)) => {
+                checks[i] = Some(check);
+                receipt = receipt.with(i, state);
+            }
             Err(_) => {
                 // Refused: undo the policies already charged, then report the standing.
                 for (j, earlier) in policies[..i].iter().enumerate() {
@@ -512,7 +915,7 @@ fn charge_all(
             }
         }
     }
-    let mut decision = Decision::new(Verdict::Admitted, now, fraction, cost);
+    let mut decision = Decision::new(Verdict::Admitted, now, fraction, cost).with_receipt(receipt);
     for (index, (policy, check)) in policies.iter().zip(&checks).enumerate() {
         let check = check.expect("every policy charged");
         decision = decision.with(policy_state(index, policy, &check, Verdict::Admitted));
@@ -544,6 +947,10 @@ impl<C: Clock> Store for MemoryStore<C> {
         StoreFuture::ready(Ok(self.decide(key, tier, charge)))
     }
 
+    fn settle(&self, key: &Key, tier: &Tier, settlement: Settlement) -> StoreFuture {
+        StoreFuture::ready(Ok(self.settle_now(key, tier, settlement)))
+    }
+
     fn tracked(&self) -> Option<usize> {
         Some(self.len())
     }
@@ -555,3 +962,6 @@ impl<C: Clock> Store for MemoryStore<C> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod charging_tests;

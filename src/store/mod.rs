@@ -9,6 +9,16 @@
 //! The trait is asynchronous (a Redis store does I/O) but a store that can answer at once
 //! returns [`StoreFuture::ready`], which the layer resolves without allocating or polling.
 //! A store knows nothing of HTTP.
+//!
+//! Two things may follow a decision:
+//! * **Holding.** A tier with a [`max_delay`](crate::policy::Tier::max_delay) is charged ahead
+//!   when its tokens arrive within the delay: the decision is admitted with a
+//!   [`wait`](Decision::wait), and the layer holds the request that long (a timer) before
+//!   forwarding it.
+//! * **Settling.** Every admission carries a [`Receipt`]; when the request turns out to cost
+//!   something else (a handler reported its actual cost, the route charges only failures, a
+//!   held request went away), [`Store::settle`] gives back or charges the difference and
+//!   answers with the client's standing afterwards.
 
 mod memory;
 #[cfg(feature = "redis")]
@@ -149,6 +159,61 @@ impl PolicyState {
     }
 }
 
+/// What an admission wrote, per policy of the tier: what [`Store::settle`] needs to give back
+/// or charge the difference later. Opaque to everyone but the store that made it.
+///
+/// ```
+/// use tollgate::store::Receipt;
+/// let r = Receipt::default().with(1, 42);
+/// assert_eq!((r.get(0), r.get(1)), (0, 42));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    values: [u64; MAX_POLICIES],
+    /// Written by a store's in-process fallback rather than the store itself.
+    local: bool,
+}
+
+impl Receipt {
+    /// The receipt with policy `index`'s value set (an index beyond [`MAX_POLICIES`] is ignored).
+    pub fn with(mut self, index: usize, value: u64) -> Self {
+        if let Some(slot) = self.values.get_mut(index) {
+            *slot = value;
+        }
+        self
+    }
+
+    /// Policy `index`'s value (0 when unset).
+    pub fn get(&self, index: usize) -> u64 {
+        self.values.get(index).copied().unwrap_or(0)
+    }
+
+    /// Marks the receipt as written by a store's in-process fallback (settled there too).
+    pub(crate) fn local(mut self) -> Self {
+        self.local = true;
+        self
+    }
+
+    /// True when a store's in-process fallback wrote it.
+    pub(crate) fn is_local(&self) -> bool {
+        self.local
+    }
+}
+
+/// A request whose cost turned out to differ from its charge: what [`Store::settle`] settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settlement {
+    /// The admission's receipt ([`Decision::receipt`]).
+    pub receipt: Receipt,
+    /// When it was decided ([`Decision::now`]).
+    pub charged_at: Nanos,
+    /// The tokens it was charged ([`Decision::charged`]).
+    pub charged: u64,
+    /// What it really cost: less is given back, more is charged (and may leave the client in
+    /// debt).
+    pub actual: u64,
+}
+
 /// A store's answer for one request.
 ///
 /// ```
@@ -173,6 +238,8 @@ pub struct Decision {
     now: Nanos,
     fraction_before: f64,
     charged: u64,
+    wait: Nanos,
+    receipt: Receipt,
     len: u8,
     policies: [PolicyState; MAX_POLICIES],
 }
@@ -185,9 +252,40 @@ impl Decision {
             now,
             fraction_before,
             charged,
+            wait: Nanos::ZERO,
+            receipt: Receipt::default(),
             len: 0,
             policies: [PolicyState::default(); MAX_POLICIES],
         }
+    }
+
+    /// The same admission, with its tokens reserved ahead: the request is to be held `wait`
+    /// before it is forwarded.
+    pub fn held(mut self, wait: Nanos) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// The same decision, carrying what its charge wrote (for [`Store::settle`]).
+    pub fn with_receipt(mut self, receipt: Receipt) -> Self {
+        self.receipt = receipt;
+        self
+    }
+
+    /// How long to hold an admitted request before forwarding it (its tokens were reserved
+    /// ahead); zero to forward it now.
+    pub fn wait(&self) -> Nanos {
+        self.wait
+    }
+
+    /// What the charge wrote, to settle a different cost later.
+    pub fn receipt(&self) -> Receipt {
+        self.receipt
+    }
+
+    /// The settlement of this admission at `actual` tokens instead of [`charged`](Self::charged).
+    pub fn settlement(&self, actual: u64) -> Settlement {
+        Settlement { receipt: self.receipt, charged_at: self.now, charged: self.charged, actual }
     }
 
     /// Adds one policy's standing (at most [`MAX_POLICIES`]; more are ignored).
@@ -344,10 +442,21 @@ impl Future for StoreFuture {
 /// Keeps limiter state and charges it.
 ///
 /// Implementations charge every policy of `tier` atomically: the request is admitted only if
-/// every policy admits it, and a rejection charges nothing.
+/// every policy admits it, and a rejection charges nothing. A tier with a
+/// [`max_delay`](Tier::max_delay) admits a request whose tokens arrive within the delay, with
+/// its tokens reserved ahead and [`Decision::wait`] set.
 pub trait Store: Send + Sync + 'static {
     /// Charges `charge` to `key` under `tier`'s policies.
     fn check(&self, key: &Key, tier: &Tier, charge: Charge) -> StoreFuture;
+
+    /// Gives back (or charges) the difference between what an admission charged and what the
+    /// request really cost, and answers with the client's standing afterwards (an admitted
+    /// [`Decision`] whose [`charged`](Decision::charged) is the actual cost). A store that
+    /// cannot settle answers with an error, and the charge stands.
+    fn settle(&self, key: &Key, tier: &Tier, settlement: Settlement) -> StoreFuture {
+        let _ = (key, tier, settlement);
+        StoreFuture::ready(Err(StoreError::new("this store cannot settle costs", None)))
+    }
 
     /// How many policy states the store keeps now (for metrics; `None` when unknown).
     fn tracked(&self) -> Option<usize> {
@@ -368,6 +477,10 @@ pub trait Store: Send + Sync + 'static {
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn check(&self, key: &Key, tier: &Tier, charge: Charge) -> StoreFuture {
         (**self).check(key, tier, charge)
+    }
+
+    fn settle(&self, key: &Key, tier: &Tier, settlement: Settlement) -> StoreFuture {
+        (**self).settle(key, tier, settlement)
     }
 
     fn tracked(&self) -> Option<usize> {

@@ -213,7 +213,7 @@ proptest! {
             let a = fast.decide(&key, tier, charge);
             let digest = general.hasher.hash_one(&key);
             let shard = &general.shards[((digest >> 32) & general.shard_mask) as usize];
-            let b = general.decide_all(shard, digest, tier.policies(), clock.now(), charge);
+            let b = general.decide_all(shard, digest, tier.policies(), Nanos::ZERO, clock.now(), charge);
             prop_assert_eq!(a, b);
             prop_assert_eq!(fast.len(), general.len());
         }

@@ -81,9 +81,22 @@ impl Blocked {
         (entry.charge == charge).then(|| aged(&entry.decision, now.saturating_sub(entry.at)))
     }
 
-    /// Remembers that Redis rejected `charge` at local time `now`.
-    pub(super) fn insert(&self, digest: u64, charge: Charge, decision: &Decision, now: Nanos) {
+    /// Forgets the rejection of one client in one tier (a refund may let it in sooner).
+    pub(super) fn forget(&self, digest: u64) {
+        if self.per_shard > 0 {
+            self.shard(digest).lock().unwrap_or_else(PoisonError::into_inner).remove(&digest);
+        }
+    }
+
+    /// Remembers that Redis rejected `charge` at local time `now`, for a tier that holds a
+    /// request for up to `hold`: the same request is held rather than refused once its wait is
+    /// within `hold`, so the entry ends `hold` before Redis' deadline.
+    pub(super) fn insert(&self, digest: u64, charge: Charge, decision: &Decision, hold: Nanos, now: Nanos) {
         let Some(wait) = decision.retry_after() else { return };
+        let wait = wait.saturating_sub(hold);
+        if wait.is_zero() {
+            return;
+        }
         if self.per_shard == 0 || decision.verdict() != Verdict::Rejected {
             return;
         }
@@ -188,7 +201,7 @@ mod tests {
             retry_after: 2 * SEC,
             next_after: SEC,
         });
-        blocked.insert(digest, charge, &decision, clock.now());
+        blocked.insert(digest, charge, &decision, Nanos::ZERO, clock.now());
         clock.advance(Duration::from_millis(999));
         let aged = blocked.get(digest, charge, clock.now()).expect("cached");
         assert_eq!(aged.policies()[0].next_after, Nanos::from_millis(1));
@@ -205,7 +218,7 @@ mod tests {
         let digest = blocked.digest(&Key::new("abuser"), limits.default_tier());
         let charge = Charge::new(1);
         let redis_now = 77 * SEC; // Redis' clock need not be ours.
-        blocked.insert(digest, charge, &rejection(redis_now, 2 * SEC), clock.now());
+        blocked.insert(digest, charge, &rejection(redis_now, 2 * SEC), Nanos::ZERO, clock.now());
 
         clock.advance(Duration::from_millis(500));
         let d = blocked.get(digest, charge, clock.now()).expect("cached");
@@ -232,7 +245,7 @@ mod tests {
         let now = 1_000 * SEC;
         let tier = limits.default_tier();
         let digest = blocked.digest(&Key::new("abuser"), tier);
-        blocked.insert(digest, Charge::new(5), &rejection(now, SEC), now);
+        blocked.insert(digest, Charge::new(5), &rejection(now, SEC), Nanos::ZERO, now);
         assert!(blocked.get(digest, Charge::new(5), now).is_some());
         assert!(blocked.get(digest, Charge::new(1), now).is_none());
         assert!(blocked.get(digest, Charge::new(5).reduced(0.5, 1), now).is_none());
@@ -248,12 +261,12 @@ mod tests {
         // 40% left (2 tokens): the full cost 5 was refused; 1 could fit if the band were reached.
         let high = Decision::new(Verdict::Rejected, Nanos::ZERO, 0.4, 0)
             .with(PolicyState { retry_after: SEC, ..PolicyState::default() });
-        blocked.insert(digest, charge, &high, Nanos::ZERO);
+        blocked.insert(digest, charge, &high, Nanos::ZERO, Nanos::ZERO);
         assert_eq!(blocked.get(digest, charge, Nanos::ZERO), None);
         // 0% left: even the reduced cost was refused, so every such request is until the deadline.
         let low = Decision::new(Verdict::Rejected, Nanos::ZERO, 0.0, 0)
             .with(PolicyState { retry_after: SEC, ..PolicyState::default() });
-        blocked.insert(digest, charge, &low, Nanos::ZERO);
+        blocked.insert(digest, charge, &low, Nanos::ZERO, Nanos::ZERO);
         assert!(blocked.get(digest, charge, Nanos::ZERO).is_some());
     }
 
@@ -263,7 +276,7 @@ mod tests {
         let blocked = Blocked::new(100);
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
         let admitted = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1);
-        blocked.insert(digest, Charge::new(1), &admitted, Nanos::ZERO);
+        blocked.insert(digest, Charge::new(1), &admitted, Nanos::ZERO, Nanos::ZERO);
         assert_eq!(blocked.len(), 0);
     }
 
@@ -275,13 +288,13 @@ mod tests {
         let clock = ManualClock::new(Duration::from_secs(1_000));
         for i in 0..1_000 {
             let digest = blocked.digest(&Key::new(format!("k{i}")), tier);
-            blocked.insert(digest, Charge::new(1), &rejection(Nanos::ZERO, SEC), clock.now());
+            blocked.insert(digest, Charge::new(1), &rejection(Nanos::ZERO, SEC), Nanos::ZERO, clock.now());
         }
         assert!(blocked.len() <= SHARDS * 2, "{} entries", blocked.len());
         // Once they expire, new keys find room again.
         clock.advance(Duration::from_secs(2));
         let fresh = blocked.digest(&Key::new("fresh"), tier);
-        blocked.insert(fresh, Charge::new(1), &rejection(Nanos::ZERO, SEC), clock.now());
+        blocked.insert(fresh, Charge::new(1), &rejection(Nanos::ZERO, SEC), Nanos::ZERO, clock.now());
         assert!(blocked.get(fresh, Charge::new(1), clock.now()).is_some());
         assert!(blocked.len() <= SHARDS * 2);
     }
@@ -291,7 +304,7 @@ mod tests {
         let limits = tier();
         let blocked = Blocked::new(0);
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
-        blocked.insert(digest, Charge::new(1), &rejection(Nanos::ZERO, SEC), Nanos::ZERO);
+        blocked.insert(digest, Charge::new(1), &rejection(Nanos::ZERO, SEC), Nanos::ZERO, Nanos::ZERO);
         assert_eq!(blocked.get(digest, Charge::new(1), Nanos::ZERO), None);
     }
 }

@@ -14,15 +14,18 @@ use breaker::{Breaker, Gate, Transition};
 use connection::{Lazy, Target};
 
 use super::{
-    redis_defaults, Charge, Decision, MemoryStore, OnError, PolicyState, Store, StoreError, StoreFuture,
-    Verdict, DEFAULT_CAPACITY,
+    redis_defaults, Charge, Decision, MemoryStore, OnError, PolicyState, Receipt, Settlement, Store,
+    StoreError, StoreFuture, Verdict, DEFAULT_CAPACITY,
 };
 use crate::algorithm::Algorithm;
 use crate::clock::{Clock, Nanos, SystemClock};
 use crate::key::Key;
 use crate::policy::{Policy, Tier};
 
-const SCRIPT: &str = include_str!("check.lua");
+/// Check and charge: the shared algorithms, then the decision.
+const SCRIPT: &str = concat!(include_str!("algorithms.lua"), include_str!("check.lua"));
+/// Settle a cost that changed: the shared algorithms, then the settlement.
+const SETTLE: &str = concat!(include_str!("algorithms.lua"), include_str!("settle.lua"));
 
 /// Where the store connects.
 #[derive(Debug, Clone)]
@@ -129,6 +132,7 @@ impl RedisStoreBuilder {
             inner: Arc::new(Inner {
                 conn: Lazy::new(target),
                 script: redis::Script::new(SCRIPT),
+                settle: redis::Script::new(SETTLE),
                 prefix: self.prefix,
                 timeout: self.timeout,
                 on_error: self.on_error,
@@ -284,6 +288,7 @@ pub struct RedisStore {
 struct Inner {
     conn: Lazy,
     script: redis::Script,
+    settle: redis::Script,
     prefix: String,
     timeout: Duration,
     on_error: OnError,
@@ -366,6 +371,8 @@ impl RedisStore {
 struct Call {
     keys: Vec<String>,
     charge: Charge,
+    /// How long the request may be held (whole microseconds, rounded down: never longer).
+    max_wait: u64,
     policies: Vec<(u8, u64, u64)>,
     limits: Vec<u64>,
 }
@@ -391,12 +398,14 @@ impl Inner {
         Call {
             keys: policies.iter().map(|p| format!("{client}{}", p.name())).collect(),
             charge,
+            max_wait: tier.max_delay().as_nanos() / 1_000,
             policies: policies
                 .iter()
                 .map(|p| {
                     let algorithm = match p.algorithm() {
                         Algorithm::TokenBucket => 0,
                         Algorithm::SlidingWindow => 1,
+                        Algorithm::SlidingLog => 2,
                     };
                     (algorithm, p.quota().emission().as_micros_ceil(), p.quota().burst())
                 })
@@ -405,13 +414,40 @@ impl Inner {
         }
     }
 
+    /// Runs the settlement script for `settlement` (a receipt Redis wrote); `call` names the
+    /// client's keys and policies.
+    async fn ask_settle(&self, call: &Call, settlement: &Settlement) -> Result<Decision, Fault> {
+        let mut conn = self.conn.get().map_err(Fault::Redis)?;
+        let mut invocation = self.settle.prepare_invoke();
+        for key in &call.keys {
+            invocation.key(key);
+        }
+        invocation
+            .arg(settlement.charged)
+            .arg(settlement.actual)
+            .arg(settlement.charged_at.as_nanos() / 1_000);
+        for (i, &(algorithm, emission, burst)) in call.policies.iter().enumerate() {
+            invocation.arg(algorithm).arg(emission).arg(burst).arg(settlement.receipt.get(i));
+        }
+        let reply = match tokio::time::timeout(self.timeout, conn.invoke(&invocation)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => return Err(Fault::Redis(error)),
+            Err(_) => return Err(Fault::Timeout(self.timeout)),
+        };
+        parse(&reply, &call.limits).ok_or(Fault::BadReply)
+    }
+
     async fn ask(&self, call: &Call) -> Result<Decision, Fault> {
         let mut conn = self.conn.get().map_err(Fault::Redis)?;
         let mut invocation = self.script.prepare_invoke();
         for key in &call.keys {
             invocation.key(key);
         }
-        invocation.arg(call.charge.cost).arg(call.charge.reduced_below).arg(call.charge.reduced_cost);
+        invocation
+            .arg(call.charge.cost)
+            .arg(call.charge.reduced_below)
+            .arg(call.charge.reduced_cost)
+            .arg(call.max_wait);
         for &(algorithm, emission, burst) in &call.policies {
             invocation.arg(algorithm).arg(emission).arg(burst);
         }
@@ -459,15 +495,16 @@ impl Inner {
         match &self.fallback {
             Some(local) => {
                 bump(&self.counters.local_decisions);
-                Ok(local.decide(key, tier, charge))
+                let decision = local.decide(key, tier, charge);
+                Ok(decision.with_receipt(decision.receipt().local()))
             }
             None => Err(fault.into_error()),
         }
     }
 
-    fn remember_rejection(&self, digest: u64, charge: Charge, decision: &Decision) {
+    fn remember_rejection(&self, digest: u64, charge: Charge, decision: &Decision, hold: Nanos) {
         if decision.verdict() == Verdict::Rejected {
-            self.blocked.insert(digest, charge, decision, self.clock.now());
+            self.blocked.insert(digest, charge, decision, hold, self.clock.now());
         }
     }
 }
@@ -501,10 +538,12 @@ impl Fault {
     }
 }
 
-/// Reads the script's reply: outcome, now (s, µs), charged, then six numbers per policy.
+/// Reads a script's reply: outcome, now (s, µs), charged, wait (µs), then seven numbers per
+/// policy (remaining, reset, retry, next, the fraction left as numerator and denominator, the
+/// receipt).
 fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
-    const HEAD: usize = 4;
-    const PER_POLICY: usize = 6;
+    const HEAD: usize = 5;
+    const PER_POLICY: usize = 7;
     if reply.len() != HEAD + PER_POLICY * limits.len() {
         return None;
     }
@@ -517,14 +556,17 @@ fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
     };
     let now = Nanos::from_secs(nonneg(reply[1])?).checked_add(Nanos::from_micros(nonneg(reply[2])?))?;
     let charged = nonneg(reply[3])?;
+    let wait = Nanos::from_micros(nonneg(reply[4])?);
     let micros = |v: i64| Some(Nanos::from_micros(nonneg(v)?));
     let mut fraction = 1.0_f64;
     let mut states = Vec::with_capacity(limits.len());
+    let mut receipt = Receipt::default();
     for (index, (chunk, &limit)) in reply[HEAD..].chunks_exact(PER_POLICY).zip(limits).enumerate() {
         let (num, den) = (u128::from(nonneg(chunk[4])?) * 1_000, u128::from(nonneg(chunk[5])?) * 1_000);
         if den > 0 {
             fraction = fraction.min(num as f64 / den as f64);
         }
+        receipt = receipt.with(index, nonneg(chunk[6])?);
         states.push(PolicyState {
             index: u8::try_from(index).ok()?,
             limit,
@@ -534,7 +576,8 @@ fn parse(reply: &[i64], limits: &[u64]) -> Option<Decision> {
             next_after: micros(chunk[3])?,
         });
     }
-    Some(states.into_iter().fold(Decision::new(outcome, now, fraction, charged), Decision::with))
+    let decision = Decision::new(outcome, now, fraction, charged).held(wait).with_receipt(receipt);
+    Some(states.into_iter().fold(decision, Decision::with))
 }
 
 impl Store for RedisStore {
@@ -555,6 +598,7 @@ impl Store for RedisStore {
             }
         }
         let call = inner.call(key, tier, charge);
+        let hold = tier.max_delay();
         // The fallback needs the client and tier after the round trip.
         let fallback = inner.fallback.is_some().then(|| (key.clone(), tier.clone()));
         let inner = Arc::clone(&self.inner);
@@ -562,7 +606,7 @@ impl Store for RedisStore {
             match inner.ask(&call).await {
                 Ok(decision) => {
                     inner.succeeded();
-                    inner.remember_rejection(digest, charge, &decision);
+                    inner.remember_rejection(digest, charge, &decision, hold);
                     Ok(decision)
                 }
                 Err(fault) => {
@@ -571,6 +615,43 @@ impl Store for RedisStore {
                         Some((key, tier)) => inner.without_redis(key, tier, charge, fault),
                         None => Err(fault.into_error()),
                     }
+                }
+            }
+        })
+    }
+
+    /// One round trip (the settlement script), made only when a cost changed. A refund also
+    /// forgets this instance's cached rejection of the client, which it may have made too
+    /// early now (other instances keep theirs until it expires: at worst they refuse the
+    /// client until the deadline Redis gave before the refund). A decision of the in-process
+    /// fallback is settled there. When Redis cannot answer, the charge stands (an error).
+    fn settle(&self, key: &Key, tier: &Tier, settlement: Settlement) -> StoreFuture {
+        let inner = &self.inner;
+        if settlement.actual < settlement.charged {
+            inner.blocked.forget(inner.blocked.digest(key, tier));
+        }
+        if settlement.receipt.is_local() {
+            return StoreFuture::ready(match &inner.fallback {
+                Some(local) => Ok(local.settle_now(key, tier, settlement)),
+                None => Err(StoreError::new("no in-process fallback to settle with", None)),
+            });
+        }
+        let now = inner.clock.now();
+        if inner.breaker.gate(now) == Gate::Refuse {
+            bump(&inner.counters.short_circuited);
+            return StoreFuture::ready(Err(Fault::Open.into_error()));
+        }
+        let call = inner.call(key, tier, Charge::new(0));
+        let inner = Arc::clone(&self.inner);
+        StoreFuture::boxed(async move {
+            match inner.ask_settle(&call, &settlement).await {
+                Ok(decision) => {
+                    inner.succeeded();
+                    Ok(decision)
+                }
+                Err(fault) => {
+                    inner.failed(&fault, inner.clock.now());
+                    Err(fault.into_error())
                 }
             }
         })
@@ -590,17 +671,20 @@ mod tests {
             250_000,
             0,
             0,
+            0,
             5_000_000,
             1_500_000,
             1_500_000,
             0,
             10_000_000,
+            0,
             9,
             86_400_000,
             0,
             8_640_000,
             9,
             10,
+            0,
         ];
         let d = parse(&reply, &[10, 10]).unwrap();
         assert_eq!(d.verdict(), Verdict::Rejected);
@@ -611,7 +695,12 @@ mod tests {
         assert_eq!(d.policies()[1].next_after, Nanos::from_millis(8_640));
         assert_eq!(d.fraction_before(), 0.0);
         assert!(parse(&reply[..5], &[10, 10]).is_none());
-        assert!(parse(&[7, 0, 0, 0], &[]).is_none());
+        assert!(parse(&[7, 0, 0, 0, 0], &[]).is_none());
+        // A held admission: its wait and its receipts.
+        let held = [0, 1_700_000_000, 0, 1, 400_000, 0, 2_400_000, 0, 200_000, 1, 2, 1_700_000_002_400_000];
+        let d = parse(&held, &[2]).unwrap();
+        assert_eq!(d.wait(), Nanos::from_millis(400));
+        assert_eq!(d.receipt().get(0), 1_700_000_002_400_000);
     }
 
     #[test]

@@ -1,0 +1,275 @@
+//! Paying for the work actually done: the cost a handler reports ([`ActualCost`]), the route's
+//! [`ChargeOn`], and the settlement that follows the answer.
+//!
+//! A forwarded request carries a [`Bill`]: what its admission charged and the receipt the store
+//! wrote. When the response head is known, the bill works out what the request really cost:
+//! nothing when the route's `charge` does not keep this status, else the handler's
+//! [`ActualCost`] if it set one, else the charge. When that differs, the store settles the
+//! difference ([`Store::settle`](crate::store::Store::settle): one call, and for Redis one round
+//! trip, only then) and the rate-limit headers are written from the standing it answers with,
+//! so `X-RateLimit-Remaining` on this very answer already reflects the actual cost. A held
+//! request that goes away before it is forwarded settles at 0: its reservation is given back.
+
+use std::sync::Arc;
+
+use http::{Method, Response};
+
+use super::core::{Core, Snapshot};
+use crate::answer::RateLimitHeaders;
+use crate::degrade::Band;
+use crate::key::{Key, Who};
+use crate::observe::{Event, Outcome};
+use crate::policy::{ChargeOn, Tier};
+use crate::store::{Decision, Settlement, StoreError, StoreFuture};
+
+/// What a request really cost, reported by its handler as a response extension: the limiter
+/// charged the route's cost up front and settles the difference before it writes the
+/// rate-limit headers (a refund, or an extra charge that may leave the client in debt: later
+/// requests are refused until refill repays it, and `Retry-After` says when).
+///
+/// With axum, return it alongside the answer:
+///
+/// ```
+/// use axum::Json;
+/// use serde_json::{json, Value};
+/// use tollgate::ActualCost;
+///
+/// async fn generate() -> (ActualCost, Json<Value>) {
+///     let tokens = 42; // what the work turned out to cost
+///     (ActualCost(tokens), Json(json!({ "generated": tokens })))
+/// }
+/// # let _ = generate;
+/// ```
+///
+/// Any other service sets it on its response: `response.extensions_mut().insert(ActualCost(n))`.
+///
+/// ```
+/// use tollgate::ActualCost;
+///
+/// let mut response = http::Response::new(());
+/// response.extensions_mut().insert(ActualCost(3));
+/// assert_eq!(ActualCost::of(&response), Some(3));
+/// ```
+///
+/// On a route whose `charge` does not keep the answer's status (`"failures"` and a success,
+/// `"successes"` and a failure) the request costs nothing, whatever the handler reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActualCost(pub u64);
+
+impl ActualCost {
+    /// The cost `response` reports, if it reports one.
+    pub fn of<B>(response: &Response<B>) -> Option<u64> {
+        response.extensions().get::<Self>().map(|cost| cost.0)
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponseParts for ActualCost {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(
+        self,
+        mut parts: axum::response::ResponseParts,
+    ) -> Result<axum::response::ResponseParts, Self::Error> {
+        parts.extensions_mut().insert(self);
+        Ok(parts)
+    }
+}
+
+/// An admitted request's account, kept until its answer: settled then if it cost something
+/// else. Owns what settling needs (the limits it was decided under, the client, the receipt),
+/// so it outlives the call that made it.
+pub(crate) struct Bill {
+    core: Arc<Core>,
+    snapshot: Arc<Snapshot>,
+    tier: usize,
+    key: Key,
+    who: Who,
+    method: Method,
+    route: Route,
+    known_route: bool,
+    /// The route's cost (what observers are told the request cost up front).
+    cost: u64,
+    /// What was charged, and the receipt.
+    settlement: Settlement,
+    charge: ChargeOn,
+    band: Option<Band>,
+}
+
+/// The route template, kept cheaply for observers: axum's (shared), or none.
+#[derive(Clone)]
+enum Route {
+    #[cfg(feature = "axum")]
+    Matched(axum::extract::MatchedPath),
+    Unknown,
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            #[cfg(feature = "axum")]
+            Self::Matched(path) => path.as_str(),
+            Self::Unknown => "",
+        }
+    }
+}
+
+impl std::fmt::Debug for Bill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bill")
+            .field("charged", &self.settlement.charged)
+            .field("charge", &self.charge)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Bill`] needs from the plan, borrowed.
+pub(crate) struct Account<'a> {
+    pub(crate) snapshot: &'a Arc<Snapshot>,
+    pub(crate) tier: &'a Tier,
+    pub(crate) key: Key,
+    pub(crate) who: Who,
+    pub(crate) method: &'a Method,
+    pub(crate) parts_route: Option<&'a RouteHandle>,
+    pub(crate) known_route: bool,
+    pub(crate) cost: u64,
+    pub(crate) charge: ChargeOn,
+}
+
+/// The route handle the plan found (axum's `MatchedPath`), cloned into a bill.
+#[cfg(feature = "axum")]
+pub(crate) type RouteHandle = axum::extract::MatchedPath;
+/// The route handle the plan found (none without axum).
+#[cfg(not(feature = "axum"))]
+pub(crate) type RouteHandle = ();
+
+impl Bill {
+    pub(crate) fn new(
+        core: &Arc<Core>,
+        account: Account<'_>,
+        decision: &Decision,
+        band: Option<Band>,
+    ) -> Self {
+        #[cfg(feature = "axum")]
+        let route = account.parts_route.map_or(Route::Unknown, |r| Route::Matched(r.clone()));
+        #[cfg(not(feature = "axum"))]
+        let route = {
+            let _ = account.parts_route;
+            Route::Unknown
+        };
+        Self {
+            core: core.clone(),
+            snapshot: account.snapshot.clone(),
+            tier: account.tier.index(),
+            key: account.key,
+            who: account.who,
+            method: account.method.clone(),
+            route,
+            known_route: account.known_route,
+            cost: account.cost,
+            settlement: decision.settlement(decision.charged()),
+            charge: account.charge,
+            band,
+        }
+    }
+
+    fn tier(&self) -> &Tier {
+        &self.snapshot.limits.tiers()[self.tier]
+    }
+
+    /// What the request really cost, from its answer.
+    fn actual<B>(&self, response: &Response<B>) -> u64 {
+        if !self.charge.keeps(response.status()) {
+            return 0;
+        }
+        ActualCost::of(response).unwrap_or(self.settlement.charged)
+    }
+
+    /// Starts settling when the answer's cost differs from the charge; `None` when it does
+    /// not (nothing to do).
+    pub(crate) fn settle_for<B>(&self, response: &Response<B>) -> Option<StoreFuture> {
+        let actual = self.actual(response);
+        (actual != self.settlement.charged).then(|| self.start(actual))
+    }
+
+    fn start(&self, actual: u64) -> StoreFuture {
+        let settlement = Settlement { actual, ..self.settlement };
+        self.core.store.settle(&self.key, self.tier(), settlement)
+    }
+
+    /// The headers of the answer after a settlement: from the standing the store answered
+    /// with, or `headers` (the admission's) when it could not settle.
+    pub(crate) fn settled(
+        &self,
+        result: Result<Decision, StoreError>,
+        headers: Option<RateLimitHeaders>,
+    ) -> Option<RateLimitHeaders> {
+        match result {
+            Ok(decision) => {
+                self.observe(&decision);
+                headers.as_ref()?;
+                let mut fresh = RateLimitHeaders::new(
+                    self.snapshot.headers,
+                    self.snapshot.answers.of(self.tier()),
+                    &decision,
+                );
+                if let Some(band) = self.band {
+                    fresh.degraded(band);
+                }
+                Some(fresh)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "tollgate: could not settle a request's cost; its charge stands");
+                headers
+            }
+        }
+    }
+
+    fn observe(&self, decision: &Decision) {
+        if let Some(observer) = &self.core.observer {
+            observer.on_event(&Event {
+                key: &self.key,
+                name: self.who.name.as_deref(),
+                email: self.who.email.as_deref(),
+                identified: self.who.identified,
+                tier: self.tier(),
+                method: &self.method,
+                route: self.route.as_str(),
+                known_route: self.known_route && !self.route.as_str().is_empty(),
+                cost: self.cost,
+                outcome: Outcome::Settled(decision),
+            });
+        }
+    }
+
+    /// The request goes away before it was forwarded: its reservation is given back (settled
+    /// at 0). An asynchronous store finishes on the runtime, off the dropping thread.
+    pub(crate) fn release(self) {
+        if self.settlement.charged == 0 {
+            return;
+        }
+        let mut settling = self.start(0);
+        match settling.try_take() {
+            Some(result) => {
+                if let Ok(decision) = result {
+                    self.observe(&decision);
+                }
+            }
+            None => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        if let Ok(decision) = settling.await {
+                            self.observe(&decision);
+                        }
+                    });
+                }
+                Err(_) => {
+                    tracing::debug!("tollgate: a held request went away outside a runtime; its charge stands")
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
