@@ -1128,3 +1128,6 @@ impl<C: Clock> Store for MemoryStore<C> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod charging_tests;
