@@ -8,7 +8,8 @@
 //!
 //! Variants: `MemoryStore::decide` against governor's `check_key` (one hot key and 10 000 keys;
 //! admitted and rejected), and one in-process request through a bare axum router, through
-//! tollgate's layer, through tower_governor's (see `common/apps.rs`).
+//! tollgate's layer (each header mode, and with the demo's `MetricsObserver` on a Prometheus
+//! recorder), through tower_governor's, and through a no-op layer (see `common/apps.rs`).
 //!
 //! Run one variant by hand: `<bench binary> --variant layer/tollgate 1000` (no valgrind).
 
@@ -40,8 +41,11 @@ const VARIANTS: &[&str] = &[
     "layer/bare",
     "layer/tollgate",
     "layer/tower_governor",
+    "layer/tollgate+metrics",
     "layer/tollgate headers=legacy",
+    "layer/tollgate headers=ietf",
     "layer/tollgate headers=none",
+    "layer/noop",
 ];
 
 /// The loop callgrind counts (and only it): `op` run `n` times.
@@ -97,11 +101,10 @@ fn run_layer(variant: &str, n: u64) {
         "bare" => apps::bare(),
         "tollgate" => apps::tollgate(),
         "tower_governor" => apps::tower_governor(),
-        "tollgate headers=legacy" => {
-            apps::tollgate_with(&apps::CONFIG.replace("headers = \"both\"", "headers = \"legacy\""))
-        }
-        "tollgate headers=none" => {
-            apps::tollgate_with(&apps::CONFIG.replace("headers = \"both\"", "headers = \"none\""))
+        "tollgate+metrics" => apps::tollgate_metrics(),
+        "noop" => apps::noop(),
+        other if other.starts_with("tollgate headers=") => {
+            apps::tollgate_with(&apps::with_headers(&other["tollgate headers=".len()..]))
         }
         other => panic!("unknown variant {other}"),
     };

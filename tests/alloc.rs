@@ -29,6 +29,7 @@ use futures_util::FutureExt;
 use http::{HeaderValue, Request, Uri};
 use tollgate::algorithm::Quota;
 use tollgate::key::Key;
+use tollgate::observe::MetricsObserver;
 use tollgate::policy::{Limits, TierSpec};
 use tollgate::store::{Charge, MemoryStore};
 use tollgate::{Config, RateLimitLayer};
@@ -38,18 +39,27 @@ struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    /// Bytes allocated minus bytes freed by this thread.
+    static LIVE: Cell<i64> = const { Cell::new(0) };
+}
+
+fn live(delta: i64) {
+    LIVE.with(|n| n.set(n.get() + delta));
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        live(layout.size() as i64);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as i64));
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        live(new_size as i64 - layout.size() as i64);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -97,7 +107,17 @@ fn request() -> Request<Body> {
 }
 
 /// Allocations per request of `service`, after a warm-up, over many requests.
-fn per_request<S, B>(mut service: S) -> f64
+fn per_request<S, B>(service: S) -> f64
+where
+    S: Service<Request<Body>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    measure(service).0
+}
+
+/// Allocations per request of `service`, and the bytes it kept (allocated and not freed)
+/// over all of them, after a warm-up.
+fn measure<S, B>(mut service: S) -> (f64, i64)
 where
     S: Service<Request<Body>, Response = http::Response<B>> + Clone,
     S::Error: std::fmt::Debug,
@@ -111,7 +131,9 @@ where
     for _ in 0..2_000 {
         serve();
     }
-    allocations(|| (0..REQUESTS).for_each(|_| serve())) as f64 / REQUESTS as f64
+    let before = LIVE.with(Cell::get);
+    let n = allocations(|| (0..REQUESTS).for_each(|_| serve()));
+    (n as f64 / REQUESTS as f64, LIVE.with(Cell::get) - before)
 }
 
 /// (layered - bare) allocations per request.
@@ -166,4 +188,18 @@ fn through_router_layer_the_limiter_costs_what_any_layer_costs() {
     let limited = per_request(router().layer(RateLimitLayer::new(config("both"))));
     println!("Router::layer: no-op layer {noop}, limiter (headers = both) {limited}");
     assert_eq!(added(limited, noop), 4.0, "plus the response map's growth, as above");
+}
+
+/// The demo's `MetricsObserver` on a Prometheus recorder, nobody scraping: it allocates
+/// nothing per request, and the process keeps no memory per request (a recorder's own
+/// histogram would keep every sample until a scrape drains it).
+#[test]
+fn the_metrics_observer_allocates_nothing_and_keeps_nothing() {
+    let _handle = tollgate::usage::install_prometheus().expect("the only recorder of this process");
+    let layer = || RateLimitLayer::new(config("both"));
+    let (without, _) = measure(layer().layer(router()));
+    let (with, kept) = measure(layer().observer(MetricsObserver::new()).layer(router()));
+    println!("MetricsObserver: {without} allocations/request without, {with} with; {kept} bytes kept");
+    assert_eq!(with, without);
+    assert_eq!(kept, 0, "bytes kept over {REQUESTS} requests");
 }

@@ -2,8 +2,9 @@
 //! handler, driven in-process as Tower services (no sockets):
 //! * `bare`: the router alone;
 //! * `tollgate`: plus `RateLimitLayer::new(Config::from_toml(CONFIG))`: the demo configuration
-//!   (API-key extractor, costs table, `headers = "both"`) with an enterprise tier so generous
-//!   that every request is admitted;
+//!   (API-key extractor, costs table, `headers = "both"`, degradation bands, near-quota alerts)
+//!   with an enterprise tier so generous that every request is admitted; `tollgate_metrics`
+//!   adds the demo's `MetricsObserver` on a Prometheus recorder;
 //! * `tower_governor`: plus tower_governor's `GovernorLayer`, keyed by the same `X-API-Key`
 //!   header, same rate and burst, with its rate-limit headers on (`use_headers`).
 
@@ -20,9 +21,10 @@ use tower_governor::{GovernorError, GovernorLayer};
 
 pub const API_KEY: &str = "enterprise-demo-key";
 
-/// The demo configuration (config/ratelimit.toml, without degradation), with an enterprise
-/// tier of 10⁹ requests per second and a burst of 1 000, so nothing is ever refused and
-/// `remaining` stays in the hundreds, as for a real tier.
+/// The demo configuration (config/ratelimit.toml: degradation bands on `/api/search`,
+/// near-quota alerts at 0.8), with an enterprise tier of 10⁹ requests per second and a burst
+/// of 1 000, so nothing is ever refused and `remaining` stays in the hundreds, as for a real
+/// tier.
 pub const CONFIG: &str = r#"
 algorithm = "token_bucket"
 default_tier = "anonymous"
@@ -52,6 +54,7 @@ burst = 1000
 "POST /api/generate" = 20
 "/usage" = 0
 "/dashboard" = 0
+"POST /login" = { cost = 1, charge = "failures" }
 
 [exempt]
 routes = ["/health", "/metrics", "/policy"]
@@ -60,6 +63,14 @@ routes = ["/health", "/metrics", "/policy"]
 "free-demo-key" = "free"
 "pro-demo-key" = "pro"
 "enterprise-demo-key" = "enterprise"
+
+[degrade]
+routes = ["/api/search"]
+cached_below = 0.5
+minimal_below = 0.1
+
+[alerts]
+near_quota = 0.8
 "#;
 
 pub fn router() -> Router {
@@ -75,7 +86,30 @@ pub fn tollgate() -> Router {
 }
 
 pub fn tollgate_with(config: &str) -> Router {
-    router().layer(RateLimitLayer::new(Config::from_toml(config).expect("valid bench configuration")))
+    router().layer(layer(config))
+}
+
+fn layer(config: &str) -> RateLimitLayer {
+    RateLimitLayer::new(Config::from_toml(config).expect("valid bench configuration"))
+}
+
+/// The configuration with `headers = "<mode>"`.
+pub fn with_headers(mode: &str) -> String {
+    CONFIG.replace("headers = \"both\"", &format!("headers = \"{mode}\""))
+}
+
+/// `tollgate` plus the demo server's `MetricsObserver`, recording to a Prometheus recorder
+/// (installed for the whole process on first use, as the demo server does).
+pub fn tollgate_metrics() -> Router {
+    static RECORDER: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    RECORDER.get_or_init(|| tollgate::usage::install_prometheus().expect("the only recorder"));
+    router().layer(layer(CONFIG).observer(tollgate::observe::MetricsObserver::new()))
+}
+
+/// A layer that does nothing, applied the same way: what `Router::layer` costs by itself.
+pub fn noop() -> Router {
+    router().layer(tower::util::MapRequestLayer::new(|req: Request<Body>| req))
 }
 
 /// tower_governor's key: the raw `X-API-Key` header value (cloning it is a reference count).

@@ -1,6 +1,7 @@
 use std::cell::RefCell;
+use std::sync::{Mutex, PoisonError};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{Entry, HeaderName, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,7 @@ pub(crate) static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x
 pub(crate) static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) static X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimit-degraded");
 
 /// Size of each chunk of the per-thread header buffer.
 const CHUNK: usize = 16 * 1024;
@@ -81,8 +83,64 @@ fn take(buf: &mut BytesMut) -> HeaderValue {
 /// The longest decimal `u64`.
 const MAX_DIGITS: usize = 20;
 
-/// A decimal number; the caller made room for [`MAX_DIGITS`] bytes.
+/// Numbers below this are header values of their own, in static memory.
+const SMALL: u64 = 10_000;
+/// `0123456789101112…9999`: the text of every number below [`SMALL`], one after the other.
+static DIGITS: [u8; DIGITS_LEN] = digits();
+const DIGITS_LEN: usize = 10 + 90 * 2 + 900 * 3 + 9_000 * 4;
+
+const fn digits() -> [u8; DIGITS_LEN] {
+    let mut out = [0u8; DIGITS_LEN];
+    let (mut n, mut at) = (0u64, 0usize);
+    while n < SMALL {
+        let width = width(n);
+        let (mut i, mut rest) = (width, n);
+        while i > 0 {
+            i -= 1;
+            out[at + i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        at += width;
+        n += 1;
+    }
+    out
+}
+
+/// Digits of `n` (below [`SMALL`]).
+const fn width(n: u64) -> usize {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        _ => 4,
+    }
+}
+
+/// `n` as a header value from [`DIGITS`], when it is small: no allocation, no buffer, and
+/// cloning or dropping it touches no reference count.
+#[inline]
+fn small(n: u64) -> Option<HeaderValue> {
+    if n >= SMALL {
+        return None;
+    }
+    let width = width(n);
+    let start = match width {
+        1 => n as usize,
+        2 => 10 + (n as usize - 10) * 2,
+        3 => 190 + (n as usize - 100) * 3,
+        _ => 2_890 + (n as usize - 1_000) * 4,
+    };
+    let text = Bytes::from_static(&DIGITS[start..start + width]);
+    Some(HeaderValue::from_maybe_shared(text).expect("digits are visible ASCII"))
+}
+
+/// `n` as a header value: from [`DIGITS`] when small, else written to `buf` (the caller made
+/// room for [`MAX_DIGITS`] bytes).
+#[inline]
 fn number_in(buf: &mut BytesMut, n: u64) -> HeaderValue {
+    if let Some(value) = small(n) {
+        return value;
+    }
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     take(buf)
 }
@@ -106,31 +164,71 @@ fn key(name: &'static str) -> &'static KeyRef {
     KeyRef::constant(name)
 }
 
-/// What a tier's headers always say, built once per limiter: each policy's
-/// `X-RateLimit-Limit` value and structured-field name, and the tier's `RateLimit-Policy`.
-#[derive(Debug, Clone)]
+/// A constant header value for the life of the process (see [`TierHeaders`]).
+fn constant(text: String) -> HeaderValue {
+    HeaderValue::from_static(Box::leak(text.into_boxed_str()))
+}
+
+/// What a tier's headers always say: each policy's `X-RateLimit-Limit` value and the start of
+/// its `RateLimit` item, and the tier's `RateLimit-Policy`.
+///
+/// Built once per distinct tier and kept for the life of the process, in static memory: a
+/// request clones its constant values without touching a reference count (as
+/// `HeaderValue::from_static` values are cloned), and the headers travelling with a response
+/// refer to them with a plain `&'static`. Tiers are interned by what their headers say, so
+/// building the same limits again (another layer, a reload of an unchanged file) reuses them:
+/// the memory kept grows only with the distinct tiers a process ever configures (a few hundred
+/// bytes each), never with requests.
+#[derive(Debug)]
 pub(crate) struct TierHeaders {
     limits: [Option<HeaderValue>; MAX_POLICIES],
-    names: [Option<sfv::String>; MAX_POLICIES],
+    /// `"name";r=`: the serialized name of each policy (an sf-string), and its `r` key.
+    items: [Option<&'static str>; MAX_POLICIES],
     policy: Option<HeaderValue>,
 }
 
+/// The headers of a tier with no policies, and of answers that carry none.
+static NO_HEADERS: TierHeaders = TierHeaders { limits: [None, None], items: [None, None], policy: None };
+
 impl TierHeaders {
-    fn new(tier: &Tier) -> Self {
-        let mut limits: [Option<HeaderValue>; MAX_POLICIES] = Default::default();
-        let mut names: [Option<sfv::String>; MAX_POLICIES] = Default::default();
-        let mut list = ListSerializer::new();
-        for (i, policy) in tier.policies().iter().enumerate().take(MAX_POLICIES) {
-            let quota = policy.quota();
-            let name = sf_name(policy.name());
-            list.bare_item(&*name as &StringRef)
+    /// The interned constants of `tier`.
+    fn of(tier: &Tier) -> &'static Self {
+        static KNOWN: Mutex<Vec<&'static TierHeaders>> = Mutex::new(Vec::new());
+        let mut policy = ListSerializer::new();
+        let mut limits: [Option<String>; MAX_POLICIES] = Default::default();
+        let mut items: [Option<String>; MAX_POLICIES] = Default::default();
+        for (i, p) in tier.policies().iter().enumerate().take(MAX_POLICIES) {
+            let quota = p.quota();
+            let name = sf_name(p.name());
+            policy
+                .bare_item(&*name as &StringRef)
                 .parameter(key("q"), integer(clamp(quota.burst())))
                 .parameter(key("w"), integer(clamp(quota.window_secs())));
-            limits[i] = Some(HeaderValue::from(quota.burst()));
-            names[i] = Some(name);
+            limits[i] = Some(quota.burst().to_string());
+            let mut item = ListSerializer::new();
+            item.bare_item(&*name as &StringRef);
+            items[i] = item.finish().map(|quoted| quoted + ";r=");
         }
-        let policy = list.finish().and_then(|text| HeaderValue::from_str(&text).ok());
-        Self { limits, names, policy }
+        let policy = policy.finish();
+        let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+        let same = |t: &&&'static TierHeaders| {
+            t.policy.as_ref().map(|v| v.as_bytes()) == policy.as_ref().map(|p| p.as_bytes())
+                && t.limits
+                    .iter()
+                    .zip(&limits)
+                    .all(|(a, b)| a.as_ref().map(|v| v.as_bytes()) == b.as_ref().map(|s| s.as_bytes()))
+                && t.items.iter().zip(&items).all(|(a, b)| a.as_deref() == b.as_deref())
+        };
+        if let Some(found) = known.iter().find(same) {
+            return found;
+        }
+        let interned: &'static TierHeaders = Box::leak(Box::new(TierHeaders {
+            limits: limits.map(|text| text.map(constant)),
+            items: items.map(|text| text.map(|t| &*Box::leak(t.into_boxed_str()))),
+            policy: policy.map(constant),
+        }));
+        known.push(interned);
+        interned
     }
 
     /// The tier's `RateLimit-Policy` value.
@@ -139,26 +237,26 @@ impl TierHeaders {
         self.policy.as_ref()
     }
 
-    fn name(&self, index: u8) -> Option<&sfv::String> {
-        self.names.get(usize::from(index))?.as_ref()
+    fn item(&self, index: u8) -> Option<&'static str> {
+        *self.items.get(usize::from(index))?
     }
 }
 
 /// The constant header values of every tier of a [`Limits`], by tier index.
 #[derive(Debug, Clone)]
 pub(crate) struct Answers {
-    tiers: Box<[TierHeaders]>,
+    tiers: Box<[&'static TierHeaders]>,
 }
 
 impl Answers {
     pub(crate) fn new(limits: &Limits) -> Self {
-        Self { tiers: limits.tiers().iter().map(TierHeaders::new).collect() }
+        Self { tiers: limits.tiers().iter().map(TierHeaders::of).collect() }
     }
 
     /// The constants of `tier` (a tier of the limits these were built from).
     #[inline]
-    pub(crate) fn of(&self, tier: &Tier) -> &TierHeaders {
-        &self.tiers[tier.index()]
+    pub(crate) fn of(&self, tier: &Tier) -> &'static TierHeaders {
+        self.tiers[tier.index()]
     }
 }
 
@@ -166,87 +264,160 @@ fn clamp(n: u64) -> i64 {
     n.min(999_999_999_999_999) as i64
 }
 
-/// The rate-limit headers of one answer, ready to merge into a response.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RateLimitHeaders {
-    limit: Option<HeaderValue>,
-    remaining: Option<HeaderValue>,
-    reset: Option<HeaderValue>,
-    policy: Option<HeaderValue>,
-    ratelimit: Option<HeaderValue>,
-    retry_after: Option<HeaderValue>,
-    degraded: Option<HeaderValue>,
+/// One policy's `RateLimit` item: which policy, its remaining `r` and next-token `t`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Item {
+    index: u8,
+    r: u64,
+    t: u64,
 }
 
-pub(crate) static X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimit-degraded");
+/// The rate-limit headers of one answer: the numbers they say, not yet written. They travel
+/// with the request to its response (a few dozen bytes, where the written values would take
+/// hundreds) and are written straight into it by [`apply`](Self::apply).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateLimitHeaders {
+    tier: &'static TierHeaders,
+    legacy: bool,
+    ietf: bool,
+    /// The headline policy (`X-RateLimit-*`).
+    headline: u8,
+    /// `RateLimit` items (0 when the header is not sent).
+    items: u8,
+    degraded: Option<Band>,
+    remaining: u64,
+    /// Unix epoch seconds.
+    reset: u64,
+    /// Seconds.
+    retry_after: Option<u64>,
+    item: [Item; MAX_POLICIES],
+}
+
+impl Default for RateLimitHeaders {
+    /// No headers at all.
+    fn default() -> Self {
+        Self {
+            tier: &NO_HEADERS,
+            legacy: false,
+            ietf: false,
+            headline: 0,
+            items: 0,
+            degraded: None,
+            remaining: 0,
+            reset: 0,
+            retry_after: None,
+            item: [Item::default(); MAX_POLICIES],
+        }
+    }
+}
 
 impl RateLimitHeaders {
     /// Marks the answer as degraded (`X-RateLimit-Degraded: cached` or `minimal`).
     pub(crate) fn degraded(&mut self, band: Band) {
-        self.degraded = Some(HeaderValue::from_static(band.as_str()));
+        self.degraded = Some(band);
     }
 
-    pub(crate) fn new(mode: HeaderMode, tier: &TierHeaders, decision: &Decision) -> Self {
-        let mut out = Self::default();
-        let legacy = mode.legacy().then(|| decision.headline());
-        if let Some(headline) = &legacy {
-            if let Some(Some(limit)) = tier.limits.get(usize::from(headline.index)) {
-                out.limit = Some(limit.clone());
-            }
+    pub(crate) fn new(mode: HeaderMode, tier: &'static TierHeaders, decision: &Decision) -> Self {
+        let mut out = Self { tier, ..Self::default() };
+        if mode.legacy() {
+            let headline = decision.headline();
+            out.legacy = true;
+            out.headline = headline.index;
+            out.remaining = headline.remaining;
+            out.reset = decision.reset_epoch_secs(&headline);
         }
         if mode.ietf() {
-            out.policy = tier.policy.clone();
+            out.ietf = true;
+            let states = decision.policies();
+            // An empty sf-list (or a foreign decision) is no header at all.
+            if !states.is_empty() && states.iter().all(|s| tier.item(s.index).is_some()) {
+                for (item, state) in out.item.iter_mut().zip(states) {
+                    *item =
+                        Item { index: state.index, r: state.remaining, t: state.next_after.as_secs_ceil() };
+                }
+                out.items = states.len().min(MAX_POLICIES) as u8;
+            }
         }
-        let retry_after = decision.retry_after();
-        if legacy.is_none() && !mode.ietf() && retry_after.is_none() {
-            return out; // nothing to write
+        out.retry_after = decision.retry_after().map(retry_after_secs);
+        out
+    }
+
+    /// Writes the headers into `headers`; a header the handler set itself is left alone.
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        let limit = if self.legacy {
+            self.tier.limits.get(usize::from(self.headline)).cloned().flatten()
+        } else {
+            None
+        };
+        let policy = if self.ietf { self.tier.policy.clone() } else { None };
+        let count = usize::from(self.legacy) * 2
+            + usize::from(limit.is_some())
+            + usize::from(policy.is_some())
+            + usize::from(self.items > 0)
+            + usize::from(self.retry_after.is_some())
+            + usize::from(self.degraded.is_some());
+        if count == 0 {
+            return;
+        }
+        // Grow the map at most once, and hash each name once (an entry, not a lookup and an
+        // insert).
+        headers.reserve(count);
+        let mut put = |name: &'static HeaderName, value: HeaderValue| {
+            if let Entry::Vacant(slot) = headers.entry(name) {
+                slot.insert(value);
+            }
+        };
+        if let Some(limit) = limit {
+            put(&X_RATELIMIT_LIMIT, limit);
         }
         // One visit to the per-thread buffer for every value of this answer, with room made
         // for all of them first: a chunk is used up only between answers, when no value of
         // this answer holds on to it, so it can be reclaimed.
-        let ratelimit_need = if mode.ietf() { ratelimit_room(tier, decision) } else { 0 };
-        let need = 3 * MAX_DIGITS + ratelimit_need;
         SCRATCH.with_borrow_mut(|buf| {
-            room(buf, need);
-            if let Some(headline) = &legacy {
-                out.remaining = Some(number_in(buf, headline.remaining));
-                out.reset = Some(number_in(buf, decision.reset_epoch_secs(headline)));
+            room(buf, self.room());
+            if self.legacy {
+                put(&X_RATELIMIT_REMAINING, number_in(buf, self.remaining));
+                put(&X_RATELIMIT_RESET, number_in(buf, self.reset));
             }
-            if mode.ietf() {
-                out.ratelimit = ratelimit_in(buf, tier, decision);
+            if let Some(policy) = policy {
+                put(&RATELIMIT_POLICY, policy);
             }
-            if let Some(wait) = retry_after {
-                out.retry_after = Some(number_in(buf, retry_after_secs(wait)));
+            if self.items > 0 {
+                put(&RATELIMIT, self.ratelimit_in(buf));
+            }
+            if let Some(wait) = self.retry_after {
+                put(&RETRY_AFTER, number_in(buf, wait));
             }
         });
-        out
+        if let Some(band) = self.degraded {
+            put(&X_RATELIMIT_DEGRADED, HeaderValue::from_static(band.as_str()));
+        }
     }
 
-    /// Merges the headers into `headers`; a header the handler set itself is left alone.
-    pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        let pairs = [
-            (&X_RATELIMIT_LIMIT, self.limit),
-            (&X_RATELIMIT_REMAINING, self.remaining),
-            (&X_RATELIMIT_RESET, self.reset),
-            (&RATELIMIT_POLICY, self.policy),
-            (&RATELIMIT, self.ratelimit),
-            (&RETRY_AFTER, self.retry_after),
-            (&X_RATELIMIT_DEGRADED, self.degraded),
-        ];
-        // Grow the map at most once, and hash each name once (an entry, not a lookup and an
-        // insert).
-        let count = pairs.iter().filter(|(_, value)| value.is_some()).count();
-        if count == 0 {
-            return;
-        }
-        headers.reserve(count);
-        for (name, value) in pairs {
-            if let Some(value) = value {
-                if let Entry::Vacant(slot) = headers.entry(name) {
-                    slot.insert(value);
-                }
+    /// The most bytes [`apply`](Self::apply) writes to the buffer.
+    fn room(&self) -> usize {
+        let items: usize = self.item[..usize::from(self.items)]
+            .iter()
+            .map(|item| self.tier.item(item.index).map_or(0, str::len) + 5 + 2 * MAX_DIGITS)
+            .sum();
+        3 * MAX_DIGITS + items
+    }
+
+    /// `RateLimit`: one sf-list item per policy, `"name";r=R;t=T`. The names were serialized
+    /// by `sfv` when the tier was built; the numbers are written here, exactly as sfv writes
+    /// integers (a test holds this writer to sfv's serializer and parser).
+    fn ratelimit_in(&self, buf: &mut BytesMut) -> HeaderValue {
+        let mut digits = itoa::Buffer::new();
+        for (i, item) in self.item[..usize::from(self.items)].iter().enumerate() {
+            if i > 0 {
+                buf.extend_from_slice(b", ");
             }
+            buf.extend_from_slice(self.tier.item(item.index).unwrap_or_default().as_bytes());
+            buf.extend_from_slice(digits.format(clamp(item.r)).as_bytes());
+            buf.extend_from_slice(b";t=");
+            buf.extend_from_slice(digits.format(clamp(item.t)).as_bytes());
         }
+        take(buf)
     }
 }
 
@@ -256,42 +427,6 @@ pub(crate) fn retry_after_secs(wait: Nanos) -> u64 {
     wait.as_secs_ceil().max(1)
 }
 
-/// The most bytes [`ratelimit_in`] may write for this answer.
-fn ratelimit_room(tier: &TierHeaders, decision: &Decision) -> usize {
-    let names: usize =
-        decision.policies().iter().filter_map(|state| tier.name(state.index)).map(|n| n.as_str().len()).sum();
-    // Per item: quotes, an escape per character at most, ";r=", ";t=", ", " and two numbers.
-    2 * names + decision.policies().len() * (2 + 8 + 2 * MAX_DIGITS)
-}
-
-thread_local! {
-    /// Text the structured-field serializer writes into, reused by every answer of a thread.
-    static SF_TEXT: RefCell<String> = RefCell::new(String::with_capacity(256));
-}
-
-/// `RateLimit` for one answer: one sf-list item per policy, `"name";r=R;t=T`, serialized by
-/// `sfv` into a reused per-thread string, then copied into the per-thread buffer (the caller
-/// made [`ratelimit_room`]), so no allocation happens in steady state.
-fn ratelimit_in(buf: &mut BytesMut, tier: &TierHeaders, decision: &Decision) -> Option<HeaderValue> {
-    let states = decision.policies();
-    if states.is_empty() || states.iter().any(|s| tier.name(s.index).is_none()) {
-        return None; // an empty sf-list (or a foreign decision) is no header at all
-    }
-    SF_TEXT.with_borrow_mut(|text| {
-        text.clear();
-        let mut list = ListSerializer::with_buffer(text);
-        for state in states {
-            let name = tier.name(state.index)?;
-            list.bare_item(&**name as &StringRef)
-                .parameter(key("r"), integer(clamp(state.remaining)))
-                .parameter(key("t"), integer(clamp(state.next_after.as_secs_ceil())));
-        }
-        let text = list.finish()?;
-        buf.extend_from_slice(text.as_bytes());
-        Some(take(buf))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +434,7 @@ mod tests {
     use crate::policy::{Limits, TierSpec};
     use crate::store::{PolicyState, Verdict};
     use nonzero_ext::nonzero;
+    use proptest::prelude::*;
 
     fn free() -> Limits {
         Limits::builder()
@@ -312,8 +448,14 @@ mod tests {
     }
 
     /// The constant headers of the tier `name`.
-    fn constants(limits: &Limits, name: &str) -> TierHeaders {
-        Answers::new(limits).of(limits.tier(name).unwrap()).clone()
+    fn constants(limits: &Limits, name: &str) -> &'static TierHeaders {
+        Answers::new(limits).of(limits.tier(name).unwrap())
+    }
+
+    fn written(mode: HeaderMode, tier: &'static TierHeaders, decision: &Decision) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        RateLimitHeaders::new(mode, tier, decision).apply(&mut map);
+        map
     }
 
     #[test]
@@ -338,9 +480,24 @@ mod tests {
         assert_eq!(constants(&limits, "hourly").policy().unwrap(), "\"hourly\";q=7;w=3600");
     }
 
+    /// The same tier built twice (another layer, a reload) shares one set of constants; a tier
+    /// whose headers differ gets its own.
+    #[test]
+    fn tier_constants_are_interned_by_what_they_say() {
+        let a = constants(&free(), "free");
+        let b = constants(&free(), "free");
+        assert!(std::ptr::eq(a, b));
+        let other = Limits::builder()
+            .tier("free", TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(11u32))))
+            .default_tier("free")
+            .build()
+            .unwrap();
+        assert!(!std::ptr::eq(a, constants(&other, "free")));
+    }
+
     #[test]
     fn headers_describe_the_tightest_policy() {
-        let tier = &constants(&free(), "free");
+        let tier = constants(&free(), "free");
         let now = Nanos::from_secs(1_700_000_000);
         let decision = Decision::new(Verdict::Admitted, now, 1.0, 1)
             .with(PolicyState {
@@ -359,26 +516,63 @@ mod tests {
                 retry_after: Nanos::ZERO,
                 next_after: Nanos::from_millis(2_500),
             });
-        let mut map = HeaderMap::new();
-        RateLimitHeaders::new(HeaderMode::Both, tier, &decision).apply(&mut map);
+        let map = written(HeaderMode::Both, tier, &decision);
         assert_eq!(map["x-ratelimit-limit"], "10");
         assert_eq!(map["x-ratelimit-remaining"], "3");
         // Reset: when the bucket is full again; t: when the next token is (rounded up).
         assert_eq!(map["x-ratelimit-reset"], "1700000007");
         assert_eq!(map["ratelimit"], "\"free\";r=3;t=1, \"free-daily\";r=9950;t=3");
+        assert_eq!(map["ratelimit-policy"], "\"free\";q=10;w=10, \"free-daily\";q=10000;w=86400");
         assert!(!map.contains_key("retry-after"));
+        let names: Vec<&str> = map.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+                "ratelimit-policy",
+                "ratelimit"
+            ]
+        );
 
-        let mut map = HeaderMap::new();
-        RateLimitHeaders::new(HeaderMode::Legacy, tier, &decision).apply(&mut map);
+        let map = written(HeaderMode::Legacy, tier, &decision);
         assert!(!map.contains_key("ratelimit") && map.contains_key("x-ratelimit-limit"));
+        assert_eq!(map.len(), 3);
+        let map = written(HeaderMode::Ietf, tier, &decision);
+        assert!(map.contains_key("ratelimit") && !map.contains_key("x-ratelimit-limit"));
+        assert_eq!(map.len(), 2);
+        assert!(written(HeaderMode::None, tier, &decision).is_empty());
+    }
+
+    #[test]
+    fn a_rejection_carries_retry_after_and_a_degraded_answer_says_so() {
+        let tier = constants(&free(), "free");
+        let state = PolicyState {
+            index: 0,
+            limit: 10,
+            remaining: 0,
+            reset_after: Nanos::from_secs(10),
+            retry_after: Nanos::from_millis(1_500),
+            next_after: Nanos::from_millis(1_500),
+        };
+        let rejected = Decision::new(Verdict::Rejected, Nanos::ZERO, 0.0, 0).with(state);
+        assert_eq!(written(HeaderMode::None, tier, &rejected)["retry-after"], "2");
+        let admitted = Decision::new(Verdict::Admitted, Nanos::ZERO, 0.0, 1).with(state);
+        let mut headers = RateLimitHeaders::new(HeaderMode::None, tier, &admitted);
+        headers.degraded(Band::Minimal);
         let mut map = HeaderMap::new();
-        RateLimitHeaders::new(HeaderMode::None, tier, &decision).apply(&mut map);
+        headers.apply(&mut map);
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["x-ratelimit-degraded"], "minimal");
+        let mut map = HeaderMap::new();
+        RateLimitHeaders::default().apply(&mut map);
         assert!(map.is_empty());
     }
 
     #[test]
     fn handler_headers_win() {
-        let tier = &constants(&free(), "free");
+        let tier = constants(&free(), "free");
         let decision = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1).with(PolicyState {
             index: 0,
             limit: 10,
@@ -401,67 +595,112 @@ mod tests {
         assert_eq!(retry_after_secs(Nanos::ZERO), 1);
     }
 
-    /// The `RateLimit` value written through the reused buffers is byte for byte what a fresh sfv serializer makes, for
+    /// Small numbers come from the static table, large ones from the buffer: the same text.
+    #[test]
+    fn numbers_are_their_decimal_text() {
+        for n in (0..=12_000).chain([99_999, 1_700_000_000, u64::MAX]) {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string(), "{n}");
+        }
+        assert!(small(SMALL - 1).is_some() && small(SMALL).is_none());
+    }
+
+    /// Limits whose only tier, `name`, has two policies: `name` and `name-daily`.
+    fn named(name: &str) -> Limits {
+        Limits::builder()
+            .tier(
+                name,
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(10_000),
+            )
+            .default_tier(name)
+            .build()
+            .unwrap()
+    }
+
+    /// `RateLimit` for a decision of every policy of `tier` with `(r, t)` each.
+    fn ratelimit(limits: &Limits, values: &[(u64, Nanos)]) -> HeaderValue {
+        let tier = &limits.tiers()[0];
+        let mut decision = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1);
+        for (index, &(remaining, next_after)) in values.iter().enumerate().take(tier.policies().len()) {
+            decision = decision.with(PolicyState {
+                index: index as u8,
+                limit: 10,
+                remaining,
+                reset_after: Nanos::MAX,
+                retry_after: Nanos::ZERO,
+                next_after,
+            });
+        }
+        written(HeaderMode::Ietf, Answers::new(limits).of(tier), &decision)["ratelimit"].clone()
+    }
+
+    /// sfv, the reference: the same list serialized by its own serializer.
+    fn reference(limits: &Limits, values: &[(u64, Nanos)]) -> String {
+        let mut list = ListSerializer::new();
+        for (policy, &(r, t)) in limits.tiers()[0].policies().iter().zip(values) {
+            list.bare_item(&*sf_name(policy.name()) as &StringRef)
+                .parameter(key("r"), integer(clamp(r)))
+                .parameter(key("t"), integer(clamp(t.as_secs_ceil())));
+        }
+        list.finish().unwrap()
+    }
+
+    /// The hand-written `RateLimit` writer is byte for byte what sfv's serializer makes, for
     /// names that need escaping and numbers at the clamp.
     #[test]
     fn ratelimit_matches_the_sfv_serializer() {
-        let limits = Limits::builder()
-            .tier("anonymous", TierSpec::new(Quota::per_minute(nonzero!(30u32)).allow_burst(nonzero!(5u32))))
-            .tier(
-                "we\"ird\\name",
-                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32))).daily(10_000),
-            )
-            .build()
-            .unwrap();
-        let answers = Answers::new(&limits);
-        let reference = |tier: &Tier, decision: &Decision| {
-            let mut list = ListSerializer::new();
-            for state in decision.policies() {
-                let policy = &tier.policies()[usize::from(state.index)];
-                list.bare_item(&*sf_name(policy.name()) as &StringRef)
-                    .parameter(key("r"), integer(clamp(state.remaining)))
-                    .parameter(key("t"), integer(clamp(state.next_after.as_secs_ceil())));
-            }
-            list.finish()
-        };
-        for tier in limits.tiers() {
-            for (remaining, next_after) in
-                [(0, Nanos::ZERO), (3, Nanos::new(7_000_000_001)), (u64::MAX, Nanos::MAX)]
-            {
-                let mut decision = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1);
-                for index in 0..tier.policies().len() {
-                    decision = decision.with(PolicyState {
-                        index: index as u8,
-                        limit: 10,
-                        remaining,
-                        reset_after: Nanos::MAX,
-                        retry_after: Nanos::ZERO,
-                        next_after,
-                    });
-                }
-                let constants = answers.of(tier);
-                let ours = SCRATCH
-                    .with_borrow_mut(|buf| {
-                        room(buf, ratelimit_room(constants, &decision));
-                        ratelimit_in(buf, constants, &decision)
-                    })
-                    .unwrap();
-                assert_eq!(ours.to_str().unwrap(), reference(tier, &decision).unwrap());
+        for name in ["free", "we\"ird\\name", "anonymous"] {
+            let limits = named(name);
+            for values in [
+                [(0, Nanos::ZERO), (0, Nanos::ZERO)],
+                [(3, Nanos::new(7_000_000_001)), (9_950, Nanos::from_secs(3))],
+                [(u64::MAX, Nanos::MAX), (12_345, Nanos::new(1))],
+            ] {
+                assert_eq!(ratelimit(&limits, &values).to_str().unwrap(), reference(&limits, &values));
             }
         }
+        // A decision with no policies has no `RateLimit` at all (an empty sf-list is no header).
         let empty = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1);
-        let constants = answers.of(limits.default_tier());
-        assert!(SCRATCH.with_borrow_mut(|buf| ratelimit_in(buf, constants, &empty)).is_none());
+        let limits = free();
+        assert!(!written(HeaderMode::Both, constants(&limits, "free"), &empty).contains_key("ratelimit"));
+    }
+
+    proptest! {
+        /// sfv as the oracle: whatever the names and numbers, the writer's `RateLimit` parses
+        /// back through sfv's parser to exactly the items meant, and equals sfv's own output.
+        #[test]
+        fn ratelimit_parses_back_to_the_same_values(
+            name in "[ -~]{1,24}",
+            r0 in any::<u64>(),
+            t0 in any::<u64>(),
+            r1 in 0u64..100_000,
+            t1 in 0u64..100_000_000_000,
+        ) {
+            let limits = named(&name);
+            let values = [(r0, Nanos::new(t0)), (r1, Nanos::new(t1))];
+            let written = ratelimit(&limits, &values);
+            prop_assert_eq!(written.to_str().unwrap(), reference(&limits, &values));
+            let parsed: sfv::List = sfv::Parser::new(written.as_bytes()).parse().unwrap();
+            prop_assert_eq!(parsed.len(), 2);
+            for ((entry, policy), (r, t)) in parsed.iter().zip(limits.tiers()[0].policies()).zip(values) {
+                let sfv::ListEntry::Item(item) = entry else { panic!("an item, not an inner list") };
+                // Printable names go through unchanged.
+                prop_assert_eq!(item.bare_item.as_string().map(|s| s.as_str()), Some(policy.name()));
+                prop_assert_eq!(item.params.len(), 2);
+                let param = |k: &str| item.params.get(k).and_then(|v| v.as_integer()).map(i64::from);
+                prop_assert_eq!(param("r"), Some(clamp(r)));
+                prop_assert_eq!(param("t"), Some(clamp(t.as_secs_ceil())));
+            }
+        }
     }
 
     /// Once every value of a used-up chunk is dropped, the chunk is reused in place.
     #[test]
     fn a_used_up_chunk_is_reclaimed_when_its_values_are_gone() {
-        let first = number(1);
+        let first = number(u64::MAX);
         let base = first.as_bytes().as_ptr() as usize;
         drop(first);
         for i in 0..10 * CHUNK as u64 {
-            let value = number(i);
+            let value = number(SMALL + i);
             let at = value.as_bytes().as_ptr() as usize;
             assert!((base..base + CHUNK).contains(&at), "value {i} left the first chunk");
         }
@@ -469,9 +708,9 @@ mod tests {
 
     #[test]
     fn buffer_slices_survive_new_chunks() {
-        let values: Vec<HeaderValue> = (0..20_000u64).map(number).collect();
+        let values: Vec<HeaderValue> = (SMALL..SMALL + 20_000u64).map(number).collect();
         for (i, v) in values.iter().enumerate() {
-            assert_eq!(v.to_str().unwrap(), i.to_string());
+            assert_eq!(v.to_str().unwrap(), (SMALL + i as u64).to_string());
         }
     }
 }

@@ -4,16 +4,19 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 use http::HeaderValue;
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 
-use crate::observe::{MetricsObserver, REMAINING_RATIO};
+use crate::observe::MetricsObserver;
 use crate::RateLimitLayer;
 
 static TEXT_FORMAT: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
 
-/// Installs a Prometheus recorder as the process's global `metrics` recorder, with
-/// histogram buckets for [`REMAINING_RATIO`] (tenths), and describes tollgate's metrics.
-/// Returns the handle [`metrics()`] renders from.
+/// Installs a Prometheus recorder as the process's global `metrics` recorder and describes
+/// tollgate's metrics. Returns the handle [`metrics()`] renders from.
+///
+/// tollgate records no histogram samples into the recorder (its
+/// [`REMAINING_RATIO`](crate::observe::REMAINING_RATIO) is bucketed by the observer), so the
+/// recorder's memory stays flat whether or not anyone scrapes.
 ///
 /// There is one global recorder per process: a second call fails with
 /// [`BuildError::FailedToSetGlobalRecorder`]; keep the first handle.
@@ -23,10 +26,7 @@ static TEXT_FORMAT: HeaderValue = HeaderValue::from_static("text/plain; version=
 /// # let _ = handle;
 /// ```
 pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
-    let tenths: Vec<f64> = (0..=10).map(|i| f64::from(i) / 10.0).collect();
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(REMAINING_RATIO.to_owned()), &tenths)?
-        .install_recorder()?;
+    let handle = PrometheusBuilder::new().install_recorder()?;
     MetricsObserver::describe();
     Ok(handle)
 }
@@ -48,9 +48,11 @@ impl<K> Clone for MetricsState<K> {
 }
 
 /// `GET /metrics`: everything recorded, in the Prometheus text format (version 0.0.4), with
-/// the store's size measured just before rendering. Route it exempt from limiting.
+/// the store's size measured and the observers' histogram buckets published just before
+/// rendering. Route it exempt from limiting.
 pub async fn metrics<K>(State(state): State<MetricsState<K>>) -> Response {
     MetricsObserver::record_tracked(&**state.layer.store());
+    MetricsObserver::flush();
     state.handle.run_upkeep();
     ([(CONTENT_TYPE, TEXT_FORMAT.clone())], state.handle.render()).into_response()
 }

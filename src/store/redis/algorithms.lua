@@ -283,10 +283,13 @@ local function log_load(p, key)
     redis.call('DEL', key)
   end
   p.total = redis.call('ZCARD', key)
+  -- The newest entry's instant, and the back of the queue (never before now).
+  p.last = nil
   p.newest = now
   if p.total > 0 then
     local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    p.newest = max(tonumber(last[2]), now)
+    p.last = tonumber(last[2])
+    p.newest = max(p.last, now)
   end
 end
 
@@ -312,7 +315,7 @@ local function log_standing(p)
     return available, 0, 0
   end
   local next = log_nth(p, p.total - p.burst + available + 1) + p.w - now
-  return available, next, p.newest + p.w - now
+  return available, next, p.last + p.w - now
 end
 
 -- Enters `n` tokens at `at`.
@@ -333,7 +336,8 @@ local function log_add(p, at, n)
   end
   p.total = p.total + n
   p.newest = max(p.newest, at)
-  redis.call('PEXPIRE', p.key, ttl_ms(p.newest + p.w - now))
+  p.last = max(p.last or at, at)
+  redis.call('PEXPIRE', p.key, ttl_ms(p.last + p.w - now))
 end
 
 local function log_check(p, c, at, max_wait)
