@@ -69,14 +69,52 @@ impl ConfigError {
         }
     }
 
+    /// The first of figment's errors, with every secret it would show redacted: an API key
+    /// in the path (`api_keys.<key>`), a string value given where API keys belong, and the
+    /// source line a syntax error quotes (any line may hold a key; the line and column stay).
     #[cfg(feature = "config")]
     pub(crate) fn from_figment(error: figment::Error) -> Self {
-        let error =
+        use figment::error::{Actual, Kind};
+        let mut error =
             error.into_iter().next().unwrap_or_else(|| figment::Error::from("unknown error".to_owned()));
+        let secret = match error.path.first().map(String::as_str) {
+            Some("api_keys") => true,
+            Some("admin" | "allow") => error.path.get(1).is_some_and(|p| p == "keys"),
+            _ => false,
+        };
+        if error.path.first().is_some_and(|p| p == "api_keys") {
+            if let Some(key) = error.path.get_mut(1) {
+                *key = format!("\"{}\"", crate::key::redact(key).escape_debug());
+            }
+        }
+        if secret {
+            if let Kind::InvalidType(Actual::Str(value), _) | Kind::InvalidValue(Actual::Str(value), _) =
+                &mut error.kind
+            {
+                *value = crate::key::redact(value);
+            }
+        }
+        let message = match &error.kind {
+            Kind::Message(message) => without_source_lines(message),
+            kind => kind.to_string(),
+        };
         let key = (!error.path.is_empty()).then(|| error.path.join("."));
         let origin = error.metadata.as_ref().and_then(describe);
-        Self::Load { key, message: error.kind.to_string(), origin }
+        Self::Load { key, message, origin }
     }
+}
+
+/// A parser's message without the source lines it quotes (`3 | "key" = …` and the `|` lines
+/// around them): the line and column it names are kept.
+#[cfg(feature = "config")]
+fn without_source_lines(message: &str) -> String {
+    let quoted = |line: &str| {
+        let line = line.trim_start();
+        let digits = line.trim_start_matches(|c: char| c.is_ascii_digit());
+        line.starts_with('|') || (digits.len() < line.len() && digits.trim_start().starts_with('|'))
+    };
+    let kept: Vec<&str> = message.lines().filter(|line| !quoted(line)).map(str::trim_end).collect();
+    kept.join("\n").trim().to_owned()
 }
 
 #[cfg(feature = "config")]

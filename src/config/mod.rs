@@ -647,9 +647,11 @@ fn check_api_key(
     entry: &ApiKeyConfig,
     tiers: &BTreeMap<String, TierConfig>,
 ) -> Result<(), ConfigError> {
+    // The key is a secret: an error (which lands in logs) shows only a short prefix of it.
+    let shown = crate::key::redact(key);
     let at = |field: Option<&str>| match (entry, field) {
-        (ApiKeyConfig::Client(_), Some(field)) => format!("api_keys.\"{}\".{field}", key.escape_debug()),
-        _ => format!("api_keys.\"{}\"", key.escape_debug()),
+        (ApiKeyConfig::Client(_), Some(field)) => format!("api_keys.\"{}\".{field}", shown.escape_debug()),
+        _ => format!("api_keys.\"{}\"", shown.escape_debug()),
     };
     let tier = entry.tier();
     if !tiers.contains_key(tier) {

@@ -32,18 +32,25 @@ pub struct StoreConfig {
     pub on_error: OnError,
     /// Prefix of every Redis key.
     pub prefix: String,
-    /// The most states the in-process store keeps (one per key and policy); with Redis, the
-    /// bound of the in-process fallback.
+    /// The most states the in-process store keeps (one per client and policy), whatever
+    /// arrives; with Redis, the bound of the in-process fallback. At the bound the states idle
+    /// longest make room, and a flood of addresses never evicts a client with an identity (see
+    /// [`MemoryStore`]'s "At the cap").
     pub max_keys: usize,
     /// Redis: give up on a call after this many milliseconds (then `on_error` applies).
     pub timeout_ms: u64,
     /// Redis: failed calls in a row that open the circuit breaker (no more calls wait on Redis).
     pub breaker_failures: u32,
-    /// Redis: while the breaker is open, one request every this many milliseconds probes Redis.
+    /// Redis: while the breaker is open, one request every this many milliseconds probes Redis
+    /// (1 to 60 000: a breaker never stops probing for long).
     pub probe_interval_ms: u64,
     /// Redis: clients remembered as rejected until their deadline, answered without asking
     /// Redis (0 disables this over-limit cache).
     pub blocked_keys: usize,
+    /// Redis: a client refused locally by the over-limit cache is asked about again after at
+    /// most this many milliseconds (1 to 60 000; 1 000 by default): how long a local refusal
+    /// can be wrong after the client's state was reset behind this instance's back.
+    pub blocked_recheck_ms: u64,
 }
 
 /// The stores' own defaults ([`DEFAULT_CAPACITY`], the Redis store's), so that a file that says
@@ -61,6 +68,7 @@ impl Default for StoreConfig {
             breaker_failures: redis_defaults::BREAKER_FAILURES,
             probe_interval_ms: redis_defaults::PROBE_INTERVAL.as_millis() as u64,
             blocked_keys: redis_defaults::BLOCKED_KEYS,
+            blocked_recheck_ms: redis_defaults::BLOCKED_RECHECK.as_millis() as u64,
         }
     }
 }
@@ -80,8 +88,11 @@ impl StoreConfig {
         if self.breaker_failures == 0 {
             return Err(ConfigError::invalid("store.breaker_failures", "must be at least 1"));
         }
-        if self.probe_interval_ms == 0 {
-            return Err(ConfigError::invalid("store.probe_interval_ms", "must be at least 1"));
+        if self.probe_interval_ms == 0 || self.probe_interval_ms > 60_000 {
+            return Err(ConfigError::invalid("store.probe_interval_ms", "must be between 1 and 60000"));
+        }
+        if self.blocked_recheck_ms == 0 || self.blocked_recheck_ms > 60_000 {
+            return Err(ConfigError::invalid("store.blocked_recheck_ms", "must be between 1 and 60000"));
         }
         if self.backend == Backend::Redis && !cfg!(feature = "redis") {
             return Err(ConfigError::invalid(
@@ -120,6 +131,7 @@ impl StoreConfig {
             .on_error(self.on_error)
             .breaker(self.breaker_failures, Duration::from_millis(self.probe_interval_ms))
             .blocked_keys(self.blocked_keys)
+            .blocked_recheck(Duration::from_millis(self.blocked_recheck_ms))
             .fallback_capacity(self.max_keys))
     }
 
@@ -171,6 +183,12 @@ mod tests {
         assert!(with("timeout_ms = 0").contains("store.timeout_ms"));
         assert!(with("breaker_failures = 0").contains("store.breaker_failures"));
         assert!(with("probe_interval_ms = 0").contains("store.probe_interval_ms"));
+        // Issue 11 (suspected, confirmed): no upper bound, so a breaker could stop probing for
+        // good (u64::MAX ms): Redis back would never be noticed.
+        assert!(with("probe_interval_ms = 60001").contains("store.probe_interval_ms"));
+        assert!(with("probe_interval_ms = 9223372036854775807").contains("store.probe_interval_ms"));
+        assert!(with("blocked_recheck_ms = 0").contains("store.blocked_recheck_ms"));
+        assert!(with("blocked_recheck_ms = 3600000").contains("store.blocked_recheck_ms"));
         assert!(with("redis_url = \"x\"").contains("redis_url"), "unknown fields are refused");
         if cfg!(feature = "redis") {
             let err = with("backend = \"redis\"\nurl = \"http://nope\"");

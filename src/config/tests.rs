@@ -137,3 +137,35 @@ fn client_ip_header_names_the_one_header_the_proxy_writes() {
     assert_eq!(err.key(), Some("client_ip_header"), "{err}");
     assert!(err.to_string().contains("x-forwarded-for"), "{err}");
 }
+
+/// Issue 11, finding 9: a config error printed the whole API key (`api_keys."sk_live_…"`),
+/// and so did figment's own errors (the path, a value given where keys belong, the source line
+/// of a syntax error): errors land in logs.
+#[test]
+fn no_error_prints_a_whole_api_key() {
+    const SECRET: &str = "sk_live_4f9a8b7c6d5e4f3a2b1c";
+    let base = "[tiers.anonymous]\nrequests_per_minute = 30\nburst = 5\n";
+    let cases = [
+        format!("{base}[api_keys]\n\"{SECRET}\" = \"gold\"\n"),
+        format!("{base}[api_keys]\n\"{SECRET}\" = {{ tier = \"anonymous\", email = \"nope\" }}\n"),
+        format!("{base}[api_keys]\n\"{SECRET}\" = 5\n"),
+        format!("{base}[api_keys]\n\"{SECRET}\" = {{ tier = \"anonymous\", colour = 1 }}\n"),
+        format!("{base}[api_keys]\n\"{SECRET}\" = gold\n"),
+        format!("{base}[api_keys]\n{SECRET} = \"anonymous\"\n\"x\" = \n"),
+        format!("api_keys = \"{SECRET}\"\n{base}"),
+        format!("{base}[admin]\nkeys = \"{SECRET}\"\n"),
+    ];
+    Jail::expect_with(|jail| {
+        for text in &cases {
+            let err = load_err(jail, text).to_string();
+            assert!(!err.contains(SECRET) && !err.contains("4f9a8b7c"), "{err}");
+            assert!(err.contains("bad.toml"), "{err}");
+        }
+        // Still says where: the key's prefix, or the line.
+        let err = load_err(jail, &cases[0]).to_string();
+        assert!(err.contains("api_keys.\"sk_l…\"") && err.contains("gold"), "{err}");
+        let err = load_err(jail, &cases[4]).to_string();
+        assert!(err.contains("line 5"), "{err}");
+        Ok(())
+    });
+}

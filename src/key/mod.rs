@@ -211,6 +211,15 @@ pub(crate) struct Who {
     pub(crate) identified: bool,
 }
 
+/// A secret (an API key) as it may be shown to people, in an error message or a log: at most
+/// its first four characters, and no more than a third of it, then `…`. Never the whole key.
+pub(crate) fn redact(secret: &str) -> String {
+    let chars = secret.chars().count();
+    let mut shown: String = secret.chars().take((chars / 3).min(4)).collect();
+    shown.push('…');
+    shown
+}
+
 /// Finds who is asking. Implemented by the ready extractors, by closures
 /// `Fn(&Parts) -> Option<Client>`, and by chains made with [`or`](KeyExtractor::or).
 ///
@@ -305,6 +314,16 @@ mod tests {
         let always = |_: &Parts| Some(Client::new(Key::new("b")));
         let chain = never.or(always).or(|_: &Parts| Some(Client::new(Key::new("c"))));
         assert_eq!(chain.extract(&parts(http::Request::builder())).unwrap().key(), &Key::new("b"));
+    }
+
+    #[test]
+    fn a_redacted_secret_shows_at_most_a_third_and_four_characters() {
+        assert_eq!(redact("sk_live_0123456789abcdef"), "sk_l…");
+        assert_eq!(redact("free-demo-key"), "free…");
+        assert_eq!(redact("abcdef"), "ab…");
+        assert_eq!(redact("ab"), "…");
+        assert_eq!(redact("ééééééééé"), "ééé…");
+        assert_eq!(redact(""), "…");
     }
 
     #[test]

@@ -25,10 +25,9 @@
 //! * Idle states (a full bucket, an empty window) are indistinguishable from a new key, so they
 //!   are dropped by amortised sweeps that run when a shard has doubled since its last sweep.
 //!   No cleanup task is needed.
-//! * A hard [`capacity`](MemoryStore::capacity) bounds the number of states. When a shard is
-//!   full of busy keys even after a sweep, new keys of that shard share one overflow bucket per
-//!   policy until room frees up: nobody escapes a limit and memory stays bounded, at the price of
-//!   new clients sharing a bucket while the store is saturated (the `tracked` count shows it).
+//! * A hard [`capacity`](MemoryStore::capacity) (`[store] max_keys`) bounds the number of
+//!   states, whatever arrives: memory stays flat under a flood of new addresses. See
+//!   [At the cap](MemoryStore#at-the-cap).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -46,6 +45,9 @@ use super::{
 
 /// States a shard may reach before its first sweep.
 const MIN_SWEEP: usize = 1_024;
+
+/// The fewest states a shard is given when the store's capacity is small.
+const MIN_PER_SHARD: usize = 64;
 
 /// The digest is already a good hash: hand it to the map unchanged.
 #[derive(Default)]
@@ -66,18 +68,49 @@ impl Hasher for Passthrough {
 type Map = HashMap<u64, AtomicU64, BuildHasherDefault<Passthrough>>;
 type LogMap = HashMap<u64, Mutex<Log>, BuildHasherDefault<Passthrough>>;
 
+/// Whose a state is. At the cap, an anonymous state makes room for any newcomer; an identified
+/// one only for another identified client, so a flood of addresses never costs a client with
+/// an identity its own bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Keyed by address: anyone can make up more of these.
+    Anonymous = 0,
+    /// Keyed by a name (an API key of the table, an auth layer's identity, the one key of
+    /// unrecognised requests): nobody can make up more of these.
+    Identified = 1,
+}
+
+/// A client as the store finds its states: the digest of its key, and its class.
+#[derive(Debug, Clone, Copy)]
+struct Whose {
+    digest: u64,
+    class: Class,
+}
+
+impl Class {
+    #[inline]
+    fn of(key: &Key) -> Self {
+        if key.ip().is_some() {
+            Self::Anonymous
+        } else {
+            Self::Identified
+        }
+    }
+}
+
 /// The states of one policy (by [`id`](Policy::id)) in one shard.
 struct PolicyMap {
     /// The newest version of the policy seen: its rule is the one every state here is kept
     /// under.
     policy: Policy,
-    /// `u64` states (token bucket, sliding window).
-    map: Map,
-    /// Shared by new keys while the shard is at capacity.
+    /// `u64` states (token bucket, sliding window), by [`Class`].
+    maps: [Map; 2],
+    /// Shared by anonymous newcomers while the shard holds nothing they may evict (it is full
+    /// of identified clients).
     overflow: AtomicU64,
-    /// A sliding log's states (when the policy is one).
-    logs: LogMap,
-    /// Shared by new keys while the shard is at capacity.
+    /// A sliding log's states (when the policy is one), by [`Class`].
+    logs: [LogMap; 2],
+    /// The overflow state of a sliding log.
     overflow_log: Mutex<Log>,
 }
 
@@ -89,9 +122,9 @@ impl PolicyMap {
     fn new(policy: &Policy) -> Self {
         Self {
             policy: policy.clone(),
-            map: Map::default(),
+            maps: Default::default(),
             overflow: AtomicU64::new(0),
-            logs: LogMap::default(),
+            logs: Default::default(),
             overflow_log: Mutex::default(),
         }
     }
@@ -101,7 +134,12 @@ impl PolicyMap {
     }
 
     fn len(&self) -> usize {
-        self.map.len() + self.logs.len()
+        self.maps.iter().map(HashMap::len).sum::<usize>() + self.logs.iter().map(HashMap::len).sum::<usize>()
+    }
+
+    /// The states of anonymous clients.
+    fn anonymous(&self) -> usize {
+        self.maps[Class::Anonymous as usize].len() + self.logs[Class::Anonymous as usize].len()
     }
 
     /// Keeps the states under `to` instead of `from` (a reload changed the rule). A log stays
@@ -112,7 +150,9 @@ impl PolicyMap {
             (from.algorithm() == Algorithm::SlidingLog, to.algorithm() == Algorithm::SlidingLog);
         match (from_log, to_log) {
             (false, false) => {
-                for state in self.map.values_mut().chain(std::iter::once(&mut self.overflow)) {
+                let [anonymous, identified] = &mut self.maps;
+                let states = anonymous.values_mut().chain(identified.values_mut());
+                for state in states.chain(std::iter::once(&mut self.overflow)) {
                     *state.get_mut() = to.carry(from, *state.get_mut(), now);
                 }
             }
@@ -123,9 +163,11 @@ impl PolicyMap {
                     let log = log.get_mut().unwrap_or_else(PoisonError::into_inner);
                     to.state_with_used(log.used(&quota, now), now)
                 };
-                self.map = self.logs.iter_mut().map(|(&k, log)| (k, AtomicU64::new(used(log)))).collect();
+                for (map, logs) in self.maps.iter_mut().zip(&mut self.logs) {
+                    *map = logs.iter_mut().map(|(&k, log)| (k, AtomicU64::new(used(log)))).collect();
+                    *logs = LogMap::default();
+                }
                 *self.overflow.get_mut() = used(&mut self.overflow_log);
-                self.logs = LogMap::default();
                 self.overflow_log = Mutex::default();
             }
             (false, true) => {
@@ -133,9 +175,11 @@ impl PolicyMap {
                 let log = |state: &mut AtomicU64| {
                     Mutex::new(Log::with_used(&quota, from.used(*state.get_mut(), now), now))
                 };
-                self.logs = self.map.iter_mut().map(|(&k, state)| (k, log(state))).collect();
+                for (map, logs) in self.maps.iter_mut().zip(&mut self.logs) {
+                    *logs = map.iter_mut().map(|(&k, state)| (k, log(state))).collect();
+                    *map = Map::default();
+                }
                 self.overflow_log = log(&mut self.overflow);
-                self.map = Map::default();
                 *self.overflow.get_mut() = 0;
             }
         }
@@ -158,9 +202,14 @@ enum Lookup<'a> {
 struct ShardData {
     /// One entry per policy seen; a few, found by a short scan.
     policies: Vec<PolicyMap>,
+    /// States kept, of both classes.
     len: usize,
+    /// Of which anonymous.
+    anonymous: usize,
     next_sweep: usize,
-    last_full_sweep: Nanos,
+    /// When an anonymous newcomer last found no room (every state identified): anonymous
+    /// newcomers share the overflow states for a second, then look for room again.
+    crowded: Option<Nanos>,
 }
 
 impl ShardData {
@@ -187,6 +236,7 @@ impl ShardData {
         if entry.policy.version() < policy.version() {
             if entry.policy.version() < policy.since() {
                 self.len -= entry.len();
+                self.anonymous -= entry.anonymous();
                 *entry = PolicyMap::new(policy);
             } else if entry.policy.rule() != policy.rule() {
                 let (from, to) = (*entry.policy.rule(), *policy.rule());
@@ -198,19 +248,24 @@ impl ShardData {
     }
 
     fn sweep(&mut self, now: Nanos) {
-        let mut len = 0;
+        let (mut len, mut anonymous) = (0, 0);
         for entry in &mut self.policies {
             let rule = *entry.policy.rule();
-            entry.map.retain(|_, state| !rule.is_idle(state.load(Ordering::Relaxed), now));
-            if entry.map.capacity() > 4 * entry.map.len().max(64) {
-                entry.map.shrink_to_fit();
+            for map in &mut entry.maps {
+                map.retain(|_, state| !rule.is_idle(state.load(Ordering::Relaxed), now));
+                if map.capacity() > 4 * map.len().max(64) {
+                    map.shrink_to_fit();
+                }
             }
             let quota = rule.quota();
-            entry.logs.retain(|_, log| !lock(log).is_idle(&quota, now));
-            if entry.logs.capacity() > 4 * entry.logs.len().max(64) {
-                entry.logs.shrink_to_fit();
+            for logs in &mut entry.logs {
+                logs.retain(|_, log| !lock(log).is_idle(&quota, now));
+                if logs.capacity() > 4 * logs.len().max(64) {
+                    logs.shrink_to_fit();
+                }
             }
             len += entry.len();
+            anonymous += entry.anonymous();
         }
         // A policy with nothing kept is forgotten (a request finds it again as new).
         self.policies.retain(|e| {
@@ -219,7 +274,64 @@ impl ShardData {
                 || !lock(&e.overflow_log).is_idle(&e.policy.quota(), now)
         });
         self.len = len;
+        self.anonymous = anonymous;
         self.next_sweep = (2 * len).max(MIN_SWEEP);
+    }
+
+    /// Makes room for `needed` more states of a `class` newcomer in a shard of `per_shard`
+    /// states: drops idle states, then the anonymous states that are idle longest (the soonest
+    /// full again), then, for an identified newcomer only, identified ones the same way. Makes
+    /// room for a batch of newcomers at once (an eighth of the shard), so that this scan is paid
+    /// once per many insertions.
+    fn make_room(&mut self, now: Nanos, class: Class, needed: usize, per_shard: usize) {
+        self.sweep(now);
+        let target = per_shard.saturating_sub(needed + per_shard / 8);
+        if self.len > target {
+            self.evict(Class::Anonymous, self.len - target, now);
+        }
+        if self.len > target && class == Class::Identified {
+            self.evict(Class::Identified, self.len - target, now);
+        }
+    }
+
+    /// Drops the `count` states of `class` that are idle longest: those whose buckets are full
+    /// again soonest (for GCRA, the smallest theoretical arrival time), so a client loses the
+    /// least it could be owed.
+    fn evict(&mut self, class: Class, count: usize, now: Nanos) {
+        // (full again in, policy entry, digest)
+        let mut ranked: Vec<(Nanos, usize, u64)> = Vec::new();
+        for (index, entry) in self.policies.iter().enumerate() {
+            let (rule, quota) = (entry.policy.rule(), entry.policy.quota());
+            for (&digest, state) in &entry.maps[class as usize] {
+                ranked.push((rule.check(state.load(Ordering::Relaxed), now, 0).reset_after, index, digest));
+            }
+            for (&digest, log) in &entry.logs[class as usize] {
+                ranked.push((lock(log).peek(&quota, now).reset_after, index, digest));
+            }
+        }
+        let count = count.min(ranked.len());
+        if count == 0 {
+            return;
+        }
+        if count < ranked.len() {
+            ranked.select_nth_unstable(count - 1);
+        }
+        for &(_, index, digest) in &ranked[..count] {
+            let entry = &mut self.policies[index];
+            if entry.maps[class as usize].remove(&digest).is_none() {
+                entry.logs[class as usize].remove(&digest);
+            }
+        }
+        self.len -= count;
+        if class == Class::Anonymous {
+            self.anonymous -= count;
+        }
+    }
+
+    /// Anonymous newcomers share the overflow states now (for a second after they found no room).
+    #[inline]
+    fn crowded_at(&self, now: Nanos) -> bool {
+        self.crowded.is_some_and(|at| now.saturating_sub(at) < Nanos::SECOND)
     }
 }
 
@@ -264,6 +376,31 @@ struct Shard {
 }
 
 /// The default store: lock-free per-key state in a sharded, self-cleaning, bounded map.
+///
+/// # At the cap
+/// The store keeps at most [`capacity`](Self::capacity) states (`[store] max_keys`; one per
+/// client and policy), split evenly over its shards, whatever arrives. When a new client finds
+/// its shard full:
+/// * states that are idle (a full bucket) are dropped first: they are indistinguishable from
+///   new ones;
+/// * then the states **idle longest** make room: those whose buckets are full again soonest
+///   (for GCRA, the smallest theoretical arrival time; read off each state, no bookkeeping on
+///   the hot path), so the clients evicted lose the least they could be owed. A new anonymous
+///   client arriving in the middle of a flood of random addresses is therefore admitted on its
+///   first request, with its own bucket;
+/// * a client keyed by address (anonymous) only ever makes room by evicting other anonymous
+///   clients. A client with an identity (an API key, an authentication layer's
+///   [`Client`](crate::key::Client)) is never evicted, nor made to share a bucket, because of
+///   anonymous clients: its limits stay exact through any flood. Only when a shard holds
+///   identified clients alone does an identified newcomer evict the one idle longest, and an
+///   anonymous newcomer share one bucket per policy with the other anonymous newcomers of that
+///   shard (for a second, then it looks for room again).
+///
+/// So size `max_keys` above the number of identified clients times their policies, with room to
+/// spare: each shard holds `capacity / shards` states (with a small capacity the store uses
+/// fewer shards, at least 64 states each). Room is made for a batch of newcomers at once, so
+/// the scan it takes is paid once per many insertions; the hot path (a known client) never
+/// pays anything for it.
 ///
 /// ```
 /// use nonzero_ext::nonzero;
@@ -327,8 +464,16 @@ impl Default for MemoryStore<SystemClock> {
 impl<C: Clock> MemoryStore<C> {
     /// A store reading time from `clock`.
     pub fn with_clock(clock: C) -> Self {
+        Self::build(clock, Self::default_shards(DEFAULT_CAPACITY), DEFAULT_CAPACITY)
+    }
+
+    /// Sixteen shards per core, but no fewer than 64 states a shard: a small capacity spread
+    /// thin would fill some shards long before the store is full.
+    fn default_shards(capacity: usize) -> usize {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        Self::build(clock, (cores * 16).next_power_of_two().clamp(16, 1024), DEFAULT_CAPACITY)
+        let most = (capacity / MIN_PER_SHARD).max(1);
+        let most = if most.is_power_of_two() { most } else { most.next_power_of_two() / 2 };
+        (cores * 16).next_power_of_two().clamp(16, 1024).min(most)
     }
 
     fn build(clock: C, shards: usize, capacity: usize) -> Self {
@@ -338,14 +483,22 @@ impl<C: Clock> MemoryStore<C> {
             shard_mask: shards as u64 - 1,
             hasher: foldhash::quality::RandomState::default(),
             clock,
-            per_shard: capacity.div_ceil(shards).max(1),
+            per_shard: capacity.div_ceil(shards).max(MAX_POLICIES),
         }
     }
 
     /// Keeps at most about `states` states (one per key and policy); 2 097 152 by default.
-    /// See the module documentation for what happens at the cap.
+    /// See [At the cap](Self#at-the-cap) for what happens when they are all taken. A small
+    /// capacity also lowers the number of shards (to keep at least 64 states each), unless
+    /// [`shards`](Self::shards) is called afterwards.
+    ///
+    /// ```
+    /// use tollgate::store::MemoryStore;
+    /// let store = MemoryStore::new().capacity(1_000);
+    /// assert!(format!("{store:?}").contains("capacity: 1000"));
+    /// ```
     pub fn capacity(self, states: usize) -> Self {
-        let shards = self.shards.len();
+        let shards = self.shards.len().min(Self::default_shards(states));
         Self::build(self.clock, shards, states)
     }
 
@@ -382,11 +535,12 @@ impl<C: Clock> MemoryStore<C> {
         let digest = self.hasher.hash_one(key);
         // The map uses the low bits (bucket) and the top 7 (tag): shard by bits in between.
         let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
+        let whose = Whose { digest, class: Class::of(key) };
         match tier.policies() {
             [policy] if tier.max_delay().is_zero() && policy.algorithm() != Algorithm::SlidingLog => {
-                self.decide_one(shard, digest, policy, tier, now, charge)
+                self.decide_one(shard, whose, policy, tier, now, charge)
             }
-            policies => self.decide_all(shard, digest, policies, tier.max_delay(), now, charge),
+            policies => self.decide_all(shard, whose, policies, tier.max_delay(), now, charge),
         }
     }
 
@@ -407,26 +561,20 @@ impl<C: Clock> MemoryStore<C> {
         }
     }
 
-    /// At capacity, new keys share the overflow states, except when a sweep (at most one a
-    /// second) might make room: then the insert path tries.
-    #[inline]
-    fn at_cap(&self, data: &ShardData, now: Nanos) -> bool {
-        data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) < Nanos::SECOND
-    }
-
-    /// The state of `digest` in `entry`: its own, or the shared overflow state when the shard is
-    /// full; `None` when it has to be inserted.
+    /// The state of `digest` of `class` in `entry`: its own, or, for an anonymous newcomer
+    /// while its shard holds nothing it may evict, the shared overflow state; `None` when it
+    /// has to be inserted.
     #[inline]
     fn slot<'a>(
-        &self,
         data: &ShardData,
         entry: &'a PolicyMap,
+        class: Class,
         digest: u64,
         now: Nanos,
     ) -> Option<&'a AtomicU64> {
-        match entry.map.get(&digest) {
+        match entry.maps[class as usize].get(&digest) {
             Some(slot) => Some(slot),
-            None if self.at_cap(data, now) => Some(&entry.overflow),
+            None if class == Class::Anonymous && data.crowded_at(now) => Some(&entry.overflow),
             None => None,
         }
     }
@@ -438,25 +586,28 @@ impl<C: Clock> MemoryStore<C> {
     fn decide_one(
         &self,
         shard: &Shard,
-        digest: u64,
+        whose: Whose,
         policy: &Policy,
         tier: &Tier,
         now: Nanos,
         charge: Charge,
     ) -> Decision {
+        let Whose { digest, class } = whose;
         loop {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
                 let found = match data.lookup(policy) {
                     // A reload made it a log: the general path keeps logs.
                     Lookup::Found(entry) if entry.is_log() => Err(()),
-                    Lookup::Found(entry) => Ok(Some((&entry.policy, self.slot(&data, entry, digest, now)))),
+                    Lookup::Found(entry) => {
+                        Ok(Some((&entry.policy, Self::slot(&data, entry, class, digest, now))))
+                    }
                     Lookup::Absent => Ok(Some((policy, None))),
                     Lookup::Stale => Ok(None),
                 };
                 let Ok(found) = found else {
                     drop(data);
-                    return self.decide_all(shard, digest, tier.policies(), tier.max_delay(), now, charge);
+                    return self.decide_all(shard, whose, tier.policies(), tier.max_delay(), now, charge);
                 };
                 if let Some((policy, slot)) = found {
                     let rule = policy.rule();
@@ -477,7 +628,7 @@ impl<C: Clock> MemoryStore<C> {
                     }
                 }
             }
-            self.insert(shard, digest, std::slice::from_ref(policy), now);
+            self.insert(shard, digest, class, std::slice::from_ref(policy), now);
         }
     }
 
@@ -486,12 +637,13 @@ impl<C: Clock> MemoryStore<C> {
     fn decide_all(
         &self,
         shard: &Shard,
-        digest: u64,
+        whose: Whose,
         policies: &[Policy],
         max_wait: Nanos,
         now: Nanos,
         charge: Charge,
     ) -> Decision {
+        let Whose { digest, class } = whose;
         loop {
             {
                 let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
@@ -504,9 +656,9 @@ impl<C: Clock> MemoryStore<C> {
                         Lookup::Found(entry) => {
                             effective[i] = &entry.policy;
                             if entry.is_log() {
-                                logs[i] = self.log_slot(&data, entry, digest, now);
+                                logs[i] = Self::log_slot(&data, entry, class, digest, now);
                             } else {
-                                slots[i] = self.slot(&data, entry, digest, now);
+                                slots[i] = Self::slot(&data, entry, class, digest, now);
                             }
                         }
                         Lookup::Absent => effective[i] = policy,
@@ -553,7 +705,7 @@ impl<C: Clock> MemoryStore<C> {
                     }
                 }
             }
-            self.insert(shard, digest, policies, now);
+            self.insert(shard, digest, class, policies, now);
         }
     }
 
@@ -565,6 +717,7 @@ impl<C: Clock> MemoryStore<C> {
         let now = self.clock.now();
         let digest = self.hasher.hash_one(key);
         let shard = &self.shards[((digest >> 32) & self.shard_mask) as usize];
+        let class = Class::of(key);
         let policies = tier.policies();
         let Settlement { receipt, charged_at, charged, actual } = settlement;
         loop {
@@ -577,11 +730,12 @@ impl<C: Clock> MemoryStore<C> {
                         Lookup::Found(entry) => {
                             entries[i] = Some(entry);
                             let own = if entry.is_log() {
-                                entry.logs.contains_key(&digest)
+                                entry.logs[class as usize].contains_key(&digest)
                             } else {
-                                entry.map.contains_key(&digest)
+                                entry.maps[class as usize].contains_key(&digest)
                             };
-                            redo |= !own && actual > charged && !self.at_cap(&data, now);
+                            let shared = class == Class::Anonymous && data.crowded_at(now);
+                            redo |= !own && actual > charged && !shared;
                         }
                         Lookup::Absent => redo |= actual > charged,
                         Lookup::Stale => redo = true,
@@ -602,7 +756,7 @@ impl<C: Clock> MemoryStore<C> {
                         };
                         let (policy, quota) = (&entry.policy, entry.policy.quota());
                         let check = if entry.is_log() {
-                            let mut log = match entry.logs.get(&digest) {
+                            let mut log = match entry.logs[class as usize].get(&digest) {
                                 Some(log) => lock(log),
                                 None => lock(&entry.overflow_log),
                             };
@@ -610,7 +764,7 @@ impl<C: Clock> MemoryStore<C> {
                             fraction = fraction.min(log.fraction(&quota, now));
                             log.peek(&quota, now)
                         } else {
-                            let own = entry.map.get(&digest);
+                            let own = entry.maps[class as usize].get(&digest);
                             let slot = own.unwrap_or(&entry.overflow);
                             let rule = policy.rule();
                             if actual > charged || own.is_some() {
@@ -632,7 +786,7 @@ impl<C: Clock> MemoryStore<C> {
             }
             // An extra charge on a state forgotten as idle (or kept under an older rule): make
             // it current, then charge.
-            self.insert(shard, digest, policies, now);
+            self.insert(shard, digest, class, policies, now);
         }
     }
 
@@ -670,41 +824,50 @@ impl<C: Clock> MemoryStore<C> {
     /// The log of `digest` in `entry`, as [`slot`](Self::slot) finds a state.
     #[inline]
     fn log_slot<'a>(
-        &self,
         data: &ShardData,
         entry: &'a PolicyMap,
+        class: Class,
         digest: u64,
         now: Nanos,
     ) -> Option<&'a Mutex<Log>> {
-        match entry.logs.get(&digest) {
+        match entry.logs[class as usize].get(&digest) {
             Some(log) => Some(log),
-            None if self.at_cap(data, now) => Some(&entry.overflow_log),
+            None if class == Class::Anonymous && data.crowded_at(now) => Some(&entry.overflow_log),
             None => None,
         }
     }
 
-    /// The write path: makes each policy's entry current and gives `digest` a state in each
-    /// (unless the shard is at capacity: then the overflow states serve it).
+    /// The write path: makes each policy's entry current and gives `digest` a state of `class`
+    /// in each, making room when the shard is full ([At the cap](Self#at-the-cap)). An
+    /// anonymous newcomer that finds nothing it may evict is left to the overflow states.
     #[cold]
-    fn insert(&self, shard: &Shard, digest: u64, policies: &[Policy], now: Nanos) {
+    fn insert(&self, shard: &Shard, digest: u64, class: Class, policies: &[Policy], now: Nanos) {
         let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
         for policy in policies {
             data.current(policy, now);
         }
+        let kept = |data: &ShardData, policy: &Policy| {
+            data.policies.iter().find(|e| e.policy.id() == policy.id()).is_some_and(|e| {
+                e.maps[class as usize].contains_key(&digest) || e.logs[class as usize].contains_key(&digest)
+            })
+        };
+        if policies.iter().all(|p| kept(&data, p)) {
+            return; // another request of this client got here first
+        }
         if data.len >= data.next_sweep {
             data.sweep(now);
         }
-        if data.len >= self.per_shard && now.saturating_sub(data.last_full_sweep) >= Nanos::SECOND {
-            // At capacity: sweep at most once a second, so a flood of new keys cannot turn
-            // every request into a full scan.
-            data.last_full_sweep = now;
-            data.sweep(now);
-        }
-        if data.len >= self.per_shard {
-            // The overflow states serve new keys; the sweeps above may have dropped an entry.
+        let needed = policies.len();
+        if data.len + needed > self.per_shard {
+            data.make_room(now, class, needed, self.per_shard);
+            // The sweep may have dropped an entry.
             for policy in policies {
                 data.current(policy, now);
             }
+        }
+        if data.len + needed > self.per_shard {
+            // Only an anonymous newcomer in a shard of identified clients gets here.
+            data.crowded = Some(now);
             return;
         }
         let mut added = 0;
@@ -712,16 +875,19 @@ impl<C: Clock> MemoryStore<C> {
             use std::collections::hash_map::Entry::Vacant;
             let entry = data.current(policy, now);
             if entry.is_log() {
-                if let Vacant(e) = entry.logs.entry(digest) {
+                if let Vacant(e) = entry.logs[class as usize].entry(digest) {
                     e.insert(Mutex::default());
                     added += 1;
                 }
-            } else if let Vacant(e) = entry.map.entry(digest) {
+            } else if let Vacant(e) = entry.maps[class as usize].entry(digest) {
                 e.insert(AtomicU64::new(0));
                 added += 1;
             }
         }
         data.len += added;
+        if class == Class::Anonymous {
+            data.anonymous += added;
+        }
     }
 }
 

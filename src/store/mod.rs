@@ -52,6 +52,7 @@ pub(crate) mod redis_defaults {
     pub(crate) const BREAKER_FAILURES: u32 = 3;
     pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(250);
     pub(crate) const BLOCKED_KEYS: usize = 10_000;
+    pub(crate) const BLOCKED_RECHECK: Duration = Duration::from_secs(1);
 }
 
 /// What the limiter does when its store cannot answer (`on_error` in the configuration).

@@ -24,6 +24,11 @@ fn limits() -> Limits {
             TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)))
                 .algorithm(Algorithm::SlidingWindow),
         )
+        .tier(
+            "log",
+            TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(10u32)))
+                .algorithm(Algorithm::SlidingLog),
+        )
         .build()
         .unwrap()
 }
@@ -123,27 +128,69 @@ fn idle_keys_are_forgotten_without_a_cleanup_task() {
     assert!(store.len() < 2 * MIN_SWEEP + 1_000, "{} states kept", store.len());
 }
 
+fn ip(n: u32) -> Key {
+    Key::from_ip(std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n)))
+}
+
+/// Issue 11, finding 7: at the cap, new keys shared one overflow bucket per shard, so in a
+/// flood of new addresses a first-time legitimate client was refused.
 #[test]
-fn the_capacity_is_a_hard_bound_and_nobody_escapes() {
+fn at_the_cap_a_newcomer_in_a_flood_is_admitted_and_the_idle_longest_make_room() {
     let limits = limits();
     let tier = limits.default_tier();
     let clock = ManualClock::new(START);
     let store = MemoryStore::with_clock(clock.clone()).shards(1).capacity(100);
-    let mut admitted = 0;
-    for i in 0..1_000 {
-        if store.decide(&Key::new(format!("flood{i}")), tier, Charge::new(1)).is_admitted() {
-            admitted += 1;
-        }
+    for i in 0..10_000 {
+        assert!(store.decide(&ip(i), tier, Charge::new(1)).is_admitted(), "flooder {i} is new too");
+        assert!(store.len() <= 100);
+        clock.advance(Duration::from_micros(10));
     }
-    assert_eq!(store.len(), 100);
-    // 100 tracked keys got their own bucket; the other 900 shared one bucket of 10.
-    assert_eq!(admitted, 110);
-    // Keys already tracked keep their own standing.
-    assert_eq!(store.decide(&Key::new("flood0"), tier, Charge::new(0)).policies()[0].remaining, 9);
-    // Once the flood's buckets are full again, new keys get room.
-    clock.advance(Duration::from_secs(11));
-    assert!(store.decide(&Key::new("newcomer"), tier, Charge::new(1)).is_admitted());
-    assert_eq!(store.len(), 1);
+    // In the middle of the flood, a first-time client is admitted on its first request.
+    let newcomer = Key::from_ip("192.0.2.1".parse().unwrap());
+    let first = store.decide(&newcomer, tier, Charge::new(1));
+    assert!(first.is_admitted());
+    assert_eq!(first.policies()[0].remaining, 9, "a bucket of its own");
+    // The flooders idle longest made room; the latest ones keep their standing.
+    assert_eq!(store.decide(&ip(9_999), tier, Charge::new(0)).policies()[0].remaining, 9);
+    assert_eq!(store.decide(&newcomer, tier, Charge::new(0)).policies()[0].remaining, 9);
+    assert_eq!(store.decide(&ip(0), tier, Charge::new(0)).policies()[0].remaining, 10, "evicted");
+}
+
+/// Issue 11, finding 7: clients with an identity never share state with anonymous ones, nor
+/// lose their own, because of a flood of addresses.
+#[test]
+fn a_flood_of_addresses_never_costs_an_identified_client_its_bucket() {
+    let limits = limits();
+    let (anonymous, daily) = (limits.default_tier(), limits.tier("daily").unwrap());
+    let clock = ManualClock::new(START);
+    let store = MemoryStore::with_clock(clock.clone()).shards(1).capacity(64);
+    let alice = Key::new("alice-api-key");
+    for _ in 0..4 {
+        assert!(store.decide(&alice, daily, Charge::new(1)).is_admitted());
+    }
+    for i in 0..5_000 {
+        store.decide(&ip(i), anonymous, Charge::new(3));
+        let standing = store.decide(&alice, daily, Charge::new(0));
+        assert_eq!((standing.policies()[0].remaining, standing.policies()[1].remaining), (6, 11), "at {i}");
+    }
+    for _ in 0..6 {
+        assert!(store.decide(&alice, daily, Charge::new(1)).is_admitted());
+    }
+    assert!(!store.decide(&alice, daily, Charge::new(1)).is_admitted(), "exactly her burst");
+    // A shard full of identified clients: an anonymous newcomer still gets an answer (the
+    // overflow bucket, shared with anonymous newcomers only), and no identified client moves.
+    let store = MemoryStore::with_clock(clock.clone()).shards(1).capacity(64);
+    let users: Vec<Key> = (0..32).map(|i| Key::new(format!("user-{i}"))).collect();
+    for user in &users {
+        store.decide(user, daily, Charge::new(2));
+    }
+    assert_eq!(store.len(), 64);
+    for i in 0..20 {
+        store.decide(&ip(i), anonymous, Charge::new(1));
+    }
+    for user in &users[..20] {
+        assert_eq!(store.decide(user, daily, Charge::new(0)).policies()[1].remaining, 13, "untouched");
+    }
 }
 
 #[test]
@@ -194,7 +241,7 @@ proptest! {
 proptest! {
     /// The one-policy fast path decides exactly as the general path: same verdicts, standings,
     /// fractions and charges, over streams of costs (reduced below half the burst), time steps
-    /// and keys, on a store small enough to hit its capacity and share the overflow state.
+    /// and keys, on a store small enough to hit its capacity and make room.
     #[test]
     fn one_policy_fast_path_matches_the_general_path(
         steps in prop::collection::vec((0u64..12, 0u64..4_000, 0usize..6), 1..150),
@@ -205,15 +252,17 @@ proptest! {
         prop_assert_eq!(tier.policies().len(), 1);
         let clock = ManualClock::new(START);
         let fast = MemoryStore::with_clock(clock.clone()).shards(1).capacity(3);
-        let general = MemoryStore::with_clock(clock.clone()).shards(1).capacity(3);
+        let mut general = MemoryStore::with_clock(clock.clone()).shards(1).capacity(3);
+        // The same digests, so that both make room alike.
+        general.hasher = fast.hasher.clone();
         for (cost, advance_ms, key) in steps {
             clock.advance(Duration::from_millis(advance_ms));
-            let key = Key::new(format!("k{key}"));
+            let key = if key % 2 == 0 { Key::new(format!("k{key}")) } else { ip(key as u32) };
             let charge = Charge::new(cost).reduced(0.5, 1);
             let a = fast.decide(&key, tier, charge);
             let digest = general.hasher.hash_one(&key);
             let shard = &general.shards[((digest >> 32) & general.shard_mask) as usize];
-            let b = general.decide_all(shard, digest, tier.policies(), Nanos::ZERO, clock.now(), charge);
+            let b = general.decide_all(shard, Whose { digest, class: Class::of(&key) }, tier.policies(), Nanos::ZERO, clock.now(), charge);
             prop_assert_eq!(a, b);
             prop_assert_eq!(fast.len(), general.len());
         }
@@ -336,4 +385,106 @@ fn the_newest_rule_decides_for_requests_of_an_older_generation() {
     let late = store.decide(&key, old.default_tier(), Charge::new(1));
     assert_eq!((late.policies()[0].limit, late.policies()[0].remaining), (20, 16));
     assert_eq!(remaining(&store, &key, new.default_tier()), [16]);
+}
+
+/// One step of a stream at the cap: who asks (an address of many, or one of a few identified
+/// clients), for what cost, and how much later.
+#[derive(Debug, Clone)]
+enum Who {
+    Address(u32),
+    Identified(u8),
+}
+
+fn who() -> impl Strategy<Value = Who> {
+    prop_oneof![
+        3 => (0u32..400).prop_map(Who::Address),
+        1 => (0u8..4).prop_map(Who::Identified),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Under any interleaving of keys, costs and clock steps at the cap: the store never keeps
+    /// more states than its capacity, every identified client is decided exactly as by a store
+    /// without a cap (same verdicts, standings, waits), and an address seen for the first time
+    /// is admitted for any cost its tier can hold.
+    #[test]
+    fn at_the_cap_states_are_bounded_and_identified_clients_exact(
+        steps in prop::collection::vec((who(), 0u64..12, 0u64..3_000), 1..400),
+        capacity in 32usize..96,
+        tier in prop::sample::select(vec!["anonymous", "daily", "window", "log"]),
+    ) {
+        let limits = limits();
+        let tier = limits.tier(tier).unwrap();
+        let clock = ManualClock::new(START);
+        let capped = MemoryStore::with_clock(clock.clone()).shards(1).capacity(capacity);
+        let model = MemoryStore::with_clock(clock.clone()).shards(1);
+        let mut seen = std::collections::HashSet::new();
+        for (who, cost, advance_ms) in steps {
+            clock.advance(Duration::from_millis(advance_ms));
+            let charge = Charge::new(cost).reduced(0.5, 1);
+            match who {
+                Who::Identified(n) => {
+                    let key = Key::new(format!("user-{n}"));
+                    // The same answer (the receipt's raw state aside: an idle state the capped
+                    // store swept and one the model kept are the same standing).
+                    let (a, b) = (capped.decide(&key, tier, charge), model.decide(&key, tier, charge));
+                    let seen = |d: &Decision| (d.verdict(), d.now(), d.fraction_before(), d.charged(), d.policies().to_vec());
+                    prop_assert_eq!(seen(&a), seen(&b));
+                }
+                Who::Address(n) => {
+                    let decision = capped.decide(&ip(n), tier, charge);
+                    if seen.insert(n) && (1..=tier.max_cost()).contains(&cost) {
+                        prop_assert!(decision.is_admitted(), "a first request of cost {}", cost);
+                    }
+                }
+            }
+            prop_assert!(capped.len() <= capacity, "{} states of {}", capped.len(), capacity);
+        }
+    }
+}
+
+/// Threads flooding a small store with new addresses while others spend one identified
+/// client's burst: the client is admitted exactly its burst (the clock is frozen), and the
+/// store never holds more than its capacity.
+#[test]
+fn a_threaded_flood_at_the_cap_leaves_identified_clients_exact() {
+    let limits = Arc::new(
+        Limits::builder()
+            .tier(
+                "anonymous",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(500u32))),
+            )
+            .build()
+            .unwrap(),
+    );
+    let (store, _clock) = store();
+    let store = Arc::new(store.capacity(256));
+    let flood: Vec<_> = (0..3u32)
+        .map(|t| {
+            let (store, limits) = (store.clone(), limits.clone());
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    store.decide(&ip(t * 1_000_000 + i), limits.default_tier(), Charge::new(1));
+                    assert!(store.len() <= 256, "{} states", store.len());
+                }
+            })
+        })
+        .collect();
+    let spenders: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, limits) = (store.clone(), limits.clone());
+            std::thread::spawn(move || {
+                let key = Key::new("identified");
+                (0..2_000)
+                    .filter(|_| store.decide(&key, limits.default_tier(), Charge::new(1)).is_admitted())
+                    .count()
+            })
+        })
+        .collect();
+    flood.into_iter().for_each(|t| t.join().unwrap());
+    let admitted: usize = spenders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(admitted, 500);
+    assert!(store.len() <= 256);
 }

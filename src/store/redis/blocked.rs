@@ -1,13 +1,21 @@
 //! The over-limit cache: once Redis has rejected a client until some instant, reject the same
 //! request locally until then, without asking Redis again.
 //!
-//! Sound because limiter state only gets worse for a client until its deadline: other
+//! Sound as long as limiter state only gets worse for a client until its deadline: other
 //! instances can spend more of its tokens, never give them back. So a request identical to the
-//! rejected one (same cost, same reduced cost) is certainly rejected before the deadline, and
-//! the `Retry-After` computed from the cached deadline is the one Redis gave (absent other
+//! rejected one (same cost, same reduced cost) is rejected before the deadline, and the
+//! `Retry-After` computed from the cached deadline is the one Redis gave (absent other
 //! traffic). A request with a different charge asks Redis (and may replace the entry). A
 //! rejection at the full cost of a degradable charge is not cached: other traffic could move the
 //! client into the cheaper band, where the reduced cost might fit before the deadline.
+//!
+//! But state can get better behind our back: an operator deletes the client's keys, Redis
+//! evicts them under `maxmemory`, a failover loses the latest writes. Then the local refusal is
+//! wrong, and it stays wrong until the entry ends. So an entry ends at the earliest of: the
+//! deadline, the first token any policy gets back, and `recheck` (one second by default) after
+//! Redis' answer. **A local refusal is never based on an answer of Redis more than `recheck`
+//! old**: after a reset, a client is refused for at most `recheck` longer than Redis would
+//! refuse it, and a flood from one refused client costs Redis one call per `recheck`.
 //!
 //! Bounded: at most `capacity` entries, split over a few mutex-guarded shards; a full shard
 //! drops its expired entries and, if still full, caches nothing more until some expire (those
@@ -41,15 +49,19 @@ struct Entry {
 pub(super) struct Blocked {
     shards: Box<[Mutex<HashMap<u64, Entry>>]>,
     per_shard: usize,
+    /// The longest an entry lives: the bound on how stale a local refusal can be.
+    recheck: Nanos,
     hasher: foldhash::quality::RandomState,
 }
 
 impl Blocked {
-    /// A cache of at most about `capacity` entries; 0 disables it.
-    pub(super) fn new(capacity: usize) -> Self {
+    /// A cache of at most about `capacity` entries (0 disables it), each kept at most
+    /// `recheck` (at least 1 ns).
+    pub(super) fn new(capacity: usize, recheck: Nanos) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard: capacity.div_ceil(SHARDS),
+            recheck: recheck.max(Nanos::new(1)),
             hasher: foldhash::quality::RandomState::default(),
         }
     }
@@ -109,7 +121,8 @@ impl Blocked {
         // aged: no token count changes. Past it, `remaining` and `t` would be stale, so the entry
         // ends there (for a request of cost 1 that is the deadline itself).
         let first_token = decision.policies().iter().map(|p| p.next_after).filter(|t| !t.is_zero()).min();
-        let valid = first_token.map_or(wait, |t| t.min(wait));
+        // And never longer than `recheck`: state may have got better behind our back.
+        let valid = first_token.map_or(wait, |t| t.min(wait)).min(self.recheck);
         let entry = Entry { at: now, until: now.saturating_add(valid), charge, decision: *decision };
         let mut shard = self.shard(digest).lock().unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= self.per_shard && !shard.contains_key(&digest) {
@@ -189,7 +202,7 @@ mod tests {
     #[test]
     fn an_entry_ends_when_the_first_token_arrives() {
         let limits = tier();
-        let blocked = Blocked::new(100);
+        let blocked = Blocked::new(100, 3_600 * SEC);
         let clock = ManualClock::new(Duration::from_secs(1_000));
         let digest = blocked.digest(&Key::new("abuser"), limits.default_tier());
         let charge = Charge::new(2);
@@ -213,7 +226,7 @@ mod tests {
     #[test]
     fn rejects_until_the_deadline_with_the_exact_wait() {
         let limits = tier();
-        let blocked = Blocked::new(100);
+        let blocked = Blocked::new(100, 3_600 * SEC);
         let clock = ManualClock::new(Duration::from_secs(1_000));
         let digest = blocked.digest(&Key::new("abuser"), limits.default_tier());
         let charge = Charge::new(1);
@@ -241,7 +254,7 @@ mod tests {
     #[test]
     fn only_the_same_charge_and_client_hit() {
         let limits = tier();
-        let blocked = Blocked::new(100);
+        let blocked = Blocked::new(100, 3_600 * SEC);
         let now = 1_000 * SEC;
         let tier = limits.default_tier();
         let digest = blocked.digest(&Key::new("abuser"), tier);
@@ -255,7 +268,7 @@ mod tests {
     #[test]
     fn a_rejection_above_a_cheaper_band_is_not_cached() {
         let limits = tier();
-        let blocked = Blocked::new(100);
+        let blocked = Blocked::new(100, 3_600 * SEC);
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
         let charge = Charge::new(5).reduced(0.2, 1);
         // 40% left (2 tokens): the full cost 5 was refused; 1 could fit if the band were reached.
@@ -273,7 +286,7 @@ mod tests {
     #[test]
     fn admissions_are_never_cached() {
         let limits = tier();
-        let blocked = Blocked::new(100);
+        let blocked = Blocked::new(100, 3_600 * SEC);
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
         let admitted = Decision::new(Verdict::Admitted, Nanos::ZERO, 1.0, 1);
         blocked.insert(digest, Charge::new(1), &admitted, Nanos::ZERO, Nanos::ZERO);
@@ -284,7 +297,7 @@ mod tests {
     fn memory_is_bounded_and_expired_entries_make_room() {
         let limits = tier();
         let tier = limits.default_tier();
-        let blocked = Blocked::new(SHARDS * 2); // two per shard
+        let blocked = Blocked::new(SHARDS * 2, 3_600 * SEC); // two per shard
         let clock = ManualClock::new(Duration::from_secs(1_000));
         for i in 0..1_000 {
             let digest = blocked.digest(&Key::new(format!("k{i}")), tier);
@@ -299,10 +312,31 @@ mod tests {
         assert!(blocked.len() <= SHARDS * 2);
     }
 
+    /// Issue 11, finding 6: "state only gets worse until the deadline" is false after an
+    /// operator's DEL, an eviction or a failover, yet a refusal for an hour was replayed
+    /// locally for the whole hour. A local refusal now lives at most `recheck`.
+    #[test]
+    fn a_local_refusal_is_never_older_than_the_recheck_bound() {
+        let limits = tier();
+        let blocked = Blocked::new(100, SEC);
+        let clock = ManualClock::new(Duration::from_secs(1_000));
+        let digest = blocked.digest(&Key::new("abuser"), limits.default_tier());
+        let charge = Charge::new(1);
+        // Refused for an hour (a daily quota spent, say), the next token an hour away too.
+        blocked.insert(digest, charge, &rejection(Nanos::ZERO, 3_600 * SEC), Nanos::ZERO, clock.now());
+        clock.advance(Duration::from_millis(999));
+        assert_eq!(
+            blocked.get(digest, charge, clock.now()).unwrap().retry_after(),
+            Some(3_599 * SEC + SEC / 1_000)
+        );
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(blocked.get(digest, charge, clock.now()), None, "Redis is asked again after a second");
+    }
+
     #[test]
     fn a_zero_capacity_disables_it() {
         let limits = tier();
-        let blocked = Blocked::new(0);
+        let blocked = Blocked::new(0, 3_600 * SEC);
         let digest = blocked.digest(&Key::new("a"), limits.default_tier());
         blocked.insert(digest, Charge::new(1), &rejection(Nanos::ZERO, SEC), Nanos::ZERO, Nanos::ZERO);
         assert_eq!(blocked.get(digest, Charge::new(1), Nanos::ZERO), None);

@@ -27,6 +27,9 @@ const SCRIPT: &str = concat!(include_str!("algorithms.lua"), include_str!("check
 /// Settle a cost that changed: the shared algorithms, then the settlement.
 const SETTLE: &str = concat!(include_str!("algorithms.lua"), include_str!("settle.lua"));
 
+/// The longest an open breaker waits between probes.
+const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Where the store connects.
 #[derive(Debug, Clone)]
 enum Endpoint {
@@ -60,6 +63,7 @@ pub struct RedisStoreBuilder {
     breaker_failures: u32,
     probe_interval: Duration,
     blocked_keys: usize,
+    blocked_recheck: Duration,
     fallback_capacity: usize,
 }
 
@@ -73,6 +77,7 @@ impl RedisStoreBuilder {
             breaker_failures: redis_defaults::BREAKER_FAILURES,
             probe_interval: redis_defaults::PROBE_INTERVAL,
             blocked_keys: redis_defaults::BLOCKED_KEYS,
+            blocked_recheck: redis_defaults::BLOCKED_RECHECK,
             fallback_capacity: DEFAULT_CAPACITY,
         }
     }
@@ -98,10 +103,18 @@ impl RedisStoreBuilder {
     }
 
     /// Opens the circuit breaker after `failures` failed calls in a row (3 by default), and
-    /// then lets one probe through every `probe_interval` (250 ms by default).
+    /// then lets one probe through every `probe_interval` (250 ms by default; held between
+    /// 1 ms and 60 s, so that an open breaker always finds out soon that Redis is back).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::store::RedisStore;
+    /// let store = RedisStore::builder("redis://127.0.0.1:6379").breaker(5, Duration::MAX).build();
+    /// assert!(store.is_ok()); // probes once a minute at most, never "never"
+    /// ```
     pub fn breaker(mut self, failures: u32, probe_interval: Duration) -> Self {
         self.breaker_failures = failures.max(1);
-        self.probe_interval = probe_interval.max(Duration::from_millis(1));
+        self.probe_interval = probe_interval.clamp(Duration::from_millis(1), MAX_PROBE_INTERVAL);
         self
     }
 
@@ -109,6 +122,25 @@ impl RedisStoreBuilder {
     /// over-limit cache).
     pub fn blocked_keys(mut self, entries: usize) -> Self {
         self.blocked_keys = entries;
+        self
+    }
+
+    /// Asks Redis again about a client refused locally after at most `recheck` (1 s by
+    /// default; between 1 ms and 60 s): the bound on how long a local refusal can be wrong
+    /// after the client's state got better behind this instance's back (an operator deleted
+    /// its keys, Redis evicted them, a failover lost writes). See "Over-limit cache" on
+    /// [`RedisStore`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::store::RedisStore;
+    /// let store = RedisStore::builder("redis://127.0.0.1:6379")
+    ///     .blocked_recheck(Duration::from_millis(250))
+    ///     .build();
+    /// assert!(store.is_ok());
+    /// ```
+    pub fn blocked_recheck(mut self, recheck: Duration) -> Self {
+        self.blocked_recheck = recheck.clamp(Duration::from_millis(1), Duration::from_secs(60));
         self
     }
 
@@ -137,7 +169,7 @@ impl RedisStoreBuilder {
                 timeout: self.timeout,
                 on_error: self.on_error,
                 breaker: Breaker::new(self.breaker_failures, Nanos::from(self.probe_interval)),
-                blocked: Blocked::new(self.blocked_keys),
+                blocked: Blocked::new(self.blocked_keys, Nanos::from(self.blocked_recheck)),
                 fallback,
                 clock,
                 counters: Counters::default(),
@@ -220,7 +252,7 @@ fn bump(counter: &AtomicU64) {
 ///
 /// With a configuration file, `[store] backend = "redis"` (or `TOLLGATE_STORE__BACKEND=redis`)
 /// builds this store from `url` (or the Cluster's `nodes`), `prefix`, `timeout_ms`, `on_error`,
-/// `breaker_failures`, `probe_interval_ms` and `blocked_keys`.
+/// `breaker_failures`, `probe_interval_ms`, `blocked_keys` and `blocked_recheck_ms`.
 ///
 /// # One round trip, atomic
 /// Each request runs one Lua script (`EVALSHA`; the script is loaded on first use and again
@@ -256,8 +288,12 @@ fn bump(counter: &AtomicU64) {
 ///
 /// # Over-limit cache
 /// Once Redis rejects a client until some instant, this instance rejects the same request
-/// (same charge) locally until then, with the remaining wait as `Retry-After`, without asking
-/// Redis: a flood from one abusive key costs Redis nothing. At most
+/// (same charge) locally, with the remaining wait as `Retry-After`, without asking Redis:
+/// until the deadline, until the first token comes back, and never longer than
+/// [`blocked_recheck`](RedisStoreBuilder::blocked_recheck) (1 s by default) after Redis'
+/// answer. That last bound is how long a local refusal can be wrong when the client's state
+/// got better behind this instance's back (an operator's `DEL`, an eviction, a failover): at
+/// most 1 s. A flood from one abusive key costs Redis one call a second per instance. At most
 /// [`blocked_keys`](RedisStoreBuilder::blocked_keys) entries are kept (10 000 by default).
 ///
 /// # Runtime
@@ -662,6 +698,19 @@ impl Store for RedisStore {
 mod tests {
     use super::*;
     use nonzero_ext::nonzero;
+
+    /// Issue 11 (suspected, confirmed): the probe interval had no upper bound, so an open
+    /// breaker could stop probing for good.
+    #[test]
+    fn an_open_breaker_always_probes_again_within_a_minute() {
+        let builder = RedisStore::builder("redis://127.0.0.1:1").breaker(1, Duration::MAX);
+        assert_eq!(builder.probe_interval, MAX_PROBE_INTERVAL);
+        let breaker = Breaker::new(1, Nanos::from(builder.probe_interval));
+        let t0 = Nanos::from_secs(1_000);
+        assert_eq!(breaker.failure(t0), Some(Transition::Opened));
+        assert_eq!(breaker.gate(t0 + Nanos::from_secs(59)), Gate::Refuse);
+        assert_eq!(breaker.gate(t0 + Nanos::from_secs(60)), Gate::Probe);
+    }
 
     #[test]
     fn parses_a_reply() {
