@@ -1,7 +1,7 @@
 use std::cell::RefCell;
 use std::sync::{Mutex, PoisonError};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{Entry, HeaderName, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -46,12 +46,14 @@ impl HeaderMode {
     }
 }
 
-pub(crate) static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-pub(crate) static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-pub(crate) static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub(crate) static X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimit-degraded");
+// Constants, not statics: each use is a fresh `HeaderName` pointing at static text, which the
+// map takes by value (a `&HeaderName` would be cloned through its `Bytes` vtable per insert).
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimit-degraded");
 
 /// Size of each chunk of the per-thread header buffer.
 const CHUNK: usize = 16 * 1024;
@@ -84,10 +86,13 @@ fn take(buf: &mut BytesMut) -> HeaderValue {
 const MAX_DIGITS: usize = 20;
 
 /// Numbers below this are header values of their own, in static memory.
-const SMALL: u64 = 10_000;
-/// `0123456789101112…9999`: the text of every number below [`SMALL`], one after the other.
+const SMALL: u64 = 1_024;
+/// `0123456789101112…1023`: the text of every number below [`SMALL`], one after the other.
 static DIGITS: [u8; DIGITS_LEN] = digits();
-const DIGITS_LEN: usize = 10 + 90 * 2 + 900 * 3 + 9_000 * 4;
+const DIGITS_LEN: usize = 10 + 90 * 2 + 900 * 3 + (SMALL as usize - 1_000) * 4;
+/// Every number below [`SMALL`] as a header value (slices of [`DIGITS`], checked when the
+/// program is compiled): cloning one copies four words and touches no reference count.
+static SMALL_VALUES: [HeaderValue; SMALL as usize] = small_values();
 
 const fn digits() -> [u8; DIGITS_LEN] {
     let mut out = [0u8; DIGITS_LEN];
@@ -116,25 +121,30 @@ const fn width(n: u64) -> usize {
     }
 }
 
-/// `n` as a header value from [`DIGITS`], when it is small: no allocation, no buffer, and
-/// cloning or dropping it touches no reference count.
-#[inline]
-fn small(n: u64) -> Option<HeaderValue> {
-    if n >= SMALL {
-        return None;
+const fn small_values() -> [HeaderValue; SMALL as usize] {
+    let mut out = [const { HeaderValue::from_static("") }; SMALL as usize];
+    let (mut n, mut at) = (0usize, 0usize);
+    while n < SMALL as usize {
+        let width = width(n as u64);
+        let (_, rest) = DIGITS.split_at(at);
+        let (text, _) = rest.split_at(width);
+        let Ok(text) = std::str::from_utf8(text) else { panic!("digits are ASCII") };
+        // Const evaluation cannot run a destructor: the empty value replaced is forgotten.
+        std::mem::forget(std::mem::replace(&mut out[n], HeaderValue::from_static(text)));
+        at += width;
+        n += 1;
     }
-    let width = width(n);
-    let start = match width {
-        1 => n as usize,
-        2 => 10 + (n as usize - 10) * 2,
-        3 => 190 + (n as usize - 100) * 3,
-        _ => 2_890 + (n as usize - 1_000) * 4,
-    };
-    let text = Bytes::from_static(&DIGITS[start..start + width]);
-    Some(HeaderValue::from_maybe_shared(text).expect("digits are visible ASCII"))
+    out
 }
 
-/// `n` as a header value: from [`DIGITS`] when small, else written to `buf` (the caller made
+/// `n` as a header value from [`SMALL_VALUES`], when it is small: no allocation, no buffer,
+/// no check, and cloning or dropping it touches no reference count.
+#[inline]
+fn small(n: u64) -> Option<HeaderValue> {
+    SMALL_VALUES.get(usize::try_from(n).ok()?).cloned()
+}
+
+/// `n` as a header value: from [`SMALL_VALUES`] when small, else written to `buf` (the caller made
 /// room for [`MAX_DIGITS`] bytes).
 #[inline]
 fn number_in(buf: &mut BytesMut, n: u64) -> HeaderValue {
@@ -362,13 +372,13 @@ impl RateLimitHeaders {
         // Grow the map at most once, and hash each name once (an entry, not a lookup and an
         // insert).
         headers.reserve(count);
-        let mut put = |name: &'static HeaderName, value: HeaderValue| {
+        let mut put = |name: HeaderName, value: HeaderValue| {
             if let Entry::Vacant(slot) = headers.entry(name) {
                 slot.insert(value);
             }
         };
         if let Some(limit) = limit {
-            put(&X_RATELIMIT_LIMIT, limit);
+            put(X_RATELIMIT_LIMIT, limit);
         }
         // One visit to the per-thread buffer for every value of this answer, with room made
         // for all of them first: a chunk is used up only between answers, when no value of
@@ -376,21 +386,21 @@ impl RateLimitHeaders {
         SCRATCH.with_borrow_mut(|buf| {
             room(buf, self.room());
             if self.legacy {
-                put(&X_RATELIMIT_REMAINING, number_in(buf, self.remaining));
-                put(&X_RATELIMIT_RESET, number_in(buf, self.reset));
+                put(X_RATELIMIT_REMAINING, number_in(buf, self.remaining));
+                put(X_RATELIMIT_RESET, number_in(buf, self.reset));
             }
             if let Some(policy) = policy {
-                put(&RATELIMIT_POLICY, policy);
+                put(RATELIMIT_POLICY, policy);
             }
             if self.items > 0 {
-                put(&RATELIMIT, self.ratelimit_in(buf));
+                put(RATELIMIT, self.ratelimit_in(buf));
             }
             if let Some(wait) = self.retry_after {
-                put(&RETRY_AFTER, number_in(buf, wait));
+                put(RETRY_AFTER, number_in(buf, wait));
             }
         });
         if let Some(band) = self.degraded {
-            put(&X_RATELIMIT_DEGRADED, HeaderValue::from_static(band.as_str()));
+            put(X_RATELIMIT_DEGRADED, HeaderValue::from_static(band.as_str()));
         }
     }
 
