@@ -49,6 +49,10 @@ fn config(store: &str, algorithm: &str) -> Config {
         [tiers.metered]
         requests_per_minute = 1
         burst = 100
+        [tiers.paced]
+        requests_per_second = 20
+        burst = 1
+        algorithm = "sliding_window"
         [tiers.log]
         requests_per_minute = 60
         burst = 3
@@ -65,6 +69,7 @@ fn config(store: &str, algorithm: &str) -> Config {
         "metered-key" = "metered"
         "metered-other" = "metered"
         "log-key" = "log"
+        "paced-key" = "paced"
         {store}
         "#
     ))
@@ -393,4 +398,38 @@ async fn the_sliding_log_refuses_until_the_oldest_entry_leaves_redis() {
     assert!((3u64.saturating_sub(elapsed + 1).max(1)..=3).contains(&next), "t = {next} after {elapsed} s");
     assert_eq!(header(&refused, "retry-after"), next.to_string(), "until the oldest entry leaves");
     assert!(header(&refused, "ratelimit").starts_with("\"log\";r=0;t="));
+}
+
+// -------------------------------------------------------------------------------------------
+// The sliding-window counter.
+
+/// 20 a second, burst 1, `algorithm = "sliding_window"`: a client sending exactly every 50 ms
+/// is never refused. (Before issue 12 every other one was: with a burst of 1 the previous
+/// window's request kept a weight above 0 until the end of the current window.)
+#[tokio::test]
+async fn the_counter_never_refuses_a_client_at_exactly_the_rate_memory() {
+    let server = manual().await;
+    let clock = server.clock.clone().unwrap();
+    for i in 0..40 {
+        let res = server.get("/api/simple", "paced-key").send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "request {i}");
+        clock.advance(Duration::from_millis(50));
+    }
+    // Faster than the rate is refused: two at once.
+    clock.advance(Duration::from_millis(10));
+    let early = server.get("/api/simple", "paced-key").send().await.unwrap();
+    let early_too = server.get("/api/simple", "paced-key").send().await.unwrap();
+    assert_eq!((early.status(), early_too.status()), (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS));
+}
+
+/// The same on Redis' clock: each request is sent 50 ms or more after the previous answer, so
+/// the requests reach Redis at least one emission interval apart, whatever the load.
+#[tokio::test]
+async fn the_counter_never_refuses_a_paced_client_redis() {
+    let Some(server) = redis("paced").await else { return };
+    for i in 0..30 {
+        let res = server.get("/api/simple", "paced-key").send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "request {i}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

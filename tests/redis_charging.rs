@@ -250,12 +250,25 @@ fn script_on_a_manual_clock() -> redis::Script {
     redis::Script::new(&format!("{algorithms}{}", include_str!("../src/store/redis/check.lua")))
 }
 
-/// One request of cost 1 through the script at `now` (whole microseconds): admitted, and
-/// the policy's remaining, reset_after, retry_after and next_after (microseconds).
+/// One request of cost 1 through the script at `now` (whole microseconds), on a counter:
+/// admitted, and the policy's remaining, reset_after, retry_after and next_after
+/// (microseconds).
 fn script_check(
     conn: &mut redis::Connection,
     script: &redis::Script,
     key: &str,
+    quota: &Quota,
+    now: Nanos,
+) -> (bool, [u64; 4]) {
+    script_check_with(conn, script, key, 1, quota, now)
+}
+
+/// The same, with the algorithm's number in the script (0 GCRA, 1 counter, 2 log).
+fn script_check_with(
+    conn: &mut redis::Connection,
+    script: &redis::Script,
+    key: &str,
+    algorithm: u8,
     quota: &Quota,
     now: Nanos,
 ) -> (bool, [u64; 4]) {
@@ -266,7 +279,7 @@ fn script_check(
         .arg(0) // reduced_below
         .arg(1) // reduced_cost
         .arg(0) // max_wait
-        .arg(1) // the sliding window
+        .arg(algorithm)
         .arg(quota.emission().as_micros_ceil())
         .arg(quota.burst())
         .arg(0)
@@ -356,4 +369,32 @@ fn the_counter_script_never_refuses_a_paced_client_when_the_rate_rounds() {
         let (admitted, _) = script_check(&mut conn, &script, &key, &quota, start + t * i);
         assert!(admitted, "request {i} refused");
     }
+}
+
+/// The log's script at its window edge, to the microsecond (60 a minute, burst 3: w = 3 s):
+/// admissions at 0, 1 and 2 s; one microsecond before the first leaves, refused and told to
+/// wait exactly that microsecond; at the edge, admitted. Request for request as in memory.
+#[test]
+fn the_log_script_is_exact_at_the_window_edge() {
+    let Some(mut conn) = shared_redis() else { return };
+    let script = script_on_a_manual_clock();
+    let key = unique_prefix("log-edge");
+    let quota = Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(3u32));
+    let limits = limits(TierSpec::new(quota).algorithm(Algorithm::SlidingLog));
+    let clock = ManualClock::new(Duration::ZERO);
+    let memory = MemoryStore::with_clock(clock.clone());
+    let start = Nanos::from_secs(1_800_000_000) + Nanos::from_micros(777);
+    let us = Nanos::from_micros(1);
+    let edge = start + Nanos::from_secs(3);
+    let steps = [start, start + Nanos::SECOND, start + Nanos::from_secs(2), edge - us, edge, edge];
+    let mut seen = Vec::new();
+    for (i, &now) in steps.iter().enumerate() {
+        let from_script = script_check_with(&mut conn, &script, &key, 2, &quota, now);
+        assert_eq!(from_script, memory_check(&memory, &clock, &limits, now), "step {i}");
+        seen.push(from_script);
+    }
+    let admitted: Vec<bool> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(admitted, [true, true, true, false, true, false]);
+    assert_eq!(seen[3].1[2], 1, "Retry-After: the one microsecond until the first leaves");
+    assert_eq!(seen[4].1[3], 1_000_000, "t: until the entry at 1 s leaves");
 }
