@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use proptest::strategy::Strategy as _;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 use super::*;
@@ -911,4 +912,118 @@ async fn a_usage_page_behind_the_layer_costs_one_store_call() {
     let (parts, _) = get("/usage", "ann").into_parts();
     assert_eq!(layer.standing(&parts).await.unwrap().decision.policies()[0].remaining, 4);
     assert_eq!(calls.load(Ordering::SeqCst), 11);
+}
+
+/// One step of a layer's life, for the property test below.
+#[derive(Debug, Clone)]
+enum LayerStep {
+    /// A client (0 or 1) asks for a route of this cost (1 to 3).
+    Request(usize, u64),
+    /// Time passes (milliseconds).
+    Wait(u64),
+    /// The reloader puts new limits in force: tokens per minute, burst, an optional daily
+    /// quota, shadow mode.
+    Reload(u32, u32, Option<u64>, bool),
+}
+
+fn layer_limits(per_minute: u32, burst: u32, daily: Option<u64>, shadow: bool) -> Limits {
+    let quota = Quota::per_minute(std::num::NonZeroU32::new(per_minute).unwrap())
+        .allow_burst(std::num::NonZeroU32::new(burst).unwrap());
+    let spec = TierSpec::new(quota);
+    let spec = match daily {
+        Some(daily) => spec.daily(daily),
+        None => spec,
+    };
+    let mode = if shadow { crate::policy::Mode::Shadow } else { crate::policy::Mode::Enforce };
+    Limits::builder().mode(mode).tier("anonymous", spec).route("/c2", 2).route("/c3", 3).build().unwrap()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Through the whole layer and its reloader, with a manual clock: for any sequence of
+    /// requests and reloads (rates, bursts, a daily quota coming and going, enforcement and
+    /// shadow mode in turn), no client is admitted (charged, in either mode) more than the
+    /// limits in force allow over any interval: the largest burst in force during it plus what
+    /// the fastest rate in force refills over its length. In enforcement mode, what the
+    /// handler answers is exactly what was admitted.
+    #[test]
+    fn through_the_reloader_no_client_gets_more_than_the_limits_in_force_allow(
+        steps in proptest::collection::vec(proptest::prop_oneof![
+            6 => (0usize..2, 1u64..4).prop_map(|(who, cost)| LayerStep::Request(who, cost)),
+            3 => (0u64..3_000).prop_map(LayerStep::Wait),
+            1 => (1u32..240, 1u32..12, proptest::option::of(3u64..40), proptest::bool::ANY)
+                .prop_map(|(r, b, d, s)| LayerStep::Reload(r, b, d, s)),
+        ], 1..150),
+    ) {
+        use crate::observe::{Event, Outcome};
+        use crate::clock::Clock as _;
+        use proptest::prelude::{prop_assert, TestCaseError};
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let clock = ManualClock::new(START);
+            // Admissions per client as (time, cost), from the observer.
+            let admitted = Arc::new(std::sync::Mutex::new([Vec::new(), Vec::new()]));
+            let seen = admitted.clone();
+            let at = clock.clone();
+            let layer = RateLimitLayer::from_limits(layer_limits(60, 5, None, false))
+                .with_store(MemoryStore::with_clock(clock.clone()))
+                .extractor(by_header as fn(&http::request::Parts) -> Option<Client>)
+                .observer(move |event: &Event<'_>| {
+                    if let Outcome::Admitted(_) = event.outcome {
+                        let who = usize::from(event.key.name() == Some("u1"));
+                        seen.lock().unwrap()[who].push((at.now(), event.cost));
+                    }
+                });
+            let reloader = layer.reloader();
+            let mut svc = ServiceBuilder::new().layer(layer).service(handler(Arc::default()));
+            // (from, tokens per minute, burst): the limits in force from then on.
+            let mut eras = vec![(clock.now(), 60u64, 5u64)];
+            let mut shadow = false;
+            for step in steps {
+                match step {
+                    LayerStep::Request(who, cost) => {
+                        let path = ["/c1", "/c2", "/c3"][cost as usize - 1];
+                        let before = admitted.lock().unwrap()[who].len();
+                        let (res, _) = send(&mut svc, get(path, ["u0", "u1"][who])).await;
+                        let now_admitted = admitted.lock().unwrap()[who].len() > before;
+                        if shadow {
+                            assert_eq!(res.status(), StatusCode::OK, "shadow mode forwards everything");
+                        } else {
+                            assert_eq!(res.status() == StatusCode::OK, now_admitted, "{path}: {}", res.status());
+                        }
+                    }
+                    LayerStep::Wait(ms) => clock.advance(Duration::from_millis(ms)),
+                    LayerStep::Reload(rate, burst, daily, s) => {
+                        reloader.reload_limits(layer_limits(rate, burst, daily, s));
+                        shadow = s;
+                        eras.push((clock.now(), u64::from(rate), u64::from(burst)));
+                    }
+                }
+            }
+            for admissions in admitted.lock().unwrap().iter() {
+                for (i, &(start, _)) in admissions.iter().enumerate() {
+                    let mut sum = 0;
+                    for &(end, cost) in &admissions[i..] {
+                        sum += cost;
+                        let (mut burst, mut per_minute) = (0, 0);
+                        for (j, &(from, rate, b)) in eras.iter().enumerate() {
+                            let until = eras.get(j + 1).map(|e| e.0);
+                            if from <= end && until.is_none_or(|next| next >= start) {
+                                burst = burst.max(b);
+                                per_minute = per_minute.max(rate);
+                            }
+                        }
+                        let span = (end - start).as_secs_f64();
+                        let bound = burst as f64 + span * per_minute as f64 / 60.0;
+                        prop_assert!(
+                            sum as f64 <= bound + 1e-6,
+                            "{sum} admitted in {span} s, bound {bound} (eras {eras:?}, admitted {admissions:?})"
+                        );
+                    }
+                }
+            }
+            Ok::<(), TestCaseError>(())
+        })?;
+    }
 }
