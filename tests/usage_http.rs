@@ -268,12 +268,17 @@ async fn usage_and_dashboard_ask_the_store_once() {
     client.get(format!("{base}/api/simple")).header("x-api-key", "free-demo-key").send().await.unwrap();
     assert_eq!(store.calls.swap(0, Ordering::SeqCst), 1);
     for _ in 0..5 {
-        let res = client.get(format!("{base}/usage")).header("x-api-key", "free-demo-key").send().await.unwrap();
+        let res =
+            client.get(format!("{base}/usage")).header("x-api-key", "free-demo-key").send().await.unwrap();
         let remaining = res.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned();
         let usage: Value = res.json().await.unwrap();
         assert_eq!(usage["remaining"].to_string(), remaining, "{usage}");
-        let res =
-            client.get(format!("{base}/dashboard")).header("x-api-key", "free-demo-key").send().await.unwrap();
+        let res = client
+            .get(format!("{base}/dashboard"))
+            .header("x-api-key", "free-demo-key")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
     }
     assert_eq!(store.calls.load(Ordering::SeqCst), 10, "one store call per page, not two");
