@@ -188,6 +188,18 @@ async fn settlements_give_back_and_charge_as_in_memory() {
         assert_eq!(seen[3].policies()[0].remaining, 0, "{algorithm:?}");
         assert_eq!(seen[4].verdict(), Verdict::Rejected, "{algorithm:?}: still in debt");
     }
+    // A whole refund (a login that succeeded, a cost of 0) leaves nothing counted.
+    for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow, Algorithm::SlidingLog] {
+        let steps = [Step::Check(Charge::new(5)), Step::Settle(0, 0), Step::Check(Charge::new(10))];
+        let seen = compare(TierSpec::new(quota).algorithm(algorithm), &steps, "refund-all").await;
+        assert_eq!(seen[1].policies()[0].remaining, 10, "{algorithm:?}: all 5 back");
+        assert!(seen[2].is_admitted(), "{algorithm:?}: the whole burst again");
+    }
+    // A counter's debt is held to what its count can hold (15 at a burst of 10) on both.
+    let spec = TierSpec::new(quota).algorithm(Algorithm::SlidingWindow);
+    let steps = [Step::Check(Charge::new(5)), Step::Settle(0, 40), Step::Check(Charge::new(1))];
+    let seen = compare(spec, &steps, "counter-debt").await;
+    assert_eq!(seen[2].verdict(), Verdict::Rejected, "in debt");
     // A held request that goes away: its place is given back. (5 a second, burst 2: the
     // token bucket holds them 200 and 400 ms, the log 400 and 400 ms.)
     for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingLog] {

@@ -875,6 +875,45 @@ async fn shadow_mode_counts_a_concurrency_refusal_and_forwards_it() {
     assert!(res.headers().get("x-ratelimit-limit").is_none());
 }
 
+/// Issue 11, finding 8: a request to `/usage` (cost 0) made two store calls, one by the layer
+/// for its headers and one by the handler for the standing it shows. The layer now hands the
+/// standing it read to the handler: one call, and the page and the headers agree.
+#[tokio::test]
+async fn a_usage_page_behind_the_layer_costs_one_store_call() {
+    let clock = ManualClock::new(START);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let store = Counting(Arc::new(MemoryStore::with_clock(clock.clone())), calls.clone());
+    let layer = RateLimitLayer::from_limits(limits())
+        .with_store(store)
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+    let page = layer.clone();
+    let usage = service_fn(move |req: Request<Full<Bytes>>| {
+        let layer = page.clone();
+        async move {
+            let (parts, _) = req.into_parts();
+            if parts.uri.path() != "/usage" {
+                return Ok::<_, Infallible>(Response::new(Full::default()));
+            }
+            let standing = layer.standing(&parts).await.unwrap();
+            let remaining = standing.decision.policies()[0].remaining;
+            Ok(Response::new(Full::new(Bytes::from(remaining.to_string()))))
+        }
+    });
+    let mut svc = ServiceBuilder::new().layer(layer.clone()).service(usage);
+    let (res, _) = send(&mut svc, get("/a", "ann")).await;
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "4");
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 1, "a charged request: the layer's call alone");
+    for _ in 0..10 {
+        let (res, body) = send(&mut svc, get("/usage", "ann")).await;
+        assert_eq!((res.headers()["x-ratelimit-remaining"].to_str().unwrap(), body.as_str()), ("4", "4"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10, "one store call per /usage, not two");
+    // Outside the layer (or behind another one) the standing is read from the store.
+    let (parts, _) = get("/usage", "ann").into_parts();
+    assert_eq!(layer.standing(&parts).await.unwrap().decision.policies()[0].remaining, 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 11);
+}
+
 /// One step of a layer's life, for the property test below.
 #[derive(Debug, Clone)]
 enum LayerStep {
