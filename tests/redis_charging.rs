@@ -16,7 +16,7 @@ use tollgate::algorithm::{Algorithm, Quota};
 use tollgate::clock::{ManualClock, Nanos};
 use tollgate::key::Key;
 use tollgate::policy::{Limits, TierSpec};
-use tollgate::store::{Charge, Decision, MemoryStore, Receipt, RedisStore, Store, Verdict};
+use tollgate::store::{Charge, Decision, MemoryStore, OnError, Receipt, RedisStore, Store, Verdict};
 
 fn limits(spec: TierSpec) -> Limits {
     Limits::builder().tier("anonymous", spec).build().unwrap()
@@ -27,6 +27,7 @@ fn store(prefix: &str) -> RedisStore {
     RedisStore::builder(SHARED_URL)
         .prefix(prefix)
         .timeout(Duration::from_secs(2))
+        .on_error(OnError::Deny) // a slow Redis is an error, never a fallback's decision
         .blocked_keys(0)
         .build()
         .unwrap()
