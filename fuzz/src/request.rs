@@ -189,10 +189,15 @@ pub fn request(data: &[u8]) {
     else {
         return;
     };
+    thread_local! {
+        static PARSED: Config = Config::from_toml(CONFIG).expect("the fuzz configuration is valid");
+    }
+    // A new layer and store for every input (so that an input always replays the same), from a
+    // configuration parsed once.
     let clock = ManualClock::new(Duration::from_secs(1_800_000_000));
-    let layer = RateLimitLayer::try_new(Config::from_toml(CONFIG).expect("the fuzz configuration is valid"))
+    let layer = RateLimitLayer::try_new(PARSED.with(Config::clone))
         .expect("a layer")
-        .with_store(MemoryStore::with_clock(clock.clone()));
+        .with_store(MemoryStore::with_clock(clock.clone()).capacity(1024));
     let app = app(layer);
     runtime().block_on(async {
         for step in steps {
