@@ -765,6 +765,55 @@ async fn shadow_mode_never_refuses_never_adds_headers_and_counts_each_would_be_r
     assert_eq!(layer.standing(&req).await.unwrap().decision.policies()[0].remaining, 1);
 }
 
+/// What a test's log subscriber wrote.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Each would-be refusal is one log line at `info` under the target `tollgate::shadow`, which
+/// an operator can filter on its own (here: `tollgate::shadow=info` with everything else off),
+/// naming the tier, the route and the policy, and never the whole API key.
+#[tokio::test]
+async fn shadow_mode_logs_each_would_be_refusal_under_a_target_of_its_own() {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("off,tollgate::shadow=info"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let clock = ManualClock::new(START);
+    let layer = RateLimitLayer::from_limits(limits_with(nonzero!(2u32), crate::policy::Mode::Shadow))
+        .with_store(MemoryStore::with_clock(clock.clone()))
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+    let mut svc = ServiceBuilder::new().layer(layer).service(handler(Arc::default()));
+    let key = "secret-api-key-0123456789";
+    for path in ["/a", "/a", "/a", "/search", "/huge"] {
+        assert_eq!(send(&mut svc, get(path, key)).await.0.status(), StatusCode::OK);
+    }
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per would-be refusal (two 429s, one 403):\n{log}");
+    for line in &lines {
+        assert!(line.contains(" INFO tollgate::shadow:"), "{line}");
+        assert!(line.contains("would have refused") && line.contains("tier=\"anonymous\""), "{line}");
+        assert!(line.contains("policy=\"anonymous\"") && line.contains("key:…6789"), "{line}");
+        assert!(!line.contains(key), "never the whole key: {line}");
+    }
+    assert!(lines[2].contains("route=\"/huge\"") && lines[2].contains("over capacity (403)"), "{}", lines[2]);
+}
+
 /// A tier in shadow mode moves to enforcement by a reload, its clients' state intact.
 #[tokio::test]
 async fn a_reload_moves_a_tier_from_shadow_to_enforce_with_its_state() {
