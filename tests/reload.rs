@@ -662,3 +662,71 @@ async fn a_reload_costs_redis_no_command_and_every_client_carries_over() {
         );
     }
 }
+
+/// The `r` of each policy in a `RateLimit` header: `[(name, r)]`.
+fn remaining_by_policy(res: &reqwest::Response) -> Vec<(String, u64)> {
+    let header = res.headers().get("ratelimit").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    header
+        .split(", ")
+        .filter_map(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next()?.trim_matches('"').to_owned();
+            let r = parts.find_map(|p| p.strip_prefix("r="))?.parse().ok()?;
+            Some((name, r))
+        })
+        .collect()
+}
+
+/// A policy that is gone is forgotten, and one that comes (back) starts full; the others keep
+/// what was used. On the memory store and on Redis (where the script tells a state of the
+/// policy's earlier life by the generation it was written in).
+async fn gone_and_new_policies(algorithm: &str, store: &str) {
+    let daily = |on: bool| {
+        let text = format!("algorithm = \"{algorithm}\"\n{}{store}", base(5));
+        if on {
+            text.replace("burst = 5\n", "burst = 5\nrequests_per_day = 100\n")
+        } else {
+            text
+        }
+    };
+    let server = serve(&config_file("gone-policies", &daily(true))).await;
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(server.get("/api/simple").send().await.unwrap());
+    }
+    let expected = |burst, day: Option<u64>| {
+        let mut v = vec![("anonymous".to_owned(), burst)];
+        v.extend(day.map(|d| ("anonymous-daily".to_owned(), d)));
+        v
+    };
+    assert_eq!(remaining_by_policy(&last.unwrap()), expected(2, Some(97)));
+    server.rewrite(&daily(false)).unwrap();
+    let res = server.get("/api/simple").send().await.unwrap();
+    assert_eq!(remaining_by_policy(&res), expected(1, None), "the daily quota is gone");
+    server.rewrite(&daily(true)).unwrap();
+    let res = server.get("/api/simple").send().await.unwrap();
+    assert_eq!(remaining_by_policy(&res), expected(0, Some(99)), "back, and full: its earlier use forgotten");
+}
+
+#[tokio::test]
+async fn a_policy_gone_is_forgotten_and_a_new_one_starts_full_in_memory() {
+    for algorithm in ["token_bucket", "sliding_window", "sliding_log"] {
+        gone_and_new_policies(algorithm, "").await;
+    }
+}
+
+#[tokio::test]
+async fn a_policy_gone_is_forgotten_and_a_new_one_starts_full_on_redis() {
+    if redis::Client::open("redis://127.0.0.1:6379").and_then(|c| c.get_connection()).is_err() {
+        assert!(std::env::var("CI").is_err(), "CI needs the Redis at 127.0.0.1:6379");
+        eprintln!("SKIPPED: no Redis at 127.0.0.1:6379");
+        return;
+    }
+    for algorithm in ["token_bucket", "sliding_window", "sliding_log"] {
+        let store = format!(
+            "\n[store]\nbackend = \"redis\"\nprefix = \"{}\"\ntimeout_ms = 10000\non_error = \"deny\"\n",
+            redis_support::unique_prefix(&format!("reload-gone-{algorithm}"))
+        );
+        gone_and_new_policies(algorithm, &store).await;
+    }
+}
