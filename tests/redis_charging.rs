@@ -388,7 +388,7 @@ fn every_script_decides_random_traces_as_in_memory() {
             let memory = MemoryStore::with_clock(clock.clone());
             let key = format!("{prefix}:{run}:{number}");
             let mut now = Nanos::from_secs(1_800_000_000) + Nanos::from_micros(rng.u64(0..t));
-            for i in 0..300 {
+            for i in 0..150 {
                 now += Nanos::from_micros(rng.u64(0..2 * t));
                 let cost = rng.u64(0..burst + 2);
                 let from_script = script_decide(&mut conn, &script, &key, number, &quota, now, cost);
@@ -401,7 +401,7 @@ fn every_script_decides_random_traces_as_in_memory() {
             }
         }
     }
-    assert!(outcomes.iter().all(|&n| n > 100), "admitted, refused, never: {outcomes:?}");
+    assert!(outcomes.iter().all(|&n| n > 50), "admitted, refused, never: {outcomes:?}");
 }
 
 /// The counter's script decides as the memory store does, request for request, and never
@@ -426,9 +426,9 @@ fn the_counter_script_admits_a_client_at_exactly_the_rate_as_in_memory() {
         for phase in [Nanos::ZERO, Nanos::from_micros(1), t / 3, t - Nanos::from_micros(1), w - t] {
             // Whole microseconds, as Redis' clock.
             let phase = Nanos::from_micros(phase.as_nanos() / 1_000);
-            let paced: Vec<Nanos> = (0..4 * burst + 20).map(|i| start + phase + t * i).collect();
-            let random: Vec<Nanos> = paced
-                .iter()
+            // Three windows and more at the rate, then 60 at random (light on a shared Redis).
+            let paced: Vec<Nanos> = (0..3 * burst + 10).map(|i| start + phase + t * i).collect();
+            let random: Vec<Nanos> = (0..60)
                 .scan(*paced.last().unwrap(), |at, _| {
                     *at += Nanos::from_micros(rng.u64(0..t.as_nanos() / 1_000));
                     Some(*at)
@@ -534,7 +534,7 @@ fn every_script_settles_random_traces_as_in_memory() {
             let mut now = Nanos::from_secs(1_800_000_000) + Nanos::from_micros(rng.u64(0..t));
             // (script receipt, charged at in µs, the memory store's decision)
             let mut open: Vec<(i64, u64, Decision)> = Vec::new();
-            for i in 0..300 {
+            for i in 0..200 {
                 now += Nanos::from_micros(rng.u64(0..2 * t));
                 let micros = now.as_nanos() / 1_000;
                 if !open.is_empty() && rng.u8(0..3) == 0 {
@@ -607,5 +607,5 @@ fn every_script_settles_random_traces_as_in_memory() {
             }
         }
     }
-    assert!(settled > 500, "{settled} settlements");
+    assert!(settled > 300, "{settled} settlements");
 }
