@@ -255,14 +255,29 @@ async fn two_instances_share_one_exact_log() {
 // -------------------------------------------------------------------------------------------
 // The sliding-window counter's script, on a manual clock.
 
-/// check.lua as the store runs it, but reading the time from its last two arguments (seconds,
-/// microseconds) instead of Redis' `TIME`: the same arithmetic, driven at chosen instants.
-fn script_on_a_manual_clock() -> redis::Script {
+/// algorithms.lua on a manual clock: the time comes from the script's last two arguments
+/// (seconds, microseconds) instead of Redis' `TIME`, and keys live an hour of real time instead
+/// of until their state is idle on the manual clock (which may run slower than the real one:
+/// a key that expired in real time between two steps a microsecond apart would read as
+/// fresh). Keeping an idle state longer changes no decision, as the memory store shows: an
+/// idle state reads as a fresh one; when keys expire is tested on the real clock elsewhere.
+fn algorithms_on_a_manual_clock() -> String {
     const TIME: &str = "local time = redis.call('TIME')";
+    const TTL: &str = "return max(math.ceil(micros / 1000), 1)";
     let algorithms = include_str!("../src/store/redis/algorithms.lua");
     assert_eq!(algorithms.matches(TIME).count(), 1, "algorithms.lua reads TIME once, here");
-    let algorithms = algorithms.replace(TIME, "local time = { ARGV[#ARGV - 1], ARGV[#ARGV] }");
-    redis::Script::new(&format!("{algorithms}{}", include_str!("../src/store/redis/check.lua")))
+    assert_eq!(algorithms.matches(TTL).count(), 1, "algorithms.lua sets every TTL here");
+    algorithms.replace(TIME, "local time = { ARGV[#ARGV - 1], ARGV[#ARGV] }").replace(TTL, "return 3600000")
+}
+
+/// check.lua as the store runs it, on a manual clock: the same arithmetic, driven at chosen
+/// instants.
+fn script_on_a_manual_clock() -> redis::Script {
+    redis::Script::new(&format!(
+        "{}{}",
+        algorithms_on_a_manual_clock(),
+        include_str!("../src/store/redis/check.lua")
+    ))
 }
 
 /// One request of cost 1 through the script at `now` (whole microseconds), on a counter:
@@ -483,12 +498,13 @@ fn the_log_script_is_exact_at_the_window_edge() {
     assert_eq!(seen[4].1[3], 1_000_000, "t: until the entry at 1 s leaves");
 }
 
-/// settle.lua as the store runs it, reading the time from its last two arguments.
+/// settle.lua as the store runs it, on a manual clock.
 fn settle_script_on_a_manual_clock() -> redis::Script {
-    const TIME: &str = "local time = redis.call('TIME')";
-    let algorithms = include_str!("../src/store/redis/algorithms.lua");
-    let algorithms = algorithms.replace(TIME, "local time = { ARGV[#ARGV - 1], ARGV[#ARGV] }");
-    redis::Script::new(&format!("{algorithms}{}", include_str!("../src/store/redis/settle.lua")))
+    redis::Script::new(&format!(
+        "{}{}",
+        algorithms_on_a_manual_clock(),
+        include_str!("../src/store/redis/settle.lua")
+    ))
 }
 
 /// Random traces of admissions and settlements (refunds, a whole refund, extra charges into
