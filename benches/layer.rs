@@ -20,10 +20,10 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::apps;
-use common::{interleaved, median};
+use common::{interleaved, median, thread_cpu};
 use criterion::Criterion;
 
 const SAMPLES: usize = 20;
@@ -58,11 +58,11 @@ fn main() {
         .map(|(_, app)| {
             move |iters: u64| {
                 let mut svc = app.clone();
-                let start = Instant::now();
+                let start = thread_cpu();
                 for _ in 0..iters {
                     black_box(apps::serve(&mut svc, black_box(apps::request())));
                 }
-                start.elapsed()
+                thread_cpu() - start
             }
         })
         .collect();
