@@ -5,6 +5,10 @@
 //! login route; the sliding log is exact at the window edge. Redis tests need the Redis at
 //! 127.0.0.1:6379 (skipped without it, failing under `CI=true`); the one counting script calls
 //! starts its own `redis-server`.
+//!
+//! The memory store runs on a manual clock, so what is decided never depends on the machine's
+//! speed (holds are real timers all the same); Redis decides on its own clock, and those tests
+//! leave margins of hundreds of milliseconds, or poll, where real time matters.
 
 #[path = "../examples/server/app.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -28,19 +32,27 @@ fn config(store: &str, algorithm: &str) -> Config {
         r#"
         algorithm = "{algorithm}"
         [tiers.anonymous]
-        requests_per_minute = 30
+        requests_per_minute = 6
         burst = 5
         [tiers.batch]
         requests_per_second = 5
         burst = 2
         max_delay_ms = 1000
+        [tiers.steady]
+        requests_per_second = 2
+        burst = 2
+        max_delay_ms = 2500
         [tiers.slow]
-        requests_per_second = 1
+        requests_per_minute = 6
         burst = 1
-        max_delay_ms = 5000
+        max_delay_ms = 30000
         [tiers.metered]
         requests_per_minute = 1
         burst = 100
+        [tiers.paced]
+        requests_per_second = 20
+        burst = 1
+        algorithm = "sliding_window"
         [tiers.log]
         requests_per_minute = 60
         burst = 3
@@ -52,10 +64,12 @@ fn config(store: &str, algorithm: &str) -> Config {
         "POST /login" = {{ cost = 1, charge = "failures" }}
         [api_keys]
         "batch-key" = "batch"
+        "steady-key" = "steady"
         "slow-key" = "slow"
         "metered-key" = "metered"
         "metered-other" = "metered"
         "log-key" = "log"
+        "paced-key" = "paced"
         {store}
         "#
     ))
@@ -76,12 +90,7 @@ async fn serve(layer: tollgate::RateLimitLayer, clock: Option<ManualClock>) -> S
     Server { base: format!("http://{addr}"), http: Client::new(), clock }
 }
 
-/// The memory store on the real clock (what holding is about).
-async fn memory() -> Server {
-    serve(app::layer(config("", "token_bucket")).unwrap(), None).await
-}
-
-/// The memory store on a manual clock (exact instants).
+/// The memory store on a manual clock (exact instants; holds are still real timers).
 async fn manual() -> Server {
     let clock = ManualClock::new(Duration::from_secs(1_800_000_000));
     let layer =
@@ -130,14 +139,26 @@ fn t(res: &reqwest::Response) -> u64 {
 // -------------------------------------------------------------------------------------------
 // Held requests.
 
-/// 8 requests, 15 ms apart, on a tier of 5 a second with a burst of 2 held up to a second: 2
-/// now, 5 held and released one emission interval (200 ms) apart in the order they came, and
-/// the 8th (its wait beyond the delay) refused at once with the usual 429.
-async fn held_in_order_at_the_rate(server: Server) {
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// 8 requests, 15 ms apart, on a tier with a burst of 2, one token every `emission_ms`, held up
+/// to 5 emission intervals: 2 now, 5 held and released one emission interval apart in the
+/// order they came, and the 8th (its wait beyond the delay) refused at once with the usual 429.
+///
+/// What is decided depends only on when the requests reach the limiter's clock: on a manual
+/// clock (memory) nothing moves, so the outcome is exact however loaded the machine is; on
+/// Redis' clock the 8th is refused as long as it arrives within one emission interval of the
+/// first (it is sent 105 ms after it, and the Redis tier's interval is 500 ms). The holds are
+/// real timers either way, so the release times are checked against the wall clock: never
+/// sooner than the rate allows after the first request was sent.
+async fn held_in_order_at_the_rate(server: Server, key: &'static str, emission_ms: u64) {
     let mut tasks = Vec::new();
+    let sent_ms = epoch_ms();
     let started = Instant::now();
     for i in 0..8 {
-        let request = server.get("/api/simple", "batch-key");
+        let request = server.get("/api/simple", key);
         tasks.push(tokio::spawn(async move {
             let res = request.send().await.unwrap();
             let status = res.status();
@@ -160,9 +181,10 @@ async fn held_in_order_at_the_rate(server: Server) {
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 429]);
     let served: Vec<u64> = results[..7].iter().map(|r| r.1.unwrap()).collect();
     // In arrival order, and never faster than the rate: the burst of 2 at once, then one token
-    // every 200 ms from the first (ms timestamps: 1 ms of rounding).
+    // every emission interval from the first (ms timestamps: 1 ms of rounding).
     for (i, &at) in served.iter().enumerate().skip(2) {
-        assert!(at >= served[0] + 200 * (i as u64 - 1) - 1, "request {i} released too soon: {served:?}");
+        let earliest = sent_ms + emission_ms * (i as u64 - 1);
+        assert!(at + 1 >= earliest, "request {i} released too soon: {served:?}, sent at {sent_ms}");
         assert!(at >= served[i - 1], "out of order: {served:?}");
     }
     // The refusal is immediate (not held until the end of the delay).
@@ -171,36 +193,44 @@ async fn held_in_order_at_the_rate(server: Server) {
 
 #[tokio::test]
 async fn held_requests_come_out_in_order_and_at_the_rate_memory() {
-    held_in_order_at_the_rate(memory().await).await;
+    // 5 a second, burst 2, held up to 1 s (the contract's example).
+    held_in_order_at_the_rate(manual().await, "batch-key", 200).await;
 }
 
 #[tokio::test]
 async fn held_requests_come_out_in_order_and_at_the_rate_redis() {
     if let Some(server) = redis("held").await {
-        held_in_order_at_the_rate(server).await;
+        // 2 a second, burst 2, held up to 2.5 s.
+        held_in_order_at_the_rate(server, "steady-key", 500).await;
     }
 }
 
-/// 1 a second, burst 1, held up to 5 s: a second request is held a second; its client gives
-/// up after 200 ms. Its reservation comes back: the client's next token is again a second
-/// away at most (`t` = 1), not two.
+/// One every 10 s, burst 1, held up to 30 s: a second request is held 10 s; its client gives
+/// up after 200 ms. Its reservation comes back: the client's next token is again at most 10 s
+/// away (`t` ≤ 10), where a kept reservation would make it more than 10 s until the held one's
+/// slot has passed. `t` is polled (for up to 8 s) while the server notices the closed
+/// connection.
 async fn a_disconnect_gives_the_reservation_back(server: Server) {
     let first = server.get("/api/simple", "slow-key").send().await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(t(&first), 10);
     let impatient = server.get("/api/simple", "slow-key").timeout(Duration::from_millis(200)).send().await;
     assert!(impatient.unwrap_err().is_timeout());
-    // The server notices the closed connection and drops the held request.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let usage = server.get("/usage", "slow-key").send().await.unwrap();
-    assert_eq!(t(&usage), 1, "the held request's token is free again: {:?}", usage.headers());
-    // A held one that stays is served (in its turn).
-    let patient = server.get("/api/simple", "slow-key").send().await.unwrap();
-    assert_eq!(patient.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let usage = server.get("/usage", "slow-key").send().await.unwrap();
+        let next = t(&usage);
+        if next <= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the held request's token never came back: t = {next}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
 async fn a_client_that_disconnects_while_held_gives_its_reservation_back_memory() {
-    a_disconnect_gives_the_reservation_back(memory().await).await;
+    a_disconnect_gives_the_reservation_back(manual().await).await;
 }
 
 #[tokio::test]
@@ -355,11 +385,51 @@ fn clock_now(clock: &ManualClock) -> tollgate::clock::Nanos {
 #[tokio::test]
 async fn the_sliding_log_refuses_until_the_oldest_entry_leaves_redis() {
     let Some(server) = redis("log").await else { return };
+    let started = Instant::now();
     for _ in 0..3 {
         assert_eq!(server.get("/api/simple", "log-key").send().await.unwrap().status(), StatusCode::OK);
     }
     let refused = server.get("/api/simple", "log-key").send().await.unwrap();
+    let elapsed = started.elapsed().as_secs();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(header(&refused, "retry-after"), "3");
-    assert_eq!(header(&refused, "ratelimit"), "\"log\";r=0;t=3");
+    // 3 s after the first admission, less the time the four requests took (whole seconds,
+    // rounded up: 3 unless the machine took a second or more over them).
+    let next = t(&refused);
+    assert!((3u64.saturating_sub(elapsed + 1).max(1)..=3).contains(&next), "t = {next} after {elapsed} s");
+    assert_eq!(header(&refused, "retry-after"), next.to_string(), "until the oldest entry leaves");
+    assert!(header(&refused, "ratelimit").starts_with("\"log\";r=0;t="));
+}
+
+// -------------------------------------------------------------------------------------------
+// The sliding-window counter.
+
+/// 20 a second, burst 1, `algorithm = "sliding_window"`: a client sending exactly every 50 ms
+/// is never refused. (Before issue 12 every other one was: with a burst of 1 the previous
+/// window's request kept a weight above 0 until the end of the current window.)
+#[tokio::test]
+async fn the_counter_never_refuses_a_client_at_exactly_the_rate_memory() {
+    let server = manual().await;
+    let clock = server.clock.clone().unwrap();
+    for i in 0..40 {
+        let res = server.get("/api/simple", "paced-key").send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "request {i}");
+        clock.advance(Duration::from_millis(50));
+    }
+    // Faster than the rate is refused: two at once.
+    clock.advance(Duration::from_millis(10));
+    let early = server.get("/api/simple", "paced-key").send().await.unwrap();
+    let early_too = server.get("/api/simple", "paced-key").send().await.unwrap();
+    assert_eq!((early.status(), early_too.status()), (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS));
+}
+
+/// The same on Redis' clock: each request is sent 50 ms or more after the previous answer, so
+/// the requests reach Redis at least one emission interval apart, whatever the load.
+#[tokio::test]
+async fn the_counter_never_refuses_a_paced_client_redis() {
+    let Some(server) = redis("paced").await else { return };
+    for i in 0..30 {
+        let res = server.get("/api/simple", "paced-key").send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "request {i}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -98,9 +98,16 @@ async fn sighup_reloads_the_configuration_and_never_stops_the_server() {
 
     let mut child = server(&["--bind", "127.0.0.1:0", "--config", link.to_str().unwrap()], &[])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Its log, line by line.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let lines = BufReader::new(child.stderr.take().unwrap());
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        lines.lines().map_while(Result::ok).for_each(|l| kept.lock().unwrap().push(l))
+    });
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().strip_prefix("listening on http://").unwrap().to_owned();
@@ -142,6 +149,14 @@ async fn sighup_reloads_the_configuration_and_never_stops_the_server() {
     }
     assert!(child.try_wait().unwrap().is_none(), "SIGHUP never stops the server");
     assert_eq!(burst().await, 7);
+    // The refusal is logged with the error the same file gets at start-up, word for word.
+    let out = server(&["--bind", "127.0.0.1:0", "--config", link.to_str().unwrap()], &[]).output().unwrap();
+    assert!(!out.status.success());
+    let startup = String::from_utf8_lossy(&out.stderr);
+    let message = startup.lines().find_map(|l| l.strip_prefix("error: invalid configuration: ")).unwrap();
+    assert!(message.contains("ratelimit.toml") && message.contains("tiers.anonymous.burst"), "{startup}");
+    let refusals = log.lock().unwrap().iter().filter(|l| l.contains("ERROR") && l.contains(message)).count();
+    assert_eq!(refusals, 3, "{message:?} in {:#?}", log.lock().unwrap());
     let page = metrics().await;
     assert!(page.contains("tollgate_config_reloads_total{result=\"ok\"} 1"), "{page}");
 

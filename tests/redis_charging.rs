@@ -16,7 +16,7 @@ use tollgate::algorithm::{Algorithm, Quota};
 use tollgate::clock::{ManualClock, Nanos};
 use tollgate::key::Key;
 use tollgate::policy::{Limits, TierSpec};
-use tollgate::store::{Charge, Decision, MemoryStore, Receipt, RedisStore, Store, Verdict};
+use tollgate::store::{Charge, Decision, MemoryStore, OnError, Receipt, RedisStore, Store, Verdict};
 
 fn limits(spec: TierSpec) -> Limits {
     Limits::builder().tier("anonymous", spec).build().unwrap()
@@ -27,6 +27,7 @@ fn store(prefix: &str) -> RedisStore {
     RedisStore::builder(SHARED_URL)
         .prefix(prefix)
         .timeout(Duration::from_secs(2))
+        .on_error(OnError::Deny) // a slow Redis is an error, never a fallback's decision
         .blocked_keys(0)
         .build()
         .unwrap()
@@ -141,14 +142,16 @@ async fn the_sliding_log_decides_as_in_memory() {
 }
 
 /// Requests held for their tokens: the same waits, in order, on Redis (the script reserves)
-/// as in memory, for the token bucket, the log, and a tier of two policies.
+/// as in memory, for the token bucket, the log, and a tier of two policies. (2 a second,
+/// burst 2, held up to 2 s: a refusal and the waits asserted below need the checks to take
+/// less than 500 ms of Redis time in all, a wide margin for a handful of round trips.)
 #[tokio::test]
 async fn holds_reserve_in_order_as_in_memory() {
     if shared_redis().is_none() {
         return;
     }
-    let delay = Nanos::from_millis(1_000);
-    let quota = Quota::per_second(nonzero!(5u32)).allow_burst(nonzero!(2u32));
+    let delay = Nanos::from_millis(2_000);
+    let quota = Quota::per_second(nonzero!(2u32)).allow_burst(nonzero!(2u32));
     for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingLog] {
         let spec = TierSpec::new(quota).algorithm(algorithm).max_delay(delay);
         let seen = compare(spec, &checks(&[1, 1, 1, 1, 1, 1, 1, 1, 2]), "hold-compare").await;
@@ -188,6 +191,18 @@ async fn settlements_give_back_and_charge_as_in_memory() {
         assert_eq!(seen[3].policies()[0].remaining, 0, "{algorithm:?}");
         assert_eq!(seen[4].verdict(), Verdict::Rejected, "{algorithm:?}: still in debt");
     }
+    // A whole refund (a login that succeeded, a cost of 0) leaves nothing counted.
+    for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow, Algorithm::SlidingLog] {
+        let steps = [Step::Check(Charge::new(5)), Step::Settle(0, 0), Step::Check(Charge::new(10))];
+        let seen = compare(TierSpec::new(quota).algorithm(algorithm), &steps, "refund-all").await;
+        assert_eq!(seen[1].policies()[0].remaining, 10, "{algorithm:?}: all 5 back");
+        assert!(seen[2].is_admitted(), "{algorithm:?}: the whole burst again");
+    }
+    // A counter's debt is held to what its count can hold (15 at a burst of 10) on both.
+    let spec = TierSpec::new(quota).algorithm(Algorithm::SlidingWindow);
+    let steps = [Step::Check(Charge::new(5)), Step::Settle(0, 40), Step::Check(Charge::new(1))];
+    let seen = compare(spec, &steps, "counter-debt").await;
+    assert_eq!(seen[2].verdict(), Verdict::Rejected, "in debt");
     // A held request that goes away: its place is given back. (5 a second, burst 2: the
     // token bucket holds them 200 and 400 ms, the log 400 and 400 ms.)
     for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingLog] {
@@ -235,4 +250,166 @@ async fn two_instances_share_one_exact_log() {
         admitted += usize::from(task.await.unwrap().is_admitted());
     }
     assert_eq!(admitted, 20);
+}
+
+// -------------------------------------------------------------------------------------------
+// The sliding-window counter's script, on a manual clock.
+
+/// check.lua as the store runs it, but reading the time from its last two arguments (seconds,
+/// microseconds) instead of Redis' `TIME`: the same arithmetic, driven at chosen instants.
+fn script_on_a_manual_clock() -> redis::Script {
+    const TIME: &str = "local time = redis.call('TIME')";
+    let algorithms = include_str!("../src/store/redis/algorithms.lua");
+    assert_eq!(algorithms.matches(TIME).count(), 1, "algorithms.lua reads TIME once, here");
+    let algorithms = algorithms.replace(TIME, "local time = { ARGV[#ARGV - 1], ARGV[#ARGV] }");
+    redis::Script::new(&format!("{algorithms}{}", include_str!("../src/store/redis/check.lua")))
+}
+
+/// One request of cost 1 through the script at `now` (whole microseconds), on a counter:
+/// admitted, and the policy's remaining, reset_after, retry_after and next_after
+/// (microseconds).
+fn script_check(
+    conn: &mut redis::Connection,
+    script: &redis::Script,
+    key: &str,
+    quota: &Quota,
+    now: Nanos,
+) -> (bool, [u64; 4]) {
+    script_check_with(conn, script, key, 1, quota, now)
+}
+
+/// The same, with the algorithm's number in the script (0 GCRA, 1 counter, 2 log).
+fn script_check_with(
+    conn: &mut redis::Connection,
+    script: &redis::Script,
+    key: &str,
+    algorithm: u8,
+    quota: &Quota,
+    now: Nanos,
+) -> (bool, [u64; 4]) {
+    let micros = now.as_nanos() / 1_000;
+    let reply: Vec<i64> = script
+        .key(key)
+        .arg(1) // cost
+        .arg(0) // reduced_below
+        .arg(1) // reduced_cost
+        .arg(0) // max_wait
+        .arg(algorithm)
+        .arg(quota.emission().as_micros_ceil())
+        .arg(quota.burst())
+        .arg(0)
+        .arg(micros / 1_000_000)
+        .arg(micros % 1_000_000)
+        .invoke(conn)
+        .unwrap();
+    let p = |i: usize| u64::try_from(reply[5 + i]).unwrap();
+    (reply[0] == 0, [p(0), p(1), p(2), p(3)])
+}
+
+/// The same request through the memory store at the same instant, in the script's units.
+fn memory_check(
+    memory: &MemoryStore<ManualClock>,
+    clock: &ManualClock,
+    limits: &Limits,
+    now: Nanos,
+) -> (bool, [u64; 4]) {
+    clock.set(now);
+    let d = memory.decide(&Key::new("counter-client"), limits.default_tier(), Charge::new(1));
+    let p = d.policies()[0];
+    let micros = |n: Nanos| n.as_micros_ceil();
+    (d.is_admitted(), [p.remaining, micros(p.reset_after), micros(p.retry_after), micros(p.next_after)])
+}
+
+/// The counter's script decides as the memory store does, request for request, and never
+/// refuses a client at exactly the rate: one emission interval apart, from several phases
+/// (the defect of issue 12 refused 1 in `burst` of them), then a random trace at twice the
+/// rate. Windows whose emission interval is a whole number of microseconds (the script's unit),
+/// so that the two agree to the last figure.
+#[test]
+fn the_counter_script_admits_a_client_at_exactly_the_rate_as_in_memory() {
+    let Some(mut conn) = shared_redis() else { return };
+    let script = script_on_a_manual_clock();
+    let prefix = unique_prefix("counter-rate");
+    let start = Nanos::from_secs(1_800_000_000);
+    let mut rng = fastrand::Rng::with_seed(12);
+    let mut run = 0;
+    for (rate, burst) in [(10u64, 1u64), (10, 2), (10, 10), (8, 37), (50, 100)] {
+        let quota = Quota::new(rate, Nanos::SECOND, burst).unwrap();
+        let t = quota.emission();
+        assert_eq!(t.as_nanos() % 1_000, 0, "a whole number of microseconds");
+        let w = quota.refill_time();
+        let limits = limits(TierSpec::new(quota).algorithm(Algorithm::SlidingWindow));
+        for phase in [Nanos::ZERO, Nanos::from_micros(1), t / 3, t - Nanos::from_micros(1), w - t] {
+            // Whole microseconds, as Redis' clock.
+            let phase = Nanos::from_micros(phase.as_nanos() / 1_000);
+            let paced: Vec<Nanos> = (0..4 * burst + 20).map(|i| start + phase + t * i).collect();
+            let random: Vec<Nanos> = paced
+                .iter()
+                .scan(*paced.last().unwrap(), |at, _| {
+                    *at += Nanos::from_micros(rng.u64(0..t.as_nanos() / 1_000));
+                    Some(*at)
+                })
+                .collect();
+            run += 1;
+            let key = format!("{prefix}:{run}");
+            let clock = ManualClock::new(Duration::ZERO);
+            let memory = MemoryStore::with_clock(clock.clone());
+            for (i, &now) in paced.iter().chain(&random).enumerate() {
+                let from_script = script_check(&mut conn, &script, &key, &quota, now);
+                let from_memory = memory_check(&memory, &clock, &limits, now);
+                assert_eq!(from_script, from_memory, "{rate}/s, burst {burst}, phase {phase:?}: request {i}");
+                if i < paced.len() {
+                    assert!(
+                        from_script.0,
+                        "{rate}/s, burst {burst}, phase {phase:?}: paced request {i} refused"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A rate whose emission interval is not a whole number of microseconds (3 a second): the
+/// script rounds it up to 333 334 µs, never faster than configured, and a client keeping to
+/// that is never refused.
+#[test]
+fn the_counter_script_never_refuses_a_paced_client_when_the_rate_rounds() {
+    let Some(mut conn) = shared_redis() else { return };
+    let script = script_on_a_manual_clock();
+    let key = unique_prefix("counter-round");
+    let quota = Quota::new(3, Nanos::SECOND, 3).unwrap();
+    let t = Nanos::from_micros(quota.emission().as_micros_ceil());
+    let start = Nanos::from_secs(1_800_000_000) + Nanos::from_micros(123_457);
+    for i in 0..200 {
+        let (admitted, _) = script_check(&mut conn, &script, &key, &quota, start + t * i);
+        assert!(admitted, "request {i} refused");
+    }
+}
+
+/// The log's script at its window edge, to the microsecond (60 a minute, burst 3: w = 3 s):
+/// admissions at 0, 1 and 2 s; one microsecond before the first leaves, refused and told to
+/// wait exactly that microsecond; at the edge, admitted. Request for request as in memory.
+#[test]
+fn the_log_script_is_exact_at_the_window_edge() {
+    let Some(mut conn) = shared_redis() else { return };
+    let script = script_on_a_manual_clock();
+    let key = unique_prefix("log-edge");
+    let quota = Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(3u32));
+    let limits = limits(TierSpec::new(quota).algorithm(Algorithm::SlidingLog));
+    let clock = ManualClock::new(Duration::ZERO);
+    let memory = MemoryStore::with_clock(clock.clone());
+    let start = Nanos::from_secs(1_800_000_000) + Nanos::from_micros(777);
+    let us = Nanos::from_micros(1);
+    let edge = start + Nanos::from_secs(3);
+    let steps = [start, start + Nanos::SECOND, start + Nanos::from_secs(2), edge - us, edge, edge];
+    let mut seen = Vec::new();
+    for (i, &now) in steps.iter().enumerate() {
+        let from_script = script_check_with(&mut conn, &script, &key, 2, &quota, now);
+        assert_eq!(from_script, memory_check(&memory, &clock, &limits, now), "step {i}");
+        seen.push(from_script);
+    }
+    let admitted: Vec<bool> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(admitted, [true, true, true, false, true, false]);
+    assert_eq!(seen[3].1[2], 1, "Retry-After: the one microsecond until the first leaves");
+    assert_eq!(seen[4].1[3], 1_000_000, "t: until the entry at 1 s leaves");
 }

@@ -17,7 +17,7 @@ use tollgate::algorithm::{Algorithm, Quota};
 use tollgate::clock::{ManualClock, Nanos};
 use tollgate::key::Key;
 use tollgate::policy::{Limits, TierSpec};
-use tollgate::store::{Charge, Decision, MemoryStore, RedisStore, Store, Verdict};
+use tollgate::store::{Charge, Decision, MemoryStore, OnError, RedisStore, Store, Verdict};
 
 fn limits(spec: TierSpec) -> Limits {
     Limits::builder().tier("anonymous", spec).build().unwrap()
@@ -25,6 +25,20 @@ fn limits(spec: TierSpec) -> Limits {
 
 fn store(url: &str, prefix: &str) -> RedisStore {
     RedisStore::builder(url).prefix(prefix).timeout(Duration::from_secs(2)).build().unwrap()
+}
+
+/// A store whose every decision comes from Redis, to compare with the memory store: no
+/// over-limit cache, and a Redis that is slow to answer (a loaded machine) is an error, never
+/// an in-process fallback's decision (the default `on_error = "local"` with a 50 ms timeout
+/// made the comparison fail on a busy machine with a decision Redis never made).
+fn comparing_store(test: &str) -> RedisStore {
+    RedisStore::builder(SHARED_URL)
+        .prefix(unique_prefix(test))
+        .blocked_keys(0)
+        .timeout(Duration::from_secs(2))
+        .on_error(OnError::Deny)
+        .build()
+        .unwrap()
 }
 
 /// Two instances (two stores, two connections), 64 concurrent requests on one key.
@@ -103,7 +117,7 @@ async fn compare(spec: TierSpec, charges: &[Charge], test: &str) {
     let limits = limits(spec);
     let tier = limits.default_tier();
     // No over-limit cache: every decision here must come from Redis.
-    let redis = RedisStore::builder(SHARED_URL).prefix(unique_prefix(test)).blocked_keys(0).build().unwrap();
+    let redis = comparing_store(test);
     let clock = ManualClock::new(Duration::ZERO);
     let memory = MemoryStore::with_clock(clock.clone());
     let key = Key::new("compare-client");
@@ -155,11 +169,7 @@ async fn a_fast_refill_decides_as_in_memory_across_windows() {
         }
         let limits = limits(spec);
         let tier = limits.default_tier();
-        let redis = RedisStore::builder(SHARED_URL)
-            .prefix(unique_prefix("compare-fast"))
-            .blocked_keys(0)
-            .build()
-            .unwrap();
+        let redis = comparing_store("compare-fast");
         let clock = ManualClock::new(Duration::ZERO);
         let memory = MemoryStore::with_clock(clock.clone());
         let key = Key::from_ip("192.0.2.9".parse().unwrap());

@@ -7,6 +7,8 @@
 #[path = "../examples/server/app.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod app;
+#[path = "redis_support.rs"]
+mod redis_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -146,7 +148,11 @@ async fn used_tokens_carry_over_a_burst_change_on_redis() {
         return;
     }
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let store = format!("\n[store]\nbackend = \"redis\"\nprefix = \"tollgate-test:reload:{nanos}\"\n");
+    // A slow answer is a 503 (never a silent fall back to the in-process store, whose state a
+    // reload on Redis would not see): this loaded machine may take more than 50 ms.
+    let store = format!(
+        "\n[store]\nbackend = \"redis\"\nprefix = \"tollgate-test:reload:{nanos}\"\ntimeout_ms = 10000\non_error = \"deny\"\n"
+    );
     let server = serve(&config_file("carry-redis", &(base(5) + &store))).await;
     for left in [4, 3, 2] {
         assert_eq!(server.remaining(None).await, (StatusCode::OK, Some(5), Some(left)));
@@ -276,18 +282,33 @@ async fn a_reload_under_load_fails_no_request_and_keeps_every_client_within_its_
 }
 
 /// Shadow mode counts exactly the refusals enforcement makes, for the same sequence, and
-/// answers every request itself, without rate-limit headers.
+/// answers every request itself, without rate-limit headers; here globally
+/// (`mode = "shadow"`), and below for one tier only.
 #[tokio::test]
 async fn shadow_mode_counts_exactly_the_refusals_an_enforcing_layer_makes() {
-    let config = |mode: &str| {
+    shadow_against_enforcement("shadow-global", "mode = \"shadow\"\n", "").await;
+}
+
+/// The same comparison with only the `rehearsal` tier in shadow mode: the other tier of the
+/// same server keeps enforcing.
+#[tokio::test]
+async fn a_tier_in_shadow_mode_counts_exactly_the_refusals_enforcement_makes() {
+    shadow_against_enforcement("shadow-tier", "", "mode = \"shadow\"\n").await;
+}
+
+/// Runs one sequence through an enforcing server and a rehearsing one (the `rehearsal` tier in
+/// shadow mode by `global` or by `tier`), compares the refusals with the `shadow_rejected`
+/// count, then moves the tier to enforcement by a reload.
+async fn shadow_against_enforcement(name: &str, global: &str, tier: &str) {
+    let config = |global: &str, tier: &str| {
         format!(
-            "mode = \"{mode}\"\n[tiers.anonymous]\nrequests_per_hour = 60\nburst = 4\n[tiers.rehearsal]\nrequests_per_hour = 60\nburst = 4\n\
+            "{global}[tiers.anonymous]\nrequests_per_hour = 60\nburst = 4\n[tiers.rehearsal]\n{tier}requests_per_hour = 60\nburst = 4\n\
              [routes]\n\"/api/simple\" = 1\n\"/api/search\" = 3\n\"POST /api/generate\" = 20\n\
              [api_keys]\n\"k1\" = \"rehearsal\"\n\"k2\" = \"rehearsal\"\n[exempt]\nroutes = [\"/metrics\", \"/policy\"]\n"
         )
     };
-    let enforce = serve(&config_file("enforce", &config("enforce"))).await;
-    let shadow = serve(&config_file("shadow", &config("shadow"))).await;
+    let enforce = serve(&config_file(&format!("{name}-enforce"), &config("", ""))).await;
+    let shadow = serve(&config_file(name, &config(global, tier))).await;
     let label = "tollgate_decisions_total{tier=\"rehearsal\",route=";
     let count = |page: &str| -> f64 {
         page.lines()
@@ -295,6 +316,9 @@ async fn shadow_mode_counts_exactly_the_refusals_an_enforcing_layer_makes() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    // The metrics page is the process's, and the other shadow test counts the same tier: the
+    // two never run at once (SHADOW), so the difference is this test's.
+    let _one_at_a_time = SHADOW.lock().await;
     let before = count(&shadow.metrics().await);
     let sequence = [
         ("k1", "GET", "/api/simple"),
@@ -327,11 +351,22 @@ async fn shadow_mode_counts_exactly_the_refusals_an_enforcing_layer_makes() {
     assert!(refused >= 4, "the sequence is refused {refused} times under enforcement");
     let after = count(&shadow.metrics().await);
     assert_eq!(after - before, f64::from(refused));
+    if global.is_empty() {
+        // Only the rehearsal tier rehearses: the anonymous tier of the same server enforces.
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(shadow.get("/api/simple").send().await.unwrap().status());
+        }
+        assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "anonymous enforces: {statuses:?}");
+    }
     // The tier moves to enforcement by a reload, with its state: k2 has used its burst.
-    shadow.rewrite(&config("enforce")).unwrap();
+    shadow.rewrite(&config("", "")).unwrap();
     let res = shadow.get("/api/simple").header("x-api-key", "k2").send().await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// Keeps the two shadow tests' counts apart (they share the process's metrics page).
+static SHADOW: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn allow_listed_addresses_behind_a_trusted_proxy_and_keys_are_never_limited() {
@@ -360,4 +395,270 @@ async fn allow_listed_addresses_behind_a_trusted_proxy_and_keys_are_never_limite
 
 async fn server_get(server: &Server, path: &str, (name, value): (&str, &str)) -> StatusCode {
     server.get(path).header(name, value).send().await.unwrap().status()
+}
+
+/// A webhook receiver on a real listener: its URL, and the bodies it receives.
+async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use axum::routing::post;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(body);
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), rx)
+}
+
+/// A `POST /api/generate` held in flight: its headers are sent (so the limiter has taken its
+/// concurrency slot and the handler waits for the body), its body is not, until `finish`.
+struct Held(tokio::net::TcpStream);
+
+impl Held {
+    async fn start(server: &Server, key: &str) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let addr = server.base.strip_prefix("http://").unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /api/generate HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {key}\r\ncontent-type: application/json\r\n\
+             content-length: 2\r\nconnection: close\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        Self(stream)
+    }
+
+    /// Sends the rest of the body and reads the head of the answer (status line and headers,
+    /// names in lower case).
+    async fn finish(mut self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.0.write_all(b"}").await.unwrap();
+        let mut answer = Vec::new();
+        self.0.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        answer.split("\r\n\r\n").next().unwrap_or_default().to_lowercase()
+    }
+}
+
+/// Everything in the file reloads, over HTTP: a tier's burst (its used tokens carried over),
+/// route costs, the header dialect, a tier's mode, degradation bands, concurrency limits, the
+/// allow list and the near-quota alerts (a webhook added by the reload receives the next
+/// crossing); `/policy` and the dashboard show the limits in force. Then the first file again
+/// undoes it all, a concurrency limit lifted while a request still holds its slot.
+#[tokio::test]
+async fn everything_in_the_file_reloads() {
+    let (hook, mut alerts) = webhook_receiver().await;
+    let first = r#"
+[tiers.anonymous]
+requests_per_hour = 60
+burst = 10
+
+[tiers.pro]
+requests_per_hour = 600
+burst = 100
+
+[tiers.batch]
+requests_per_hour = 600
+burst = 100
+
+[routes]
+"/api/simple" = 1
+"/api/search" = 1
+"POST /api/generate" = 1
+"/dashboard" = 0
+
+[exempt]
+routes = ["/health", "/metrics", "/policy"]
+
+[api_keys]
+"pro-key" = "pro"
+"batch-key" = "batch"
+"#;
+    let second = first
+        .replace("burst = 10\n", "burst = 20\n")
+        .replace("\"/api/simple\" = 1", "\"/api/simple\" = 3")
+        .replace("[tiers.pro]\n", "[tiers.pro]\nmode = \"shadow\"\n")
+        + "\n[concurrency]\n\"POST /api/generate\" = 1\n"
+        + "\n[degrade]\nroutes = [\"/api/search\"]\ncached_below = 0.95\nminimal_below = 0.9\n"
+        + "\n[allow]\nkeys = [\"monitor-key\"]\n"
+        + &format!("\n[alerts]\nnear_quota = 0.5\nwebhook = \"{hook}\"\n");
+    let second = format!("headers = \"legacy\"\n{second}");
+    let server = serve(&config_file("everything", first)).await;
+    let ask = async |path: &str, key: Option<&str>| {
+        let mut req = server.get(path);
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        req.send().await.unwrap()
+    };
+    let header =
+        |res: &reqwest::Response, name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+
+    // The first file: the anonymous client (127.0.0.1) uses 4 of its 10.
+    let res = ask("/api/simple", None).await;
+    assert_eq!(header(&res, "x-ratelimit-remaining").as_deref(), Some("9"));
+    assert!(header(&res, "ratelimit-policy").is_some(), "headers = both");
+    let res = ask("/api/search", None).await;
+    assert_eq!(
+        (header(&res, "x-ratelimit-remaining").as_deref(), header(&res, "x-ratelimit-degraded")),
+        (Some("8"), None)
+    );
+    let res = ask("/api/simple", Some("monitor-key")).await;
+    assert_eq!(header(&res, "x-ratelimit-remaining").as_deref(), Some("7"), "not allowed yet: anonymous");
+    let res = ask("/api/simple", Some("pro-key")).await;
+    assert_eq!(header(&res, "x-ratelimit-limit").as_deref(), Some("100"));
+    let res = server.http.post(format!("{}/api/generate", server.base)).send().await.unwrap();
+    assert_eq!((res.status(), header(&res, "x-ratelimit-remaining").as_deref()), (StatusCode::OK, Some("6")));
+
+    server.rewrite(&second).unwrap();
+
+    // Limits in force: 4 of 10 used, so 16 of 20 left; /api/simple costs 3; legacy headers.
+    let policy = server.policy().await;
+    let anonymous = policy["tiers"].as_array().unwrap().iter().find(|t| t["name"] == "anonymous").unwrap();
+    assert_eq!(anonymous["policies"][0]["burst"], 20, "{policy}");
+    let simple = policy["routes"].as_array().unwrap().iter().find(|r| r["route"] == "/api/simple").unwrap();
+    assert_eq!(simple["cost"], 3, "{policy}");
+    let page = ask("/dashboard", None).await.text().await.unwrap();
+    assert!(page.contains("data-limit=\"20\""), "the dashboard shows the burst in force");
+    let res = ask("/api/simple", None).await;
+    assert_eq!(header(&res, "x-ratelimit-limit").as_deref(), Some("20"));
+    assert_eq!(header(&res, "x-ratelimit-remaining").as_deref(), Some("13"), "16 left, less 3");
+    assert!(header(&res, "ratelimit-policy").is_none(), "headers = legacy");
+    // 13 of 20 left is below 0.9: the minimal band, charged 1.
+    let res = ask("/api/search", None).await;
+    assert_eq!(header(&res, "x-ratelimit-degraded").as_deref(), Some("minimal"));
+    assert_eq!(header(&res, "x-ratelimit-remaining").as_deref(), Some("12"));
+    assert_eq!(res.json::<Value>().await.unwrap()["minimal"], true);
+    // The pro tier rehearses; the allowed key goes through untouched.
+    for key in ["pro-key", "monitor-key"] {
+        let res = ask("/api/simple", Some(key)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(
+            res.headers().keys().all(|h| !h.as_str().contains("ratelimit")),
+            "{key}: {:?}",
+            res.headers()
+        );
+    }
+    // One POST /api/generate in flight per client: a second waits for it.
+    let held = Held::start(&server, "batch-key").await;
+    let start = Instant::now();
+    loop {
+        let res = server
+            .http
+            .post(format!("{}/api/generate", server.base))
+            .header("x-api-key", "batch-key")
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(start.elapsed() < Duration::from_secs(10), "the held request never took its slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Near-quota alerts at 50 %, to the webhook the reload added: 8 of 20 used, then 11.
+    assert!(alerts.try_recv().is_err(), "no crossing yet");
+    let res = ask("/api/simple", None).await;
+    assert_eq!(header(&res, "x-ratelimit-remaining").as_deref(), Some("9"));
+    let alert = tokio::time::timeout(Duration::from_secs(10), alerts.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (alert["tier"].as_str(), alert["remaining"].as_u64()),
+        (Some("anonymous"), Some(9)),
+        "{alert}"
+    );
+
+    // The first file again: all of it undone, while the held request still holds its slot.
+    server.rewrite(first).unwrap();
+    let res = server
+        .http
+        .post(format!("{}/api/generate", server.base))
+        .header("x-api-key", "batch-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "no concurrency limit any more");
+    // The held request finishes under the limits it started with: legacy headers only.
+    let head = held.finish().await;
+    assert!(head.starts_with("http/1.1 200"), "the held request is answered: {head}");
+    assert!(head.contains("x-ratelimit-limit: 100") && !head.contains("ratelimit-policy"), "{head}");
+    for key in ["pro-key", "monitor-key"] {
+        let res = ask("/api/simple", Some(key)).await;
+        assert!(header(&res, "ratelimit-policy").is_some(), "{key}: limited again, headers = both");
+    }
+    // The anonymous client has used 11: more than the burst of 10, so nothing is left.
+    let res = ask("/api/simple", None).await;
+    assert_eq!(
+        (res.status(), header(&res, "x-ratelimit-limit").as_deref()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("10"))
+    );
+    let policy = server.policy().await;
+    let search = policy["routes"].as_array().unwrap().iter().find(|r| r["route"] == "/api/search").unwrap();
+    assert_eq!(search["degrade"], false, "no degradation any more: {policy}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), alerts.recv()).await.is_err(),
+        "the webhook is gone"
+    );
+}
+
+/// On Redis a reload rewrites no key and costs no round trip: each state is converted by the
+/// script the next time its client asks. Measured on a private `redis-server` (nobody else's
+/// commands in its count): 30 clients with state, a reload, and Redis has run no command but
+/// ours; then every client finds the tokens it used carried over to the new burst. Store
+/// faults are 503s here (and a generous timeout): a silent fall back to the in-process store
+/// would keep a state Redis never saw.
+#[tokio::test]
+async fn a_reload_costs_redis_no_command_and_every_client_carries_over() {
+    if !redis_support::have_redis_binaries() {
+        return;
+    }
+    let redis = redis_support::RedisServer::start(&[]);
+    let mut keys = String::from("\n[api_keys]\n");
+    for k in 0..30 {
+        keys.push_str(&format!("\"key-{k}\" = \"anonymous\"\n"));
+    }
+    let store = format!(
+        "\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\ntimeout_ms = 10000\non_error = \"deny\"\n\n[history]\nenabled = false\n",
+        redis.url(),
+        redis_support::unique_prefix("reload-no-command"),
+    );
+    let server = serve(&config_file("redis-no-command", &(base(5) + &keys + &store))).await;
+    let used = |k: u64| k % 4 + 1;
+    for k in 0..30 {
+        for _ in 0..used(k) {
+            let (status, ..) = server.remaining(Some(&format!("key-{k}"))).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    let mut conn = redis.connection().unwrap();
+    let processed = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(conn).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = processed(&mut conn);
+    server.rewrite(&(base(20) + &keys + &store)).unwrap();
+    let after = processed(&mut conn);
+    // Our own first INFO is the one command between the two counts.
+    assert_eq!(after - before, 1, "a reload sent Redis {} commands", after - before - 1);
+    assert_eq!(server.reloader.stats().generation, 1);
+    for k in 0..30 {
+        let expected = 20 - used(k) - 1;
+        assert_eq!(
+            server.remaining(Some(&format!("key-{k}"))).await,
+            (StatusCode::OK, Some(20), Some(expected)),
+            "key-{k} used {}",
+            used(k)
+        );
+    }
 }

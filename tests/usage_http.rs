@@ -241,3 +241,45 @@ async fn a_store_fault_answers_503_problem_json_never_500() {
     let (status, _, _) = get_json(&client, &format!("{base}/policy"), None).await;
     assert_eq!(status, 200);
 }
+
+/// A memory store that counts the decisions it is asked for.
+#[derive(Debug, Default)]
+struct Counting {
+    inner: tollgate::store::MemoryStore,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl tollgate::store::Store for Counting {
+    fn check(&self, key: &Key, tier: &Tier, charge: Charge) -> StoreFuture {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.check(key, tier, charge)
+    }
+}
+
+/// Issue 11, finding 8: `/usage` and `/dashboard` (cost 0) asked the store twice, once in the
+/// layer for the headers and once in the handler for the page. One call now, and the page
+/// shows what the headers say.
+#[tokio::test]
+async fn usage_and_dashboard_ask_the_store_once() {
+    use std::sync::atomic::Ordering;
+    let store = std::sync::Arc::new(Counting::default());
+    let base = serve(layer().with_store(store.clone())).await;
+    let client = reqwest::Client::new();
+    client.get(format!("{base}/api/simple")).header("x-api-key", "free-demo-key").send().await.unwrap();
+    assert_eq!(store.calls.swap(0, Ordering::SeqCst), 1);
+    for _ in 0..5 {
+        let res =
+            client.get(format!("{base}/usage")).header("x-api-key", "free-demo-key").send().await.unwrap();
+        let remaining = res.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned();
+        let usage: Value = res.json().await.unwrap();
+        assert_eq!(usage["remaining"].to_string(), remaining, "{usage}");
+        let res = client
+            .get(format!("{base}/dashboard"))
+            .header("x-api-key", "free-demo-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(store.calls.load(Ordering::SeqCst), 10, "one store call per page, not two");
+}

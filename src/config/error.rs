@@ -94,6 +94,20 @@ impl ConfigError {
                 *value = crate::key::redact(value);
             }
         }
+        // An API key written outside `[api_keys]` (a line above its header, or under another
+        // table) is an unknown field, or a key of another table: such a name is redacted too
+        // when it looks like a secret rather than a word of the configuration.
+        let skip = usize::from(error.path.first().is_some_and(|p| p == "api_keys")) * 2;
+        for element in error.path.iter_mut().skip(skip) {
+            if looks_secret(element) {
+                *element = format!("\"{}\"", crate::key::redact(element).escape_debug());
+            }
+        }
+        if let Kind::UnknownField(field, _) = &mut error.kind {
+            if looks_secret(field) {
+                *field = crate::key::redact(field);
+            }
+        }
         let message = match &error.kind {
             Kind::Message(message) => without_source_lines(message),
             kind => kind.to_string(),
@@ -102,6 +116,17 @@ impl ConfigError {
         let origin = error.metadata.as_ref().and_then(describe);
         Self::Load { key, message, origin }
     }
+}
+
+/// Whether a name found where a configuration key belongs may be an API key: long, made of
+/// letters and digits both, and not a route (no `/`) nor words (no space). Words of the
+/// configuration (`requests_per_minute`, `ipv6_prefix`), tier names and routes are not.
+#[cfg(feature = "config")]
+fn looks_secret(name: &str) -> bool {
+    name.len() >= 16
+        && name.bytes().any(|b| b.is_ascii_digit())
+        && name.bytes().any(|b| b.is_ascii_alphabetic())
+        && !name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace())
 }
 
 /// A parser's message without the source lines it quotes (`3 | "key" = …` and the `|` lines

@@ -154,6 +154,10 @@ fn no_error_prints_a_whole_api_key() {
         format!("{base}[api_keys]\n{SECRET} = \"anonymous\"\n\"x\" = \n"),
         format!("api_keys = \"{SECRET}\"\n{base}"),
         format!("{base}[admin]\nkeys = \"{SECRET}\"\n"),
+        // Written outside `[api_keys]`: above its header, or under another table.
+        format!("\"{SECRET}\" = \"anonymous\"\n{base}"),
+        format!("{base}[routes]\n\"{SECRET}\" = \"anonymous\"\n"),
+        format!("{base}[tiers.free]\nrequests_per_minute = 1\nburst = 1\n\"{SECRET}\" = \"free\"\n"),
     ];
     Jail::expect_with(|jail| {
         for text in &cases {

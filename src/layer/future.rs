@@ -43,6 +43,9 @@ pub(crate) struct After {
     /// The admission's account, settled from the answer (or given back if the request goes
     /// away while held).
     pub(crate) bill: Option<Bill>,
+    /// A request of cost 0: the standing the store just read, handed to the handler in the
+    /// request's extensions so that a usage page shows it without asking the store again.
+    pub(crate) standing: Option<Box<super::ReadStanding>>,
 }
 
 /// Turns the decision of an asynchronous store into what happens next: the plan, settled.
@@ -189,6 +192,10 @@ where
 {
     if let Some(band) = band {
         parts.extensions.insert(band);
+    }
+    let mut after = after;
+    if let Some(standing) = after.standing.take() {
+        parts.extensions.insert(*standing);
     }
     ResponseFuture::inner(inner.call(Request::from_parts(parts, body)), after)
 }

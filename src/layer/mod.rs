@@ -507,9 +507,30 @@ impl<K: KeyExtractor> RateLimitLayer<K> {
             let (key, tier, who) = self.core.identify(&live.snapshot, &*live.extractor, parts);
             (key, tier.clone(), who)
         };
+        // Behind this layer, on a route of cost 0, the layer has just read it (issue 11,
+        // finding 8: one store call for `/usage`, not two).
+        let read = parts.extensions.get::<ReadStanding>().filter(|read| {
+            read.core == Arc::as_ptr(&self.core) as usize
+                && read.key == key
+                && read.tier.name() == tier.name()
+        });
+        if let Some(read) = read {
+            return Ok(Standing { key, name: who.name, tier: read.tier.clone(), decision: read.decision });
+        }
         let decision = self.core.store.check(&key, &tier, Charge::new(0)).await?;
         Ok(Standing { key, name: who.name, tier, decision })
     }
+}
+
+/// The standing a layer read for a request of cost 0, handed to the handler in the request's
+/// extensions: [`RateLimitLayer::standing`] answers from it instead of asking the store again.
+/// `core` names the layer that read it (a request may pass several).
+#[derive(Debug, Clone)]
+pub(crate) struct ReadStanding {
+    pub(crate) core: usize,
+    pub(crate) key: Key,
+    pub(crate) tier: Tier,
+    pub(crate) decision: Decision,
 }
 
 impl<S, K> Layer<S> for RateLimitLayer<K> {

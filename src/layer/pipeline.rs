@@ -44,6 +44,7 @@ use super::core::{Core, Snapshot};
 use super::future::{next, After, ResponseFuture, Settled};
 use super::service::RateLimit;
 use super::settle::{Account, Bill, RouteHandle};
+use super::ReadStanding;
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::clock::Nanos;
 use crate::degrade::{self, Asked, Band, BandPlan, Chosen};
@@ -498,8 +499,13 @@ impl Core {
                         _ => None,
                     };
                     observe(Outcome::Admitted(&decision));
+                    let standing = self.standing(cost, &key, tier, &decision);
                     let bill = bill(key, who, None);
-                    Settled::Forward(After { headers: None, slots, record, bill }, None, Nanos::ZERO)
+                    Settled::Forward(
+                        After { headers: None, slots, record, bill, standing },
+                        None,
+                        Nanos::ZERO,
+                    )
                 }
                 Verdict::Rejected | Verdict::Exceeds => {
                     observe(Outcome::ShadowRejected(Some(&decision)));
@@ -520,8 +526,10 @@ impl Core {
                         } else {
                             observe(Outcome::Delayed(&decision));
                         }
+                        let standing = self.standing(cost, &key, tier, &decision);
                         let bill = bill(key, who, None);
-                        Settled::Forward(After { headers: Some(headers), slots, record, bill }, None, wait)
+                        let after = After { headers: Some(headers), slots, record, bill, standing };
+                        Settled::Forward(after, None, wait)
                     }
                     Chosen::Cached(copy) => {
                         observe(Outcome::Degraded(&decision, Band::Cached));
@@ -535,7 +543,7 @@ impl Core {
                         headers.degraded(Band::Minimal);
                         let bill = bill(key, who, Some(Band::Minimal));
                         Settled::Forward(
-                            After { headers: Some(headers), slots, record: None, bill },
+                            After { headers: Some(headers), slots, record: None, bill, standing: None },
                             Some(Band::Minimal),
                             wait,
                         )
@@ -551,6 +559,26 @@ impl Core {
                 Settled::Answer(answer::over_capacity(tier, &decision, cost, headers))
             }
         }
+    }
+
+    /// What a request of cost 0 hands its handler: the standing just read, so that `/usage`
+    /// and `/dashboard` ([`RateLimitLayer::standing`](super::RateLimitLayer::standing)) make no
+    /// second store call (issue 11, finding 8). Nothing for a request that was charged.
+    fn standing(
+        self: &Arc<Self>,
+        cost: u64,
+        key: &Key,
+        tier: &Tier,
+        decision: &Decision,
+    ) -> Option<Box<ReadStanding>> {
+        (cost == 0 && decision.charged() == 0).then(|| {
+            Box::new(ReadStanding {
+                core: Arc::as_ptr(self) as usize,
+                key: key.clone(),
+                tier: tier.clone(),
+                decision: *decision,
+            })
+        })
     }
 
     /// The store could not decide: `on_error` says what happens.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use proptest::strategy::Strategy as _;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 use super::*;
@@ -764,6 +765,55 @@ async fn shadow_mode_never_refuses_never_adds_headers_and_counts_each_would_be_r
     assert_eq!(layer.standing(&req).await.unwrap().decision.policies()[0].remaining, 1);
 }
 
+/// What a test's log subscriber wrote.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Each would-be refusal is one log line at `info` under the target `tollgate::shadow`, which
+/// an operator can filter on its own (here: `tollgate::shadow=info` with everything else off),
+/// naming the tier, the route and the policy, and never the whole API key.
+#[tokio::test]
+async fn shadow_mode_logs_each_would_be_refusal_under_a_target_of_its_own() {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("off,tollgate::shadow=info"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let clock = ManualClock::new(START);
+    let layer = RateLimitLayer::from_limits(limits_with(nonzero!(2u32), crate::policy::Mode::Shadow))
+        .with_store(MemoryStore::with_clock(clock.clone()))
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+    let mut svc = ServiceBuilder::new().layer(layer).service(handler(Arc::default()));
+    let key = "secret-api-key-0123456789";
+    for path in ["/a", "/a", "/a", "/search", "/huge"] {
+        assert_eq!(send(&mut svc, get(path, key)).await.0.status(), StatusCode::OK);
+    }
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per would-be refusal (two 429s, one 403):\n{log}");
+    for line in &lines {
+        assert!(line.contains(" INFO tollgate::shadow:"), "{line}");
+        assert!(line.contains("would have refused") && line.contains("tier=\"anonymous\""), "{line}");
+        assert!(line.contains("policy=\"anonymous\"") && line.contains("key:…6789"), "{line}");
+        assert!(!line.contains(key), "never the whole key: {line}");
+    }
+    assert!(lines[2].contains("route=\"/huge\"") && lines[2].contains("over capacity (403)"), "{}", lines[2]);
+}
+
 /// A tier in shadow mode moves to enforcement by a reload, its clients' state intact.
 #[tokio::test]
 async fn a_reload_moves_a_tier_from_shadow_to_enforce_with_its_state() {
@@ -872,4 +922,157 @@ async fn shadow_mode_counts_a_concurrency_refusal_and_forwards_it() {
     let res = second.await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.headers().get("x-ratelimit-limit").is_none());
+}
+
+/// Issue 11, finding 8: a request to `/usage` (cost 0) made two store calls, one by the layer
+/// for its headers and one by the handler for the standing it shows. The layer now hands the
+/// standing it read to the handler: one call, and the page and the headers agree.
+#[tokio::test]
+async fn a_usage_page_behind_the_layer_costs_one_store_call() {
+    let clock = ManualClock::new(START);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let store = Counting(Arc::new(MemoryStore::with_clock(clock.clone())), calls.clone());
+    let layer = RateLimitLayer::from_limits(limits())
+        .with_store(store)
+        .extractor(by_header as fn(&http::request::Parts) -> Option<Client>);
+    let page = layer.clone();
+    let usage = service_fn(move |req: Request<Full<Bytes>>| {
+        let layer = page.clone();
+        async move {
+            let (parts, _) = req.into_parts();
+            if parts.uri.path() != "/usage" {
+                return Ok::<_, Infallible>(Response::new(Full::default()));
+            }
+            let standing = layer.standing(&parts).await.unwrap();
+            let remaining = standing.decision.policies()[0].remaining;
+            Ok(Response::new(Full::new(Bytes::from(remaining.to_string()))))
+        }
+    });
+    let mut svc = ServiceBuilder::new().layer(layer.clone()).service(usage);
+    let (res, _) = send(&mut svc, get("/a", "ann")).await;
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "4");
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 1, "a charged request: the layer's call alone");
+    for _ in 0..10 {
+        let (res, body) = send(&mut svc, get("/usage", "ann")).await;
+        assert_eq!((res.headers()["x-ratelimit-remaining"].to_str().unwrap(), body.as_str()), ("4", "4"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10, "one store call per /usage, not two");
+    // Outside the layer (or behind another one) the standing is read from the store.
+    let (parts, _) = get("/usage", "ann").into_parts();
+    assert_eq!(layer.standing(&parts).await.unwrap().decision.policies()[0].remaining, 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 11);
+}
+
+/// One step of a layer's life, for the property test below.
+#[derive(Debug, Clone)]
+enum LayerStep {
+    /// A client (0 or 1) asks for a route of this cost (1 to 3).
+    Request(usize, u64),
+    /// Time passes (milliseconds).
+    Wait(u64),
+    /// The reloader puts new limits in force: tokens per minute, burst, an optional daily
+    /// quota, shadow mode.
+    Reload(u32, u32, Option<u64>, bool),
+}
+
+fn layer_limits(per_minute: u32, burst: u32, daily: Option<u64>, shadow: bool) -> Limits {
+    let quota = Quota::per_minute(std::num::NonZeroU32::new(per_minute).unwrap())
+        .allow_burst(std::num::NonZeroU32::new(burst).unwrap());
+    let spec = TierSpec::new(quota);
+    let spec = match daily {
+        Some(daily) => spec.daily(daily),
+        None => spec,
+    };
+    let mode = if shadow { crate::policy::Mode::Shadow } else { crate::policy::Mode::Enforce };
+    Limits::builder().mode(mode).tier("anonymous", spec).route("/c2", 2).route("/c3", 3).build().unwrap()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Through the whole layer and its reloader, with a manual clock: for any sequence of
+    /// requests and reloads (rates, bursts, a daily quota coming and going, enforcement and
+    /// shadow mode in turn), no client is admitted (charged, in either mode) more than the
+    /// limits in force allow over any interval: the largest burst in force during it plus what
+    /// the fastest rate in force refills over its length. In enforcement mode, what the
+    /// handler answers is exactly what was admitted.
+    #[test]
+    fn through_the_reloader_no_client_gets_more_than_the_limits_in_force_allow(
+        steps in proptest::collection::vec(proptest::prop_oneof![
+            6 => (0usize..2, 1u64..4).prop_map(|(who, cost)| LayerStep::Request(who, cost)),
+            3 => (0u64..3_000).prop_map(LayerStep::Wait),
+            1 => (1u32..240, 1u32..12, proptest::option::of(3u64..40), proptest::bool::ANY)
+                .prop_map(|(r, b, d, s)| LayerStep::Reload(r, b, d, s)),
+        ], 1..150),
+    ) {
+        use crate::observe::{Event, Outcome};
+        use crate::clock::Clock as _;
+        use proptest::prelude::{prop_assert, TestCaseError};
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let clock = ManualClock::new(START);
+            // Admissions per client as (time, cost), from the observer.
+            let admitted = Arc::new(std::sync::Mutex::new([Vec::new(), Vec::new()]));
+            let seen = admitted.clone();
+            let at = clock.clone();
+            let layer = RateLimitLayer::from_limits(layer_limits(60, 5, None, false))
+                .with_store(MemoryStore::with_clock(clock.clone()))
+                .extractor(by_header as fn(&http::request::Parts) -> Option<Client>)
+                .observer(move |event: &Event<'_>| {
+                    if let Outcome::Admitted(_) = event.outcome {
+                        let who = usize::from(event.key.name() == Some("u1"));
+                        seen.lock().unwrap()[who].push((at.now(), event.cost));
+                    }
+                });
+            let reloader = layer.reloader();
+            let mut svc = ServiceBuilder::new().layer(layer).service(handler(Arc::default()));
+            // (from, tokens per minute, burst): the limits in force from then on.
+            let mut eras = vec![(clock.now(), 60u64, 5u64)];
+            let mut shadow = false;
+            for step in steps {
+                match step {
+                    LayerStep::Request(who, cost) => {
+                        let path = ["/c1", "/c2", "/c3"][cost as usize - 1];
+                        let before = admitted.lock().unwrap()[who].len();
+                        let (res, _) = send(&mut svc, get(path, ["u0", "u1"][who])).await;
+                        let now_admitted = admitted.lock().unwrap()[who].len() > before;
+                        if shadow {
+                            assert_eq!(res.status(), StatusCode::OK, "shadow mode forwards everything");
+                        } else {
+                            assert_eq!(res.status() == StatusCode::OK, now_admitted, "{path}: {}", res.status());
+                        }
+                    }
+                    LayerStep::Wait(ms) => clock.advance(Duration::from_millis(ms)),
+                    LayerStep::Reload(rate, burst, daily, s) => {
+                        reloader.reload_limits(layer_limits(rate, burst, daily, s));
+                        shadow = s;
+                        eras.push((clock.now(), u64::from(rate), u64::from(burst)));
+                    }
+                }
+            }
+            for admissions in admitted.lock().unwrap().iter() {
+                for (i, &(start, _)) in admissions.iter().enumerate() {
+                    let mut sum = 0;
+                    for &(end, cost) in &admissions[i..] {
+                        sum += cost;
+                        let (mut burst, mut per_minute) = (0, 0);
+                        for (j, &(from, rate, b)) in eras.iter().enumerate() {
+                            let until = eras.get(j + 1).map(|e| e.0);
+                            if from <= end && until.is_none_or(|next| next >= start) {
+                                burst = burst.max(b);
+                                per_minute = per_minute.max(rate);
+                            }
+                        }
+                        let span = (end - start).as_secs_f64();
+                        let bound = burst as f64 + span * per_minute as f64 / 60.0;
+                        prop_assert!(
+                            sum as f64 <= bound + 1e-6,
+                            "{sum} admitted in {span} s, bound {bound} (eras {eras:?}, admitted {admissions:?})"
+                        );
+                    }
+                }
+            }
+            Ok::<(), TestCaseError>(())
+        })?;
+    }
 }

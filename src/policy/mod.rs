@@ -313,6 +313,13 @@ impl TierSpec {
     /// it, instead of refusing it (`max_delay_ms`; needs an algorithm that can reserve ahead:
     /// the token bucket or the sliding log).
     ///
+    /// The delay itself bounds what is held: a held request's tokens are reserved ahead (in
+    /// arrival order, so the rate is never exceeded) and never more than `delay` ahead, so at
+    /// most `rate × delay` tokens' worth of one client's requests wait at once, and nothing else
+    /// refuses a request whose tokens arrive in time. A request whose wait would exceed `delay`
+    /// is refused at once. Holding is a timer in the response future, never a blocked thread;
+    /// a held request that is dropped (its client went away) gives its reservation back.
+    ///
     /// ```
     /// use nonzero_ext::nonzero;
     /// use tollgate::algorithm::Quota;

@@ -195,7 +195,8 @@ impl Receipt {
         self
     }
 
-    /// True when a store's in-process fallback wrote it.
+    /// True when a store's in-process fallback wrote it (only the Redis store has one).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn is_local(&self) -> bool {
         self.local
     }

@@ -263,6 +263,16 @@ local function window_fraction(p)
   return max(p.burst - window_used(p.win), 0), p.burst
 end
 
+-- The most a count holds: 2^bits(burst) - 1, as the memory store's packed state (a debt
+-- from a settled cost above that is forgiven alike on both stores).
+local function window_most(p)
+  local m = 1
+  while m <= p.burst do
+    m = m * 2
+  end
+  return m - 1
+end
+
 local function window_store(p, key, cur)
   local win = p.win
   local value = string.format('w %.0f %d %d %.0f', win.tag, win.prev, cur, win.w)

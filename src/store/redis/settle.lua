@@ -62,11 +62,14 @@ for i = 1, #KEYS do
         prev = max(prev - (charged - actual), 0)
       end
     else
-      cur = cur + (actual - charged)
+      cur = min(cur + (actual - charged), window_most(p))
     end
     win.prev, win.cur = prev, cur
     if prev > 0 or cur > 0 then
       window_store(p, KEYS[i], cur)
+    else
+      -- Nothing counted any more (a whole refund): an empty window is no state at all.
+      redis.call('DEL', KEYS[i])
     end
   else
     if actual < charged then
