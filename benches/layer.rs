@@ -5,7 +5,8 @@
 //! without sockets, in one run.
 //!
 //! `cargo bench --bench layer` — Criterion's report, then a table from an interleaved run:
-//! the variants take turns in ~5 ms blocks for 61 rounds (order reversed every other round),
+//! the variants take turns in ~5 ms blocks of the thread's CPU time (`common::thread_cpu`)
+//! for 61 rounds (order reversed every other round),
 //! and for each round the cost a layer adds is its time minus the bare router's time in that
 //! same round. The table gives the medians, and for tollgate the **median of the per-round
 //! ratios** of what it adds to what tower_governor adds, so load that comes and goes (other
