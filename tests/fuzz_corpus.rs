@@ -46,7 +46,13 @@ fn client_headers() {
     replay("client_headers", harness::client_headers);
 }
 
+/// The request corpus reaches the cached band's check (a replay compared byte for byte with
+/// the handler's answer), and `seed-vary-differs` is one that fails it when the cache ignores
+/// `Vary` (found by fuzzing a cache with that fault planted).
 #[test]
 fn request() {
+    use std::sync::atomic::Ordering;
+    let before = harness::REPLAYS_CHECKED.load(Ordering::Relaxed);
     replay("request", harness::request);
+    assert!(harness::REPLAYS_CHECKED.load(Ordering::Relaxed) > before, "no cached replay was checked");
 }

@@ -255,14 +255,29 @@ async fn two_instances_share_one_exact_log() {
 // -------------------------------------------------------------------------------------------
 // The sliding-window counter's script, on a manual clock.
 
-/// check.lua as the store runs it, but reading the time from its last two arguments (seconds,
-/// microseconds) instead of Redis' `TIME`: the same arithmetic, driven at chosen instants.
-fn script_on_a_manual_clock() -> redis::Script {
+/// algorithms.lua on a manual clock: the time comes from the script's last two arguments
+/// (seconds, microseconds) instead of Redis' `TIME`, and keys live an hour of real time instead
+/// of until their state is idle on the manual clock (which may run slower than the real one:
+/// a key that expired in real time between two steps a microsecond apart would read as
+/// fresh). Keeping an idle state longer changes no decision, as the memory store shows: an
+/// idle state reads as a fresh one; when keys expire is tested on the real clock elsewhere.
+fn algorithms_on_a_manual_clock() -> String {
     const TIME: &str = "local time = redis.call('TIME')";
+    const TTL: &str = "return max(math.ceil(micros / 1000), 1)";
     let algorithms = include_str!("../src/store/redis/algorithms.lua");
     assert_eq!(algorithms.matches(TIME).count(), 1, "algorithms.lua reads TIME once, here");
-    let algorithms = algorithms.replace(TIME, "local time = { ARGV[#ARGV - 1], ARGV[#ARGV] }");
-    redis::Script::new(&format!("{algorithms}{}", include_str!("../src/store/redis/check.lua")))
+    assert_eq!(algorithms.matches(TTL).count(), 1, "algorithms.lua sets every TTL here");
+    algorithms.replace(TIME, "local time = { ARGV[#ARGV - 1], ARGV[#ARGV] }").replace(TTL, "return 3600000")
+}
+
+/// check.lua as the store runs it, on a manual clock: the same arithmetic, driven at chosen
+/// instants.
+fn script_on_a_manual_clock() -> redis::Script {
+    redis::Script::new(&format!(
+        "{}{}",
+        algorithms_on_a_manual_clock(),
+        include_str!("../src/store/redis/check.lua")
+    ))
 }
 
 /// One request of cost 1 through the script at `now` (whole microseconds), on a counter:
@@ -287,12 +302,28 @@ fn script_check_with(
     quota: &Quota,
     now: Nanos,
 ) -> (bool, [u64; 4]) {
+    let (outcome, standing) = script_decide(conn, script, key, algorithm, quota, now, 1);
+    (outcome == 0, standing)
+}
+
+/// A request of `cost` through the script at `now`: the outcome (0 admitted, 1 refused, 2
+/// never at this tier) and the policy's remaining, reset_after, retry_after and next_after
+/// (microseconds).
+fn script_decide(
+    conn: &mut redis::Connection,
+    script: &redis::Script,
+    key: &str,
+    algorithm: u8,
+    quota: &Quota,
+    now: Nanos,
+    cost: u64,
+) -> (i64, [u64; 4]) {
     let micros = now.as_nanos() / 1_000;
     let reply: Vec<i64> = script
         .key(key)
-        .arg(1) // cost
+        .arg(cost)
         .arg(0) // reduced_below
-        .arg(1) // reduced_cost
+        .arg(cost) // reduced_cost
         .arg(0) // max_wait
         .arg(algorithm)
         .arg(quota.emission().as_micros_ceil())
@@ -303,7 +334,7 @@ fn script_check_with(
         .invoke(conn)
         .unwrap();
     let p = |i: usize| u64::try_from(reply[5 + i]).unwrap();
-    (reply[0] == 0, [p(0), p(1), p(2), p(3)])
+    (reply[0], [p(0), p(1), p(2), p(3)])
 }
 
 /// The same request through the memory store at the same instant, in the script's units.
@@ -313,11 +344,64 @@ fn memory_check(
     limits: &Limits,
     now: Nanos,
 ) -> (bool, [u64; 4]) {
+    let (outcome, standing) = memory_decide(memory, clock, limits, now, 1);
+    (outcome == 0, standing)
+}
+
+fn memory_decide(
+    memory: &MemoryStore<ManualClock>,
+    clock: &ManualClock,
+    limits: &Limits,
+    now: Nanos,
+    cost: u64,
+) -> (i64, [u64; 4]) {
     clock.set(now);
-    let d = memory.decide(&Key::new("counter-client"), limits.default_tier(), Charge::new(1));
+    let d = memory.decide(&Key::new("counter-client"), limits.default_tier(), Charge::new(cost));
     let p = d.policies()[0];
     let micros = |n: Nanos| n.as_micros_ceil();
-    (d.is_admitted(), [p.remaining, micros(p.reset_after), micros(p.retry_after), micros(p.next_after)])
+    let outcome = match d.verdict() {
+        Verdict::Admitted => 0,
+        Verdict::Rejected => 1,
+        Verdict::Exceeds => 2,
+    };
+    (outcome, [p.remaining, micros(p.reset_after), micros(p.retry_after), micros(p.next_after)])
+}
+
+/// Random traces (gaps from 0 to 2 emission intervals, costs from 0 to burst + 1) through each
+/// algorithm's script on a manual clock and through the memory store at the same instants:
+/// every outcome and every figure of the standing agree.
+#[test]
+fn every_script_decides_random_traces_as_in_memory() {
+    let Some(mut conn) = shared_redis() else { return };
+    let script = script_on_a_manual_clock();
+    let prefix = unique_prefix("random-traces");
+    let mut rng = fastrand::Rng::with_seed(2026);
+    let algorithms =
+        [(0u8, Algorithm::TokenBucket), (1, Algorithm::SlidingWindow), (2, Algorithm::SlidingLog)];
+    let mut outcomes = [0usize; 3];
+    for (run, (rate, burst)) in [(10u64, 1u64), (10, 3), (8, 10), (50, 40)].into_iter().enumerate() {
+        let quota = Quota::new(rate, Nanos::SECOND, burst).unwrap();
+        let t = quota.emission().as_nanos() / 1_000;
+        for (number, algorithm) in algorithms {
+            let limits = limits(TierSpec::new(quota).algorithm(algorithm));
+            let clock = ManualClock::new(Duration::ZERO);
+            let memory = MemoryStore::with_clock(clock.clone());
+            let key = format!("{prefix}:{run}:{number}");
+            let mut now = Nanos::from_secs(1_800_000_000) + Nanos::from_micros(rng.u64(0..t));
+            for i in 0..150 {
+                now += Nanos::from_micros(rng.u64(0..2 * t));
+                let cost = rng.u64(0..burst + 2);
+                let from_script = script_decide(&mut conn, &script, &key, number, &quota, now, cost);
+                let from_memory = memory_decide(&memory, &clock, &limits, now, cost);
+                assert_eq!(
+                    from_script, from_memory,
+                    "{algorithm:?}, {rate}/s, burst {burst}: step {i}, cost {cost}"
+                );
+                outcomes[from_script.0 as usize] += 1;
+            }
+        }
+    }
+    assert!(outcomes.iter().all(|&n| n > 50), "admitted, refused, never: {outcomes:?}");
 }
 
 /// The counter's script decides as the memory store does, request for request, and never
@@ -342,9 +426,9 @@ fn the_counter_script_admits_a_client_at_exactly_the_rate_as_in_memory() {
         for phase in [Nanos::ZERO, Nanos::from_micros(1), t / 3, t - Nanos::from_micros(1), w - t] {
             // Whole microseconds, as Redis' clock.
             let phase = Nanos::from_micros(phase.as_nanos() / 1_000);
-            let paced: Vec<Nanos> = (0..4 * burst + 20).map(|i| start + phase + t * i).collect();
-            let random: Vec<Nanos> = paced
-                .iter()
+            // Three windows and more at the rate, then 60 at random (light on a shared Redis).
+            let paced: Vec<Nanos> = (0..3 * burst + 10).map(|i| start + phase + t * i).collect();
+            let random: Vec<Nanos> = (0..60)
                 .scan(*paced.last().unwrap(), |at, _| {
                     *at += Nanos::from_micros(rng.u64(0..t.as_nanos() / 1_000));
                     Some(*at)
@@ -412,4 +496,116 @@ fn the_log_script_is_exact_at_the_window_edge() {
     assert_eq!(admitted, [true, true, true, false, true, false]);
     assert_eq!(seen[3].1[2], 1, "Retry-After: the one microsecond until the first leaves");
     assert_eq!(seen[4].1[3], 1_000_000, "t: until the entry at 1 s leaves");
+}
+
+/// settle.lua as the store runs it, on a manual clock.
+fn settle_script_on_a_manual_clock() -> redis::Script {
+    redis::Script::new(&format!(
+        "{}{}",
+        algorithms_on_a_manual_clock(),
+        include_str!("../src/store/redis/settle.lua")
+    ))
+}
+
+/// Random traces of admissions and settlements (refunds, a whole refund, extra charges into
+/// debt, in any order and after any delay) through each algorithm's scripts on a manual clock
+/// and through the memory store at the same instants: every decision and every standing after a
+/// settlement agree.
+#[test]
+fn every_script_settles_random_traces_as_in_memory() {
+    let Some(mut conn) = shared_redis() else { return };
+    let check = script_on_a_manual_clock();
+    let settle = settle_script_on_a_manual_clock();
+    let prefix = unique_prefix("random-settle");
+    let mut rng = fastrand::Rng::with_seed(12_2026);
+    let algorithms =
+        [(0u8, Algorithm::TokenBucket), (1, Algorithm::SlidingWindow), (2, Algorithm::SlidingLog)];
+    let mut settled = 0;
+    for (run, (rate, burst)) in [(10u64, 2u64), (8, 10), (50, 40)].into_iter().enumerate() {
+        let quota = Quota::new(rate, Nanos::SECOND, burst).unwrap();
+        let t = quota.emission().as_nanos() / 1_000;
+        for (number, algorithm) in algorithms {
+            let limits = limits(TierSpec::new(quota).algorithm(algorithm));
+            let tier = limits.default_tier();
+            let clock = ManualClock::new(Duration::ZERO);
+            let memory = MemoryStore::with_clock(clock.clone());
+            let key = format!("{prefix}:{run}:{number}");
+            let client = Key::new("counter-client");
+            let mut now = Nanos::from_secs(1_800_000_000) + Nanos::from_micros(rng.u64(0..t));
+            // (script receipt, charged at in µs, the memory store's decision)
+            let mut open: Vec<(i64, u64, Decision)> = Vec::new();
+            for i in 0..200 {
+                now += Nanos::from_micros(rng.u64(0..2 * t));
+                let micros = now.as_nanos() / 1_000;
+                if !open.is_empty() && rng.u8(0..3) == 0 {
+                    let (receipt, charged_at, decision) = open.swap_remove(rng.usize(0..open.len()));
+                    let charged = decision.charged();
+                    let actual = match rng.u8(0..3) {
+                        0 => 0,
+                        1 => rng.u64(0..charged),
+                        _ => charged + 1 + rng.u64(0..2 * burst),
+                    };
+                    let reply: Vec<i64> = settle
+                        .key(&key)
+                        .arg(charged)
+                        .arg(actual)
+                        .arg(charged_at)
+                        .arg(number)
+                        .arg(quota.emission().as_micros_ceil())
+                        .arg(burst)
+                        .arg(receipt)
+                        .arg(micros / 1_000_000)
+                        .arg(micros % 1_000_000)
+                        .invoke(&mut conn)
+                        .unwrap();
+                    let from_script = [reply[5], reply[6], reply[8]].map(|v| u64::try_from(v).unwrap());
+                    clock.set(now);
+                    let p = memory.settle_now(&client, tier, decision.settlement(actual)).policies()[0];
+                    let from_memory =
+                        [p.remaining, p.reset_after.as_micros_ceil(), p.next_after.as_micros_ceil()];
+                    assert_eq!(
+                        from_script, from_memory,
+                        "{algorithm:?}, {rate}/s, burst {burst}: step {i}, settling {charged} at {actual}"
+                    );
+                    settled += 1;
+                    continue;
+                }
+                let cost = rng.u64(1..burst + 1);
+                let reply: Vec<i64> = check
+                    .key(&key)
+                    .arg(cost)
+                    .arg(0)
+                    .arg(cost)
+                    .arg(0)
+                    .arg(number)
+                    .arg(quota.emission().as_micros_ceil())
+                    .arg(burst)
+                    .arg(0)
+                    .arg(micros / 1_000_000)
+                    .arg(micros % 1_000_000)
+                    .invoke(&mut conn)
+                    .unwrap();
+                clock.set(now);
+                let decision = memory.decide(&client, tier, Charge::new(cost));
+                let p = decision.policies()[0];
+                let from_script = [reply[5], reply[6], reply[7], reply[8]].map(|v| u64::try_from(v).unwrap());
+                let micros_of = |n: Nanos| n.as_micros_ceil();
+                let from_memory = [
+                    p.remaining,
+                    micros_of(p.reset_after),
+                    micros_of(p.retry_after),
+                    micros_of(p.next_after),
+                ];
+                assert_eq!(reply[0] == 0, decision.is_admitted(), "{algorithm:?}: step {i}, cost {cost}");
+                assert_eq!(
+                    from_script, from_memory,
+                    "{algorithm:?}, {rate}/s, burst {burst}: step {i}, cost {cost}"
+                );
+                if decision.is_admitted() {
+                    open.push((reply[11], micros, decision));
+                }
+            }
+        }
+    }
+    assert!(settled > 300, "{settled} settlements");
 }

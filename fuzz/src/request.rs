@@ -53,13 +53,13 @@ const CONFIG: &str = r#"
 const KEYS: [&str; 2] = ["pro-key", "anon-key"];
 
 const PATHS: [&str; 9] = [
+    "/items/1",
+    "/api/search?q=a",
     "/api/simple",
     "/api/search",
-    "/api/search?q=a",
+    "/items/2?x=y",
     "/api/generate",
     "/usage",
-    "/items/1",
-    "/items/2?x=y",
     "/health",
     "/nowhere",
 ];
@@ -80,13 +80,16 @@ const HEADERS: [&str; 10] = [
 #[derive(Debug, Arbitrary)]
 struct Step {
     method: u8,
-    raw_method: Vec<u8>,
     path: u8,
-    raw_target: Vec<u8>,
-    peer: Peer,
-    lines: Vec<Line>,
+    /// Who asks: one of [`KEYS`], the allowed key, or no key of its own (then `lines` may
+    /// still carry any `X-API-Key`).
+    key: u8,
     /// Milliseconds the clock moves before this request.
     wait_ms: u16,
+    peer: Peer,
+    lines: Vec<Line>,
+    raw_method: Vec<u8>,
+    raw_target: Vec<u8>,
 }
 
 /// The request headers the handler's answer to `headers` varies on: `x-fuzz-vary` and
@@ -178,15 +181,22 @@ fn header_u64(res: &Response<Body>, name: &str) -> Option<u64> {
     })
 }
 
+/// How many cached replays the check has compared with the handler's answer (in this
+/// process): the corpus test asserts the committed corpus reaches that check at all.
+pub static REPLAYS_CHECKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Whole requests through the layer, one after another on a manual clock: never a 5xx, the
 /// rate-limit headers honest (remaining within the limit, `Retry-After` of at least a second on
 /// a 429), none for exempt routes and allowed clients, and a replayed copy (the cached band)
 /// only ever for a client the limiter identified, byte for byte the handler's answer to this
 /// very request.
 pub fn request(data: &[u8]) {
+    // A count, then that many steps: once the bytes run out the steps are all zeros (GET
+    // /items/1 by an identified client, no wait), so even a short input reaches deep states
+    // (the third such request is answered from the cache).
     let mut u = Unstructured::new(data);
-    let Ok(steps) = u.arbitrary_iter::<Step>().and_then(|it| it.take(24).collect::<Result<Vec<_>, _>>())
-    else {
+    let Ok(count) = u.int_in_range(1..=24u8) else { return };
+    let Ok(steps) = (0..count).map(|_| Step::arbitrary(&mut u)).collect::<Result<Vec<_>, _>>() else {
         return;
     };
     thread_local! {
@@ -203,7 +213,8 @@ pub fn request(data: &[u8]) {
         for step in steps {
             clock.advance(Duration::from_millis(u64::from(step.wait_ms)));
             let method = method_of(&step);
-            let target = match PATHS.get(usize::from(step.path)) {
+            // Mostly the app's routes; one value in `PATHS.len() + 1` is a raw target.
+            let target = match PATHS.get(usize::from(step.path) % (PATHS.len() + 1)) {
                 Some(path) => (*path).to_owned(),
                 None => String::from_utf8_lossy(&step.raw_target).into_owned(),
             };
@@ -215,6 +226,15 @@ pub fn request(data: &[u8]) {
             *req.method_mut() = method.clone();
             *req.uri_mut() = uri.clone();
             *req.headers_mut() = header_map(&step.lines, &HEADERS);
+            let key = match step.key % 4 {
+                0 => Some(KEYS[1]),
+                1 => Some(KEYS[0]),
+                2 => Some("monitor-key"),
+                _ => None,
+            };
+            if let Some(key) = key {
+                req.headers_mut().insert("x-api-key", HeaderValue::from_static(key));
+            }
             req.extensions_mut().insert(ConnectInfo(SocketAddr::new(step.peer.ip(), 443)));
             let headers = req.headers().clone();
             let res = app.clone().oneshot(req).await.expect("infallible");
@@ -252,11 +272,14 @@ async fn check(
             limit.is_none() && remaining.is_none(),
             "no rate-limit headers for {uri} (allowed: {allowed})"
         );
-        assert!(status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED, "{status}");
+        // Never refused: the handler's answer, or the router's 404 or 405.
+        let routed = [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED].contains(&status);
+        assert!(status.is_success() || routed, "{status}");
     }
     let degraded = res.headers().get("x-ratelimit-degraded").cloned();
     let body = axum::body::to_bytes(res.into_body(), usize::MAX).await.expect("a body");
     if degraded.as_ref().is_some_and(|d| d == "cached") {
+        REPLAYS_CHECKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         assert!(
             KEYS.iter().any(|k| api_key == Some(k.as_bytes())),
             "a copy replayed to a client the limiter did not identify: {headers:?}"
