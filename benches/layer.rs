@@ -5,7 +5,8 @@
 //! without sockets, in one run.
 //!
 //! `cargo bench --bench layer` — Criterion's report, then a table from an interleaved run:
-//! the variants take turns in ~5 ms blocks for 61 rounds (order reversed every other round),
+//! the variants take turns in ~5 ms blocks of the thread's CPU time (`common::thread_cpu`)
+//! for 61 rounds (order reversed every other round),
 //! and for each round the cost a layer adds is its time minus the bare router's time in that
 //! same round. The table gives the medians, and for tollgate the **median of the per-round
 //! ratios** of what it adds to what tower_governor adds, so load that comes and goes (other
@@ -20,10 +21,10 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::apps;
-use common::{interleaved, median};
+use common::{interleaved, median, thread_cpu};
 use criterion::Criterion;
 
 const SAMPLES: usize = 20;
@@ -58,11 +59,11 @@ fn main() {
         .map(|(_, app)| {
             move |iters: u64| {
                 let mut svc = app.clone();
-                let start = Instant::now();
+                let start = thread_cpu();
                 for _ in 0..iters {
                     black_box(apps::serve(&mut svc, black_box(apps::request())));
                 }
-                start.elapsed()
+                thread_cpu() - start
             }
         })
         .collect();

@@ -142,21 +142,21 @@ fn bench_clock(c: &mut Criterion, pairs: &mut Vec<Pair>) {
     let clock = SystemClock::new();
     let start = std::time::Instant::now();
     let instant = |iters: u64| {
-        let t = std::time::Instant::now();
+        let t = common::thread_cpu();
         for _ in 0..iters {
             let e = black_box(start).elapsed();
             black_box(
                 1_700_000_000_000_000_000u64 + e.as_secs() * 1_000_000_000 + u64::from(e.subsec_nanos()),
             );
         }
-        t.elapsed()
+        common::thread_cpu() - t
     };
     let tsc = |iters: u64| {
-        let t = std::time::Instant::now();
+        let t = common::thread_cpu();
         for _ in 0..iters {
             black_box(black_box(&clock).now());
         }
-        t.elapsed()
+        common::thread_cpu() - t
     };
     let mut group = c.benchmark_group("clock");
     group.bench_function("SystemClock (quanta)", |b| b.iter_custom(tsc));

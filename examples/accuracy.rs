@@ -23,7 +23,6 @@
 //! `2 · burst` in an interval of `w`. Traces come from a fixed seed: the table is the same on
 //! every run.
 
-use std::collections::VecDeque;
 use std::process::ExitCode;
 
 use tollgate::algorithm::{Algorithm, Log, Quota, Rule};
@@ -36,28 +35,36 @@ const REQUESTS: usize = 20_000;
 /// An instant on a multiple of every window used here, so traces start on a window edge.
 const START: u64 = 1_700_000_000 * 1_000_000_000;
 
-/// One decider: admits or refuses a request of cost 1 at an instant.
+/// One decider of requests of cost 1.
 trait Decider {
-    fn admit(&mut self, at: u64) -> bool;
+    /// Would a request at `at` be admitted? Changes nothing.
+    fn decide(&self, at: u64) -> bool;
+    /// Counts an admission at `at` (its own, or one the definition made).
+    fn record(&mut self, at: u64);
+    /// Decides, and counts the request when admitted.
+    fn admit(&mut self, at: u64) -> bool {
+        let ok = self.decide(at);
+        if ok {
+            self.record(at);
+        }
+        ok
+    }
 }
 
 /// The definition, by brute force.
 struct Exact {
     burst: usize,
     w: u64,
-    inside: VecDeque<u64>,
+    admitted: Vec<u64>,
 }
 
 impl Decider for Exact {
-    fn admit(&mut self, at: u64) -> bool {
-        while self.inside.front().is_some_and(|&t| t + self.w <= at) {
-            self.inside.pop_front();
-        }
-        let ok = self.inside.len() < self.burst;
-        if ok {
-            self.inside.push_back(at);
-        }
-        ok
+    fn decide(&self, at: u64) -> bool {
+        self.admitted.iter().rev().take_while(|&&t| t + self.w > at).count() < self.burst
+    }
+
+    fn record(&mut self, at: u64) {
+        self.admitted.push(at);
     }
 }
 
@@ -67,14 +74,13 @@ struct Counter {
 }
 
 impl Decider for Counter {
-    fn admit(&mut self, at: u64) -> bool {
-        match self.rule.check(self.state, Nanos::new(at), 1).new_state() {
-            Some(next) => {
-                self.state = next;
-                true
-            }
-            None => false,
-        }
+    fn decide(&self, at: u64) -> bool {
+        self.rule.check(self.state, Nanos::new(at), 1).new_state().is_some()
+    }
+
+    fn record(&mut self, at: u64) {
+        // One more in the current window, as an admission counts it, admitted or not.
+        self.state = self.rule.settle(self.state, Nanos::new(at), self.state, 0, 1, false).state;
     }
 }
 
@@ -84,8 +90,15 @@ struct SlidingLog {
 }
 
 impl Decider for SlidingLog {
-    fn admit(&mut self, at: u64) -> bool {
-        self.log.check(&self.quota, Nanos::new(at), 1, Nanos::ZERO).new_state().is_some()
+    fn decide(&self, at: u64) -> bool {
+        self.log.peek(&self.quota, Nanos::new(at)).remaining >= 1
+    }
+
+    fn record(&mut self, at: u64) {
+        let at = Nanos::new(at);
+        if self.log.check(&self.quota, at, 1, Nanos::ZERO).new_state().is_none() {
+            self.log.settle(&self.quota, at, at, 0, 1);
+        }
     }
 }
 
@@ -99,24 +112,34 @@ struct Textbook {
     cur: u64,
 }
 
-impl Decider for Textbook {
-    fn admit(&mut self, at: u64) -> bool {
+impl Textbook {
+    /// (previous, current) counts as of the window of `at`.
+    fn counts(&self, at: u64) -> (u64, u64) {
         let index = at / self.w;
-        if index == self.index + 1 {
-            (self.prev, self.cur) = (self.cur, 0);
-        } else if index != self.index {
-            (self.prev, self.cur) = (0, 0);
+        if index == self.index {
+            (self.prev, self.cur)
+        } else if index == self.index + 1 {
+            (self.cur, 0)
+        } else {
+            (0, 0)
         }
-        self.index = index;
+    }
+}
+
+impl Decider for Textbook {
+    fn decide(&self, at: u64) -> bool {
+        let (prev, cur) = self.counts(at);
         let e = u128::from(at % self.w);
         let w = u128::from(self.w);
         // cur + prev · (w − e) / w + 1 ≤ burst, in integers.
-        let used = u128::from(self.cur) * w + u128::from(self.prev) * (w - e);
-        let ok = used + w <= u128::from(self.burst) * w;
-        if ok {
-            self.cur += 1;
-        }
-        ok
+        let used = u128::from(cur) * w + u128::from(prev) * (w - e);
+        used + w <= u128::from(self.burst) * w
+    }
+
+    fn record(&mut self, at: u64) {
+        (self.prev, self.cur) = self.counts(at);
+        self.index = at / self.w;
+        self.cur += 1;
     }
 }
 
@@ -203,17 +226,27 @@ struct Row {
     burst: u64,
     offered: usize,
     exact_admitted: usize,
-    /// (differs, admitted where exact refused, refused where exact admitted, worst in any w)
+    /// Per decider (counter, textbook, log), each on its own history: (differs, admitted where
+    /// exact refused, refused where exact admitted, worst in any w).
     deciders: [(usize, usize, usize, usize); 3],
+    /// Per decider, on the definition's history: decisions that differ.
+    same_history: [usize; 3],
     exact_worst: usize,
 }
 
-fn replay(quota: Quota, trace: &[u64]) -> (Vec<bool>, Vec<[bool; 3]>) {
+fn deciders(quota: Quota) -> (Exact, Counter, Textbook, SlidingLog) {
     let w = quota.refill_time().as_nanos();
-    let mut exact = Exact { burst: quota.burst() as usize, w, inside: VecDeque::new() };
-    let mut counter = Counter { rule: Rule::new(Algorithm::SlidingWindow, quota), state: 0 };
-    let mut textbook = Textbook { burst: quota.burst(), w, index: 0, prev: 0, cur: 0 };
-    let mut log = SlidingLog { quota, log: Log::default() };
+    (
+        Exact { burst: quota.burst() as usize, w, admitted: Vec::new() },
+        Counter { rule: Rule::new(Algorithm::SlidingWindow, quota), state: 0 },
+        Textbook { burst: quota.burst(), w, index: 0, prev: 0, cur: 0 },
+        SlidingLog { quota, log: Log::default() },
+    )
+}
+
+/// Each decider on its own: what the definition decides, and what each of them does.
+fn replay(quota: Quota, trace: &[u64]) -> (Vec<bool>, Vec<[bool; 3]>) {
+    let (mut exact, mut counter, mut textbook, mut log) = deciders(quota);
     let mut expected = Vec::with_capacity(trace.len());
     let mut decided = Vec::with_capacity(trace.len());
     for &at in trace {
@@ -221,6 +254,26 @@ fn replay(quota: Quota, trace: &[u64]) -> (Vec<bool>, Vec<[bool; 3]>) {
         decided.push([counter.admit(at), textbook.admit(at), log.admit(at)]);
     }
     (expected, decided)
+}
+
+/// Every decider fed the definition's admissions: how many single decisions differ from it,
+/// with no drift between histories.
+fn replay_on_the_definitions_history(quota: Quota, trace: &[u64]) -> [usize; 3] {
+    let (mut exact, mut counter, mut textbook, mut log) = deciders(quota);
+    let mut differ = [0; 3];
+    for &at in trace {
+        let ok = exact.decide(at);
+        for (n, decider) in [&counter as &dyn Decider, &textbook, &log].into_iter().enumerate() {
+            differ[n] += usize::from(decider.decide(at) != ok);
+        }
+        if ok {
+            exact.record(at);
+            counter.record(at);
+            textbook.record(at);
+            log.record(at);
+        }
+    }
+    differ
 }
 
 fn row(trace_name: &'static str, quota: Quota, trace: &[u64]) -> Row {
@@ -242,6 +295,7 @@ fn row(trace_name: &'static str, quota: Quota, trace: &[u64]) -> Row {
         offered: trace.len(),
         exact_admitted: expected.iter().filter(|&&ok| ok).count(),
         deciders,
+        same_history: replay_on_the_definitions_history(quota, trace),
         exact_worst: worst_in_any_w(&admitted_by(&|i| expected[i]), w),
     }
 }
@@ -261,9 +315,10 @@ fn main() -> ExitCode {
     let mut failures = Vec::new();
     println!(
         "| trace | burst | requests | exact admits | counter: % differ (+more / −fewer) | \
-         textbook: % differ (+more / −fewer) | log: % differ | most in any w: exact / counter / textbook / log |"
+         textbook: % differ (+more / −fewer) | log: % differ | same history: counter / textbook / log | \
+         most in any w: exact / counter / textbook / log |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (i, burst) in [1u64, 10, 100].into_iter().enumerate() {
         let quota = Quota::new(RATE_PER_SECOND, Nanos::SECOND, burst).expect("a valid quota");
         for (name, trace) in traces(&quota, 0x7011_6a7e + i as u64) {
@@ -277,8 +332,9 @@ fn main() -> ExitCode {
                     percent(fewer, r.offered)
                 )
             };
+            let [same_counter, same_textbook, same_log] = r.same_history.map(|n| percent(n, r.offered));
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {same_counter} / {same_textbook} / {same_log} | {} / {} / {} / {} |",
                 r.trace,
                 r.burst,
                 r.offered,
@@ -292,7 +348,7 @@ fn main() -> ExitCode {
                 log.3,
             );
             let b = burst as usize;
-            if log.0 != 0 || log.3 > b || r.exact_worst > b {
+            if log.0 != 0 || r.same_history[2] != 0 || log.3 > b || r.exact_worst > b {
                 failures.push(format!("{name}, burst {burst}: the log is not the definition"));
             }
             if counter.3 > 2 * b {
@@ -306,7 +362,8 @@ fn main() -> ExitCode {
     }
     println!(
         "\nRate {RATE_PER_SECOND}/s (w = burst ÷ rate: 0.1 s, 1 s, 10 s); requests of cost 1; \
-         \"+more\": admitted where the definition refuses, \"−fewer\": refused where it admits."
+         \"+more\": admitted where the definition refuses, \"−fewer\": refused where it admits; \
+         \"same history\": every decider fed the definition's admissions."
     );
     if failures.is_empty() {
         ExitCode::SUCCESS

@@ -99,6 +99,9 @@ async fn manual() -> Server {
 }
 
 /// The Redis store (shared Redis, a prefix of its own), or `None` when Redis is unreachable.
+/// Every decision is Redis': a slow answer (a loaded machine) is waited for up to 2 s, and
+/// beyond that a 503, never the in-process fallback's decision (with the default 50 ms and
+/// `on_error = "local"`, a held request was once decided by the fallback and not held).
 async fn redis(test: &str) -> Option<Server> {
     support::shared_redis()?;
     Some(redis_at(support::SHARED_URL, test).await)
@@ -106,7 +109,7 @@ async fn redis(test: &str) -> Option<Server> {
 
 async fn redis_at(url: &str, test: &str) -> Server {
     let store = format!(
-        "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"{}\"\n",
+        "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"{}\"\ntimeout_ms = 2000\non_error = \"deny\"\n",
         support::unique_prefix(test)
     );
     serve(app::layer(config(&store, "token_bucket")).unwrap(), None).await

@@ -255,14 +255,29 @@ async fn two_instances_share_one_exact_log() {
 // -------------------------------------------------------------------------------------------
 // The sliding-window counter's script, on a manual clock.
 
-/// check.lua as the store runs it, but reading the time from its last two arguments (seconds,
-/// microseconds) instead of Redis' `TIME`: the same arithmetic, driven at chosen instants.
-fn script_on_a_manual_clock() -> redis::Script {
+/// algorithms.lua on a manual clock: the time comes from the script's last two arguments
+/// (seconds, microseconds) instead of Redis' `TIME`, and keys live an hour of real time instead
+/// of until their state is idle on the manual clock (which may run slower than the real one:
+/// a key that expired in real time between two steps a microsecond apart would read as
+/// fresh). Keeping an idle state longer changes no decision, as the memory store shows: an
+/// idle state reads as a fresh one; when keys expire is tested on the real clock elsewhere.
+fn algorithms_on_a_manual_clock() -> String {
     const TIME: &str = "local time = redis.call('TIME')";
+    const TTL: &str = "return max(math.ceil(micros / 1000), 1)";
     let algorithms = include_str!("../src/store/redis/algorithms.lua");
     assert_eq!(algorithms.matches(TIME).count(), 1, "algorithms.lua reads TIME once, here");
-    let algorithms = algorithms.replace(TIME, "local time = { ARGV[#ARGV - 1], ARGV[#ARGV] }");
-    redis::Script::new(&format!("{algorithms}{}", include_str!("../src/store/redis/check.lua")))
+    assert_eq!(algorithms.matches(TTL).count(), 1, "algorithms.lua sets every TTL here");
+    algorithms.replace(TIME, "local time = { ARGV[#ARGV - 1], ARGV[#ARGV] }").replace(TTL, "return 3600000")
+}
+
+/// check.lua as the store runs it, on a manual clock: the same arithmetic, driven at chosen
+/// instants.
+fn script_on_a_manual_clock() -> redis::Script {
+    redis::Script::new(&format!(
+        "{}{}",
+        algorithms_on_a_manual_clock(),
+        include_str!("../src/store/redis/check.lua")
+    ))
 }
 
 /// One request of cost 1 through the script at `now` (whole microseconds), on a counter:
@@ -373,7 +388,7 @@ fn every_script_decides_random_traces_as_in_memory() {
             let memory = MemoryStore::with_clock(clock.clone());
             let key = format!("{prefix}:{run}:{number}");
             let mut now = Nanos::from_secs(1_800_000_000) + Nanos::from_micros(rng.u64(0..t));
-            for i in 0..300 {
+            for i in 0..150 {
                 now += Nanos::from_micros(rng.u64(0..2 * t));
                 let cost = rng.u64(0..burst + 2);
                 let from_script = script_decide(&mut conn, &script, &key, number, &quota, now, cost);
@@ -386,7 +401,7 @@ fn every_script_decides_random_traces_as_in_memory() {
             }
         }
     }
-    assert!(outcomes.iter().all(|&n| n > 100), "admitted, refused, never: {outcomes:?}");
+    assert!(outcomes.iter().all(|&n| n > 50), "admitted, refused, never: {outcomes:?}");
 }
 
 /// The counter's script decides as the memory store does, request for request, and never
@@ -411,9 +426,9 @@ fn the_counter_script_admits_a_client_at_exactly_the_rate_as_in_memory() {
         for phase in [Nanos::ZERO, Nanos::from_micros(1), t / 3, t - Nanos::from_micros(1), w - t] {
             // Whole microseconds, as Redis' clock.
             let phase = Nanos::from_micros(phase.as_nanos() / 1_000);
-            let paced: Vec<Nanos> = (0..4 * burst + 20).map(|i| start + phase + t * i).collect();
-            let random: Vec<Nanos> = paced
-                .iter()
+            // Three windows and more at the rate, then 60 at random (light on a shared Redis).
+            let paced: Vec<Nanos> = (0..3 * burst + 10).map(|i| start + phase + t * i).collect();
+            let random: Vec<Nanos> = (0..60)
                 .scan(*paced.last().unwrap(), |at, _| {
                     *at += Nanos::from_micros(rng.u64(0..t.as_nanos() / 1_000));
                     Some(*at)
@@ -483,12 +498,13 @@ fn the_log_script_is_exact_at_the_window_edge() {
     assert_eq!(seen[4].1[3], 1_000_000, "t: until the entry at 1 s leaves");
 }
 
-/// settle.lua as the store runs it, reading the time from its last two arguments.
+/// settle.lua as the store runs it, on a manual clock.
 fn settle_script_on_a_manual_clock() -> redis::Script {
-    const TIME: &str = "local time = redis.call('TIME')";
-    let algorithms = include_str!("../src/store/redis/algorithms.lua");
-    let algorithms = algorithms.replace(TIME, "local time = { ARGV[#ARGV - 1], ARGV[#ARGV] }");
-    redis::Script::new(&format!("{algorithms}{}", include_str!("../src/store/redis/settle.lua")))
+    redis::Script::new(&format!(
+        "{}{}",
+        algorithms_on_a_manual_clock(),
+        include_str!("../src/store/redis/settle.lua")
+    ))
 }
 
 /// Random traces of admissions and settlements (refunds, a whole refund, extra charges into
@@ -518,7 +534,7 @@ fn every_script_settles_random_traces_as_in_memory() {
             let mut now = Nanos::from_secs(1_800_000_000) + Nanos::from_micros(rng.u64(0..t));
             // (script receipt, charged at in µs, the memory store's decision)
             let mut open: Vec<(i64, u64, Decision)> = Vec::new();
-            for i in 0..300 {
+            for i in 0..200 {
                 now += Nanos::from_micros(rng.u64(0..2 * t));
                 let micros = now.as_nanos() / 1_000;
                 if !open.is_empty() && rng.u8(0..3) == 0 {
@@ -591,5 +607,5 @@ fn every_script_settles_random_traces_as_in_memory() {
             }
         }
     }
-    assert!(settled > 500, "{settled} settlements");
+    assert!(settled > 300, "{settled} settlements");
 }

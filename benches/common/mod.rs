@@ -15,44 +15,53 @@
 pub mod apps;
 
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Runs `op(thread, i)` for `i in 0..iters` on each of `threads` threads at once, and returns
-/// the wall time from the moment all threads are released until the last one finishes
-/// (thread start-up is not counted). Each thread does `iters` operations, so the result is the
-/// time per operation *per thread*: flat when threads scale perfectly, doubled when they
-/// serialise completely.
+/// The CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`). The benches time with it
+/// rather than with the wall clock: on these shared machines (two cores, several engineers'
+/// builds) a thread is often descheduled in the middle of a timed block, and wall time counts
+/// that wait as if the code under test had taken it; CPU time does not. (What load still
+/// does, caches warmed by someone else's process, hits both sides of an interleaved round.)
+pub fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Runs `op(thread, i)` for `i in 0..iters` on each of `threads` threads at once (released
+/// together; thread start-up is not counted), and returns the CPU time each thread used, on
+/// average ([`thread_cpu`]). Each thread does `iters` operations, so the result is the time
+/// per operation *per thread*: flat when threads scale perfectly, higher when they contend
+/// (a contended compare-and-swap retries, a lock word bounces between the cores: all of it
+/// CPU time).
 pub fn run_threads<F>(threads: usize, iters: u64, op: F) -> Duration
 where
     F: Fn(usize, u64) + Sync,
 {
     if threads == 1 {
-        let start = Instant::now();
+        let start = thread_cpu();
         for i in 0..iters {
             op(0, i);
         }
-        return start.elapsed();
+        return thread_cpu() - start;
     }
     let barrier = Barrier::new(threads);
-    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+    let spent: Vec<Duration> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (barrier, op) = (&barrier, &op);
                 s.spawn(move || {
                     barrier.wait();
-                    let start = Instant::now();
+                    let start = thread_cpu();
                     for i in 0..iters {
                         op(t, i);
                     }
-                    (start, Instant::now())
+                    thread_cpu() - start
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let start = spans.iter().map(|s| s.0).min().unwrap();
-    let end = spans.iter().map(|s| s.1).max().unwrap();
-    end - start
+    spent.iter().sum::<Duration>() / threads as u32
 }
 
 /// Runs the `variants` in turns: `rounds` rounds, each running every variant once for a block

@@ -127,10 +127,12 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
+    #[inline]
     pub(crate) fn inner(future: S::Future, after: After) -> Self {
         Self { kind: Kind::Inner { future, after: Some(after) } }
     }
 
+    #[inline]
     pub(crate) fn ready(response: OwnResponse) -> Self {
         Self { kind: Kind::Ready { response: Some(response) } }
     }
@@ -177,6 +179,7 @@ where
     }
 }
 
+#[inline]
 fn forward<S, ReqBody>(
     inner: &mut S,
     mut parts: Parts,
@@ -198,6 +201,7 @@ where
 }
 
 /// The finished answer: the headers merged (a handler's own win), the body wrapped.
+#[inline]
 fn finish<ResBody>(
     mut response: Response<ResBody>,
     headers: Option<RateLimitHeaders>,

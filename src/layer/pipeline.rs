@@ -69,10 +69,10 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let core = &*self.core;
+        let core = &*self.state.core;
         // Every step reads the limits of this one snapshot, loaded once (lock-free): a reload
         // swaps in a new one for the next request, and this one finishes under these.
-        let live = self.shared.live.load();
+        let live = self.state.shared.live.load();
         let snapshot = &live.snapshot;
 
         // 1. Route.
@@ -106,13 +106,13 @@ where
         let mut check = core.store.check(&plan.key, plan.tier, plan.charge);
         match check.try_take() {
             // 5. Outcome, now; 6. the response, in the future.
-            Some(result) => next(self.core.settle(plan, result), &mut self.inner, parts, body),
+            Some(result) => next(self.state.core.settle(plan, result), &mut self.inner, parts, body),
             None => {
                 // The store does I/O: the plan outlives this call, and the instance polled
                 // ready moves into the future while a clone takes its place (see "Be careful
                 // when cloning inner services" in tower's docs).
                 let detached = plan.detach();
-                let core = self.core.clone();
+                let core = self.state.core.clone();
                 let settle = Box::new(move |result| detached.settle(&core, result));
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);

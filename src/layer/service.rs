@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::core::{Core, Shared};
+use super::LayerState;
 use super::RateLimitLayer;
 use crate::config::Config;
 
@@ -12,20 +12,19 @@ use crate::config::Config;
 #[derive(Debug)]
 pub struct RateLimit<S, K> {
     pub(super) inner: S,
-    pub(super) core: Arc<Core>,
-    pub(super) shared: Arc<Shared<K>>,
+    pub(super) state: Arc<LayerState<K>>,
 }
 
 impl<S: Clone, K> Clone for RateLimit<S, K> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), core: self.core.clone(), shared: self.shared.clone() }
+        Self { inner: self.inner.clone(), state: self.state.clone() }
     }
 }
 
 impl<S, K> RateLimit<S, K> {
     /// Wraps `inner` with the limits of `layer`.
     pub fn new(inner: S, layer: &RateLimitLayer<K>) -> Self {
-        Self { inner, core: layer.core.clone(), shared: layer.shared.clone() }
+        Self { inner, state: layer.state.clone() }
     }
 
     /// The inner service.

@@ -364,16 +364,16 @@ async fn unidentified_clients_share_one_bucket_of_the_default_tier() {
 #[test]
 fn builder_methods_edit_in_place_and_leave_earlier_clones_alone() {
     let layer = RateLimitLayer::from_limits(limits());
-    let shared = Arc::as_ptr(&layer.core);
+    let shared = Arc::as_ptr(&layer.state.core);
     let layer = layer.headers(crate::answer::HeaderMode::None).on_error(OnError::Deny).route_cost("/x", 2);
-    assert_eq!(Arc::as_ptr(&layer.core), shared, "edited in place");
+    assert_eq!(Arc::as_ptr(&layer.state.core), shared, "edited in place");
 
     let before = layer.clone();
     let after = layer.route_cost("/x", 3);
     assert_eq!(after.limits().routes().lookup(&http::Method::GET, "/x").cost, 3);
     assert_eq!(before.limits().routes().lookup(&http::Method::GET, "/x").cost, 2, "the clone keeps its own");
     assert!(Arc::ptr_eq(before.store(), after.store()), "one store");
-    assert!(Arc::ptr_eq(&before.core.inflight, &after.core.inflight), "one in-flight count");
+    assert!(Arc::ptr_eq(&before.state.core.inflight, &after.state.core.inflight), "one in-flight count");
 }
 
 #[test]

@@ -124,6 +124,10 @@ pub struct Policy {
     /// When the policy took its current rule (Unix epoch, the reloader's clock; zero for
     /// limits as built): a store that converts lazily converts as of then.
     changed_at: Nanos,
+    /// When a reload last removed a policy of this name from its limits (Unix epoch, the
+    /// reloader's clock; zero when none did): a store that keeps state by name (Redis) forgets
+    /// a state written before then, so a policy added back starts full.
+    gone_at: Nanos,
 }
 
 impl Policy {
@@ -139,6 +143,7 @@ impl Policy {
             version: 0,
             since: 0,
             changed_at: Nanos::ZERO,
+            gone_at: Nanos::ZERO,
         }
     }
 
@@ -191,6 +196,12 @@ impl Policy {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // Read by the Redis store.
     pub(crate) fn changed_at(&self) -> Nanos {
         self.changed_at
+    }
+
+    /// When a reload last removed a policy of this name (zero: never).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // Read by the Redis store.
+    pub(crate) fn gone_at(&self) -> Nanos {
+        self.gone_at
     }
 }
 
@@ -613,6 +624,8 @@ pub struct Limits {
     lineage: u64,
     /// 0 when built; one more for each reload that continued the lineage.
     generation: u32,
+    /// When a reload of the lineage last removed each policy name that was ever removed.
+    gone: Arc<HashMap<Arc<str>, Nanos, foldhash::fast::RandomState>>,
 }
 
 impl Limits {
@@ -674,7 +687,17 @@ impl Limits {
             tiers.push(tier);
         }
         let by_name = tiers.iter().map(|t| (t.name.clone(), t.index)).collect::<HashMap<_, _, _>>();
-        Self { tiers, by_name, default_tier, routes, bands, policy_count: uid, lineage, generation: 0 }
+        Self {
+            tiers,
+            by_name,
+            default_tier,
+            routes,
+            bands,
+            policy_count: uid,
+            lineage,
+            generation: 0,
+            gone: Arc::default(),
+        }
     }
 
     /// Makes these limits the successor of `previous` (a reload): they join its lineage, one
@@ -689,6 +712,13 @@ impl Limits {
         self.generation = generation;
         let before: HashMap<&str, &Policy> =
             previous.tiers.iter().flat_map(|t| t.policies.iter()).map(|p| (p.name(), p)).collect();
+        // The names these limits drop are gone as of now.
+        let mut gone = (*previous.gone).clone();
+        for name in before.keys() {
+            if !self.tiers.iter().any(|t| t.policies.iter().any(|p| p.name() == *name)) {
+                gone.insert(Arc::from(*name), at);
+            }
+        }
         for tier in &mut self.tiers {
             let mut policies = tier.policies.to_vec();
             for policy in &mut policies {
@@ -698,10 +728,12 @@ impl Limits {
                     Some(old) => (generation, old.since, at),
                     None => (generation, generation, at),
                 };
+                policy.gone_at = gone.get(policy.name()).copied().unwrap_or(Nanos::ZERO);
             }
             tier.policies = policies.into();
             tier.identify();
         }
+        self.gone = Arc::new(gone);
     }
 
     /// The tier named `name`.
@@ -807,9 +839,20 @@ mod tests {
         assert_eq!(second.default_tier().state_id(), third.default_tier().state_id());
         // Gone, then back: it starts again.
         let mut gone = limits(nonzero!(20u32), None, true);
-        gone.continue_from(&third, Nanos::ZERO);
+        gone.continue_from(&third, Nanos::from_secs(50));
         let mut back = limits(nonzero!(20u32), Some(100), true);
-        back.continue_from(&gone, Nanos::ZERO);
+        back.continue_from(&gone, Nanos::from_secs(60));
+        let daily = |l: &Limits| l.default_tier().policies()[1].gone_at();
+        let mut later = limits(nonzero!(20u32), Some(100), true);
+        later.continue_from(&back, Nanos::from_secs(70));
+        // A store that keeps state by name (Redis) forgets what was written before the
+        // removal, in the policy's next life and in every reload after it; a policy never
+        // removed has nothing to forget.
+        assert_eq!(
+            (daily(&third), daily(&back), daily(&later)),
+            (Nanos::ZERO, Nanos::from_secs(50), Nanos::from_secs(50))
+        );
+        assert_eq!(later.default_tier().policies()[0].gone_at(), Nanos::ZERO);
         let back = versions(&back);
         assert_eq!((back[1].0.as_str(), back[1].2, back[1].3), ("anonymous-daily", 4, 4));
     }

@@ -248,6 +248,7 @@ pub struct Decision {
 
 impl Decision {
     /// A decision made at `now` (since the Unix epoch) with no policies yet.
+    #[inline]
     pub fn new(verdict: Verdict, now: Nanos, fraction_before: f64, charged: u64) -> Self {
         Self {
             verdict,
@@ -263,12 +264,14 @@ impl Decision {
 
     /// The same admission, with its tokens reserved ahead: the request is to be held `wait`
     /// before it is forwarded.
+    #[inline]
     pub fn held(mut self, wait: Nanos) -> Self {
         self.wait = wait;
         self
     }
 
     /// The same decision, carrying what its charge wrote (for [`Store::settle`]).
+    #[inline]
     pub fn with_receipt(mut self, receipt: Receipt) -> Self {
         self.receipt = receipt;
         self
@@ -291,6 +294,7 @@ impl Decision {
     }
 
     /// Adds one policy's standing (at most [`MAX_POLICIES`]; more are ignored).
+    #[inline]
     pub fn with(mut self, state: PolicyState) -> Self {
         if usize::from(self.len) < MAX_POLICIES {
             self.policies[usize::from(self.len)] = state;

@@ -43,6 +43,13 @@ local function ttl_ms(micros)
   return max(math.ceil(micros / 1000), 1)
 end
 
+-- True when a state written at `at` (microseconds) belongs to an earlier life of policy `p`:
+-- one a reload removed (at `p.gone`) before a later one added it back. Such a state is
+-- forgotten, so the policy starts full.
+local function before_gone(p, at)
+  return (p.gone or 0) > 0 and at < p.gone
+end
+
 -- GCRA --------------------------------------------------------------------------------------
 
 -- Requests a sliding-window state ({index, prev, cur} in windows of w) counts at `t`: the
@@ -76,7 +83,7 @@ local function gcra_load(p, raw)
   if kind == 'g' then
     local tat, slid, e, at = string.match(raw, '^g (%d+) (%d+) (%d+) (%d+)$')
     tat, e, at = tonumber(tat), tonumber(e), tonumber(at)
-    if not tat then
+    if not tat or before_gone(p, at) then
       return
     end
     p.slid = tonumber(slid)
@@ -89,8 +96,8 @@ local function gcra_load(p, raw)
       end
     end
   elseif kind == 'w' then
-    local index, prev, cur, w = string.match(raw, '^w (%d+) (%d+) (%d+) (%d+)$')
-    if index then
+    local index, prev, cur, w, at = string.match(raw, '^w (%d+) (%d+) (%d+) (%d+) ?(%d*)$')
+    if index and not before_gone(p, tonumber(at) or (tonumber(index) + 1) * tonumber(w)) then
       local used = counted(tonumber(index), tonumber(prev), tonumber(cur), tonumber(w), now)
       if used > 0 then
         p.tat = now + used * p.emission
@@ -155,7 +162,8 @@ end
 -- evenly spread from its start, so `prev - 1 - floor(prev * e / w)` of them are still inside
 -- the last w; a request fits when that, the current count and its cost are at most the burst.
 
--- A sliding-window state: "w <index> <prev> <cur> <window length>"; the older
+-- A sliding-window state: "w <index> <prev> <cur> <window length> <written at>" (without the
+-- last, as earlier versions wrote it, it counts as written when its window ended); the older
 -- "<index> <prev> <cur>" is read as written under the caller's window. Written under another
 -- window or algorithm, what it counts now is counted in the current window.
 local function window_load(p, raw)
@@ -166,14 +174,14 @@ local function window_load(p, raw)
   if not raw then
     return
   end
-  local index, prev, cur, length
+  local index, prev, cur, length, at
   local kind = string.sub(raw, 1, 1)
   if kind == 'w' then
-    index, prev, cur, length = string.match(raw, '^w (%d+) (%d+) (%d+) (%d+)$')
-    length = tonumber(length)
+    index, prev, cur, length, at = string.match(raw, '^w (%d+) (%d+) (%d+) (%d+) ?(%d*)$')
+    length, at = tonumber(length), tonumber(at)
   elseif kind == 'g' then
-    local tat, e = string.match(raw, '^g (%d+) %d+ (%d+) %d+$')
-    if tat then
+    local tat, e, at = string.match(raw, '^g (%d+) %d+ (%d+) (%d+)$')
+    if tat and not before_gone(p, tonumber(at)) then
       win.cur = math.ceil(max(tonumber(tat) - now, 0) / tonumber(e))
     end
     return
@@ -182,7 +190,8 @@ local function window_load(p, raw)
     length = w
   end
   index, prev, cur = tonumber(index), tonumber(prev), tonumber(cur)
-  if not index then
+  -- Written when it says, or at the latest when its window ended.
+  if not index or before_gone(p, at or (index + 1) * length) then
     return
   end
   if length ~= w then
@@ -275,7 +284,7 @@ end
 
 local function window_store(p, key, cur)
   local win = p.win
-  local value = string.format('w %.0f %d %d %.0f', win.tag, win.prev, cur, win.w)
+  local value = string.format('w %.0f %d %d %.0f %.0f', win.tag, win.prev, cur, win.w, now)
   redis.call('SET', key, value, 'PX', ttl_ms(window_reset(win, cur)))
 end
 
@@ -289,7 +298,9 @@ local function log_load(p, key)
   p.w = p.emission * p.burst
   -- Members at or before now - w have left the window. A key another algorithm wrote (a
   -- reload changed the policy's algorithm) is dropped: a full quota.
-  if not pcall(redis.call, 'ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - p.w)) then
+  -- Entries of an earlier life of the policy (see before_gone) are dropped too.
+  local older = max(now - p.w, (p.gone or 0) - 1)
+  if not pcall(redis.call, 'ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', older)) then
     redis.call('DEL', key)
   end
   p.total = redis.call('ZCARD', key)

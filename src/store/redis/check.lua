@@ -9,6 +9,10 @@
 --          2 = sliding log), emission interval (microseconds per token), burst, and when the
 --          policy took this rule (microseconds since the epoch; 0 = as built): a state written
 --          under another rule is converted as of then (see algorithms.lua)
+-- ARGV[5 + 4n] = 'gone', then ARGV[5 + 4n + i]  (optional, n = #KEYS) when a reload removed
+--          policy i and a later one added it back: when it was removed (microseconds since
+--          the epoch; 0 = never). A state written before then is forgotten: the policy starts
+--          full. Absent when no policy was ever removed.
 --
 -- All policies are charged or none, at one instant: now, or (a held request) the instant its
 -- tokens exist in every policy, at most max_wait ahead.
@@ -24,6 +28,13 @@ local reduced_below = tonumber(ARGV[2])
 local reduced_cost = tonumber(ARGV[3])
 local max_wait = tonumber(ARGV[4])
 
+local gone = {}
+if ARGV[5 + 4 * #KEYS] == 'gone' then
+  for i = 1, #KEYS do
+    gone[i] = tonumber(ARGV[5 + 4 * #KEYS + i])
+  end
+end
+
 local policies = {}
 local fraction = 1
 local max_cost = nil
@@ -33,6 +44,7 @@ for i = 1, #KEYS do
     emission = tonumber(ARGV[4 + 4 * i - 2]),
     burst = tonumber(ARGV[4 + 4 * i - 1]),
     changed = tonumber(ARGV[4 + 4 * i]),
+    gone = gone[i] or 0,
   }
   load(p, KEYS[i])
   p.num, p.den = fraction_of(p)

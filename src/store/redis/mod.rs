@@ -271,7 +271,7 @@ fn bump(counter: &AtomicU64) {
 /// in one Cluster slot, which the script needs. A GCRA key holds
 /// `"g <tat> <slid> <emission> <at>"`: the theoretical arrival time, the last instant a refund
 /// slid the bucket, the emission interval (microseconds) and when it was written; a
-/// sliding-window key holds `"w <window> <previous> <current> <window length>"`; a sliding log
+/// sliding-window key holds `"w <window> <previous> <current> <window length> <at>"`; a sliding log
 /// is a sorted set.
 /// Every key expires (`PX`) when its bucket would be full again, so idle clients cost nothing.
 /// See [`RedisStore::key_of`].
@@ -286,7 +286,9 @@ fn bump(counter: &AtomicU64) {
 /// under its own rule, and a state is read under the reader's. (The forms of earlier versions,
 /// without the rule, are read as written under the reader's rule; an earlier version reads
 /// these forms as a full bucket, so upgrade every instance of a service together.) A policy
-/// removed and added back before its keys expired picks its old state up again.
+/// that a reload removed and a later one adds back starts full: the script forgets a state
+/// written before the removal (as this instance's reloader saw it; an instance started since
+/// knows of no removal and reads such a state until the client's next admission rewrites it).
 ///
 /// # When Redis cannot answer
 /// Every call is bounded by a timeout (50 ms by default). A circuit breaker opens after
@@ -425,6 +427,9 @@ struct Call {
     /// How long the request may be held (whole microseconds, rounded down: never longer).
     max_wait: u64,
     policies: Vec<(u8, u64, u64, u64)>,
+    /// When a reload last removed each policy (microseconds since the epoch), or empty when
+    /// none was ever removed (the common case: no extra arguments).
+    gone: Vec<u64>,
     limits: Vec<u64>,
 }
 
@@ -467,6 +472,11 @@ impl Inner {
                     )
                 })
                 .collect(),
+            gone: if policies.iter().any(|p| !p.gone_at().is_zero()) {
+                policies.iter().map(|p| p.gone_at().as_micros_ceil()).collect()
+            } else {
+                Vec::new()
+            },
             limits: policies.iter().map(|p| p.quota().burst()).collect(),
         }
     }
@@ -507,6 +517,12 @@ impl Inner {
             .arg(call.max_wait);
         for &(algorithm, emission, burst, changed) in &call.policies {
             invocation.arg(algorithm).arg(emission).arg(burst).arg(changed);
+        }
+        if !call.gone.is_empty() {
+            invocation.arg("gone");
+            for &gone in &call.gone {
+                invocation.arg(gone);
+            }
         }
         let reply = match tokio::time::timeout(self.timeout, conn.invoke(&invocation)).await {
             Ok(Ok(reply)) => reply,
