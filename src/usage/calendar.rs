@@ -3,30 +3,20 @@
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
 pub(super) fn iso8601(epoch: u64) -> String {
-    let t = utc(epoch);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    stamp(epoch, 'T', "Z")
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC`.
 pub(super) fn utc_clock(epoch: u64) -> String {
+    stamp(epoch, ' ', " UTC")
+}
+
+/// The date, `between`, the time to the second, then `zone`.
+fn stamp(epoch: u64, between: char, zone: &str) -> String {
     let t = utc(epoch);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let (year, month, day) = (t.year(), u8::from(t.month()), t.day());
+    let (hour, minute, second) = (t.hour(), t.minute(), t.second());
+    format!("{year:04}-{month:02}-{day:02}{between}{hour:02}:{minute:02}:{second:02}{zone}")
 }
 
 /// Unix epoch seconds as a UTC date and time (the calendar is `time`'s); an instant past what

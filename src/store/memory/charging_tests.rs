@@ -9,12 +9,7 @@ use crate::algorithm::{Algorithm, Quota};
 use crate::clock::ManualClock;
 use crate::policy::{Limits, TierSpec};
 
-const START: Duration = Duration::from_secs(1_700_000_000);
-
-fn store() -> (MemoryStore<ManualClock>, ManualClock) {
-    let clock = ManualClock::new(START);
-    (MemoryStore::with_clock(clock.clone()), clock)
-}
+use super::tests::{admitted_by_threads, store, START};
 
 fn tier(spec: TierSpec) -> Limits {
     Limits::builder().tier("anonymous", spec).build().unwrap()
@@ -33,17 +28,7 @@ fn many_threads_on_one_log_admit_exactly_the_burst() {
     ));
     let (store, _clock) = store();
     let store = Arc::new(store);
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let (store, limits) = (store.clone(), limits.clone());
-            std::thread::spawn(move || {
-                let key = Key::new("hot");
-                let tier = limits.default_tier();
-                (0..2_000).filter(|_| store.decide(&key, tier, Charge::new(1)).is_admitted()).count()
-            })
-        })
-        .collect();
-    let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let admitted = admitted_by_threads(&store, &limits, 2_000);
     assert_eq!(admitted, 1_000, "the clock is frozen: exactly the burst");
 }
 

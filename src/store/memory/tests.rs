@@ -10,7 +10,7 @@ use crate::clock::ManualClock;
 use crate::clock::Nanos;
 use crate::policy::{Limits, Tier, TierSpec};
 
-const START: Duration = Duration::from_secs(1_700_000_000);
+pub(super) const START: Duration = Duration::from_secs(1_700_000_000);
 
 fn limits() -> Limits {
     Limits::builder()
@@ -33,9 +33,29 @@ fn limits() -> Limits {
         .unwrap()
 }
 
-fn store() -> (MemoryStore<ManualClock>, ManualClock) {
+pub(super) fn store() -> (MemoryStore<ManualClock>, ManualClock) {
     let clock = ManualClock::new(START);
     (MemoryStore::with_clock(clock.clone()), clock)
+}
+
+/// Eight threads each ask `each` times for one token of the key `hot` in `limits`' default tier:
+/// how many were admitted in all.
+pub(super) fn admitted_by_threads(
+    store: &Arc<MemoryStore<ManualClock>>,
+    limits: &Limits,
+    each: usize,
+) -> usize {
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, limits) = (store.clone(), limits.clone());
+            std::thread::spawn(move || {
+                let key = Key::new("hot");
+                let tier = limits.default_tier();
+                (0..each).filter(|_| store.decide(&key, tier, Charge::new(1)).is_admitted()).count()
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
 }
 
 #[test]
@@ -52,17 +72,7 @@ fn many_threads_on_one_key_admit_exactly_the_burst() {
     );
     let (store, _clock) = store();
     let store = Arc::new(store);
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let (store, limits) = (store.clone(), limits.clone());
-            std::thread::spawn(move || {
-                let key = Key::new("hot");
-                let tier = limits.default_tier();
-                (0..5_000).filter(|_| store.decide(&key, tier, Charge::new(1)).is_admitted()).count()
-            })
-        })
-        .collect();
-    let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let admitted = admitted_by_threads(&store, &limits, 5_000);
     assert_eq!(admitted, 1_000, "the clock is frozen: exactly the burst");
     // Both policies were charged exactly once per admission.
     let d = store.decide(&Key::new("hot"), limits.default_tier(), Charge::new(0));
