@@ -19,12 +19,17 @@
 //!   writes [`IDLE`] back into its slot (a release store). Cleared meanwhile: it puts its slot
 //!   back to [`IDLE`] and takes the slow path.
 //! * **Slow read**: the inner lock, for reading, as before. While holding it, a reader that
-//!   finds `rbias` clear and the writers' inhibition window over sets `rbias` again.
+//!   finds `rbias` clear and the writers' inhibition window over sets `rbias` again (one slow
+//!   read in [`CHECK_EVERY`] looks at the time).
 //! * **Write**: the inner lock, for writing (no slow reader, no other writer). If `rbias` is
 //!   set, the writer *revokes* it: clears it, passes a *heavy* barrier, then waits until no
 //!   slot holds this lock's address. It then owns the data. Readers do not get the bias back
-//!   for nine times as long as the revocation took, so a burst of writes (a flood of new keys,
-//!   each an insertion) pays at most about a tenth of its time revoking.
+//!   for nine times as long as the revocation took (BRAVO's policy: a writer spends at most
+//!   about a tenth of its time revoking), and for twice as long as last time when the bias
+//!   did not outlive eight of those windows, up to [`MAX_WINDOW`]: under a flood of new keys
+//!   (each an insertion) a shard soon stays unbiased, its readers taking the inner lock as
+//!   they did before this lock existed, and membarrier's interruptions of the other cores
+//!   stop; once the writes stop, the bias comes back within that window.
 //!
 //! # Why it is sound
 //! The light and heavy barriers together order a fast reader's store of its slot before its
@@ -61,7 +66,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -74,7 +79,13 @@ const FREE: usize = 0;
 const IDLE: usize = 1;
 
 /// How much longer than a revocation took readers stay off the bias afterwards (BRAVO's N).
-const INHIBIT: u32 = 9;
+const INHIBIT: u64 = 9;
+
+/// The longest readers stay off the bias after a revocation, in nanoseconds.
+pub(super) const MAX_WINDOW: u64 = 50_000_000;
+
+/// A slow reader looks at the time once in this many slow reads.
+pub(super) const CHECK_EVERY: u32 = 16;
 
 /// One reader slot, alone on its cache line pair (no false sharing between readers).
 #[repr(align(128))]
@@ -213,6 +224,13 @@ pub(super) struct BiasedRwLock<T> {
     barrier: Barrier,
     /// Readers may set `rbias` again from this instant ([`elapsed`]) on.
     inhibit_until: AtomicU64,
+    /// The last window readers were kept off the bias (written by writers).
+    window: AtomicU64,
+    /// When a reader last set `rbias` (written by slow readers, read by writers: the inner
+    /// lock orders them).
+    biased_at: AtomicU64,
+    /// Slow reads, counted loosely (a racy increment: only a pace for looking at the time).
+    slow_reads: AtomicU32,
     inner: RwLock<()>,
     data: UnsafeCell<T>,
 }
@@ -229,6 +247,9 @@ impl<T> BiasedRwLock<T> {
             rbias: AtomicBool::new(true),
             barrier,
             inhibit_until: AtomicU64::new(0),
+            window: AtomicU64::new(0),
+            biased_at: AtomicU64::new(0),
+            slow_reads: AtomicU32::new(0),
             inner: RwLock::new(()),
             data: UnsafeCell::new(data),
         }
@@ -261,10 +282,18 @@ impl<T> BiasedRwLock<T> {
     #[cold]
     fn read_slow(&self) -> ReadGuard<'_, T> {
         let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        if !self.rbias.load(Ordering::Relaxed) && elapsed() >= self.inhibit_until.load(Ordering::Relaxed) {
-            // No writer holds the lock: readers may skip it again (they see its changes
-            // through this release).
-            self.rbias.store(true, Ordering::Release);
+        if !self.rbias.load(Ordering::Relaxed) {
+            let count = self.slow_reads.load(Ordering::Relaxed).wrapping_add(1);
+            self.slow_reads.store(count, Ordering::Relaxed);
+            if count % CHECK_EVERY == 0 {
+                let now = elapsed();
+                if now >= self.inhibit_until.load(Ordering::Relaxed) {
+                    // No writer holds the lock: readers may skip it again (they see its
+                    // changes through this release).
+                    self.biased_at.store(now, Ordering::Relaxed);
+                    self.rbias.store(true, Ordering::Release);
+                }
+            }
         }
         ReadGuard { lock: self, held: Held::Slow(guard) }
     }
@@ -296,7 +325,13 @@ impl<T> BiasedRwLock<T> {
             }
         }
         let now = elapsed();
-        self.inhibit_until.store(now + (now - start) * u64::from(INHIBIT), Ordering::Relaxed);
+        let base = (now - start) * INHIBIT;
+        let last = self.window.load(Ordering::Relaxed);
+        let lived = start.saturating_sub(self.biased_at.load(Ordering::Relaxed));
+        // Revoked again soon after the bias came back: writes are frequent here, back off.
+        let window = if lived < last.saturating_mul(8) { (2 * last).max(base) } else { base }.min(MAX_WINDOW);
+        self.window.store(window, Ordering::Relaxed);
+        self.inhibit_until.store(now + window, Ordering::Relaxed);
     }
 
     /// Whether readers take the fast path now (tests).
@@ -428,7 +463,8 @@ mod tests {
     }
 
     /// A write revokes the bias; readers get it back once the window is over, and see the
-    /// write through the fast path.
+    /// write through the fast path. Writes that keep coming soon after the bias is back
+    /// double the window each time, up to its cap; a write long after starts afresh.
     #[test]
     fn a_write_revokes_the_bias_for_a_while() {
         for barrier in barriers() {
@@ -443,12 +479,58 @@ mod tests {
             while elapsed() < until {
                 std::hint::spin_loop();
             }
-            assert!(matches!(lock.read().held, Held::Slow(_)), "the read that restores the bias is slow");
+            for _ in 0..CHECK_EVERY {
+                assert!(
+                    matches!(lock.read().held, Held::Slow(_)),
+                    "the reads that restore the bias are slow"
+                );
+            }
             assert!(lock.is_biased());
             let data = lock.read();
             assert!(matches!(data.held, Held::Fast(_)));
             assert_eq!(*data, 7);
         }
+    }
+
+    /// Waits out `lock`'s window, then reads until the bias is back.
+    fn rebias<T>(lock: &BiasedRwLock<T>) {
+        let until = lock.inhibit_until.load(Ordering::Relaxed);
+        while elapsed() < until {
+            std::hint::spin_loop();
+        }
+        for _ in 0..CHECK_EVERY {
+            drop(lock.read());
+        }
+        assert!(lock.is_biased());
+    }
+
+    /// Writes that keep revoking the bias soon after it came back double the window each time
+    /// up to its cap; a revocation after a bias that outlived its window starts afresh.
+    #[test]
+    fn frequent_writes_back_off_up_to_the_cap() {
+        let lock = BiasedRwLock::new(0u32, Barrier::detect());
+        *lock.write() += 1;
+        let mut writes = 1;
+        let mut last = lock.window.load(Ordering::Relaxed);
+        assert!(last > 0 && last < MAX_WINDOW);
+        for _ in 0..40 {
+            rebias(&lock);
+            *lock.write() += 1;
+            writes += 1;
+            let window = lock.window.load(Ordering::Relaxed);
+            assert!(window >= (2 * last).min(MAX_WINDOW) && window <= MAX_WINDOW, "{last} then {window}");
+            last = window;
+            if window == MAX_WINDOW {
+                break;
+            }
+        }
+        assert_eq!(last, MAX_WINDOW);
+        rebias(&lock);
+        // As if the last window had been tiny: the bias outlived it, the next one is BRAVO's.
+        lock.window.store(1, Ordering::Relaxed);
+        *lock.write() += 1;
+        assert!(lock.window.load(Ordering::Relaxed) < MAX_WINDOW / 10);
+        assert_eq!(*lock.read(), writes + 1);
     }
 
     /// A thread reading two locks at once reads the second through the inner lock (its slot
