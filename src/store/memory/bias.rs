@@ -515,6 +515,8 @@ mod tests {
         assert!(last > 0 && last < MAX_WINDOW);
         for _ in 0..40 {
             rebias(&lock);
+            // As if this write came right after the bias came back (however slow this machine).
+            lock.biased_at.store(u64::MAX, Ordering::Relaxed);
             *lock.write() += 1;
             writes += 1;
             let window = lock.window.load(Ordering::Relaxed);
@@ -526,10 +528,15 @@ mod tests {
         }
         assert_eq!(last, MAX_WINDOW);
         rebias(&lock);
-        // As if the last window had been tiny: the bias outlived it, the next one is BRAVO's.
-        lock.window.store(1, Ordering::Relaxed);
+        // As if the last window had been 10 ms and the bias had come back when the process
+        // started (the windows above add up to over 100 ms): it outlived eight windows, so the
+        // next window is BRAVO's (nine revocations), not twice 10 ms.
+        let last = MAX_WINDOW / 5;
+        lock.window.store(last, Ordering::Relaxed);
+        lock.biased_at.store(0, Ordering::Relaxed);
+        assert!(elapsed() > 8 * last);
         *lock.write() += 1;
-        assert!(lock.window.load(Ordering::Relaxed) < MAX_WINDOW / 10);
+        assert_ne!(lock.window.load(Ordering::Relaxed), 2 * last);
         assert_eq!(*lock.read(), writes + 1);
     }
 
