@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use http::{Method, Response};
 
-use super::core::{Core, Snapshot};
+use super::core::Snapshot;
+use crate::policy::RouteId;
 use crate::answer::RateLimitHeaders;
 use crate::degrade::Band;
 use crate::key::{Key, Who};
@@ -79,39 +80,34 @@ impl axum::response::IntoResponseParts for ActualCost {
 /// An admitted request's account, kept until its answer: settled then if it cost something
 /// else. Owns what settling needs (the limits it was decided under, the client, the receipt),
 /// so it outlives the call that made it.
+///
+/// Made for every admitted request, so it shares one thing only (issue 14): the snapshot of the
+/// limits, which holds the layer's [`Core`](super::core::Core) too. The route is a number in that snapshot's route
+/// table when it is one of its routes; only a template the table does not list keeps a share
+/// of axum's `MatchedPath`.
 pub(crate) struct Bill {
-    core: Arc<Core>,
     snapshot: Arc<Snapshot>,
-    tier: usize,
     key: Key,
     who: Who,
     method: Method,
     route: Route,
-    known_route: bool,
-    /// The route's cost (what observers are told the request cost up front).
-    cost: u64,
     /// What was charged, and the receipt.
     settlement: Settlement,
+    /// The route's cost (what observers are told the request cost up front).
+    cost: u64,
+    tier: usize,
+    known_route: bool,
     charge: ChargeOn,
     band: Option<Band>,
 }
 
-/// The route template, kept cheaply for observers: axum's (shared), or none.
-#[derive(Clone)]
+/// The route template, kept cheaply for observers: a route of the snapshot's table (by
+/// number), axum's (shared), or none.
 enum Route {
+    Table(RouteId),
     #[cfg(feature = "axum")]
     Matched(axum::extract::MatchedPath),
     Unknown,
-}
-
-impl Route {
-    fn as_str(&self) -> &str {
-        match self {
-            #[cfg(feature = "axum")]
-            Self::Matched(path) => path.as_str(),
-            Self::Unknown => "",
-        }
-    }
 }
 
 impl std::fmt::Debug for Bill {
@@ -130,6 +126,8 @@ pub(crate) struct Account<'a> {
     pub(crate) key: Key,
     pub(crate) who: Who,
     pub(crate) method: &'a Method,
+    /// The route's number in the snapshot's table, when it is one of its routes.
+    pub(crate) route_id: Option<RouteId>,
     pub(crate) parts_route: Option<&'a RouteHandle>,
     pub(crate) known_route: bool,
     pub(crate) cost: u64,
@@ -144,32 +142,35 @@ pub(crate) type RouteHandle = axum::extract::MatchedPath;
 pub(crate) type RouteHandle = ();
 
 impl Bill {
-    pub(crate) fn new(
-        core: &Arc<Core>,
-        account: Account<'_>,
-        decision: &Decision,
-        band: Option<Band>,
-    ) -> Self {
-        #[cfg(feature = "axum")]
-        let route = account.parts_route.map_or(Route::Unknown, |r| Route::Matched(r.clone()));
-        #[cfg(not(feature = "axum"))]
-        let route = {
-            let _ = account.parts_route;
-            Route::Unknown
+    #[inline]
+    pub(crate) fn new(account: Account<'_>, decision: &Decision, band: Option<Band>) -> Self {
+        let route = match (account.route_id, account.parts_route) {
+            (Some(id), _) => Route::Table(id),
+            #[cfg(feature = "axum")]
+            (None, Some(matched)) => Route::Matched(matched.clone()),
+            _ => Route::Unknown,
         };
         Self {
-            core: core.clone(),
             snapshot: account.snapshot.clone(),
-            tier: account.tier.index(),
             key: account.key,
             who: account.who,
             method: account.method.clone(),
             route,
-            known_route: account.known_route,
-            cost: account.cost,
             settlement: decision.settlement(decision.charged()),
+            cost: account.cost,
+            tier: account.tier.index(),
+            known_route: account.known_route,
             charge: account.charge,
             band,
+        }
+    }
+
+    fn route(&self) -> &str {
+        match &self.route {
+            Route::Table(id) => self.snapshot.limits.routes().path(*id),
+            #[cfg(feature = "axum")]
+            Route::Matched(path) => path.as_str(),
+            Route::Unknown => "",
         }
     }
 
@@ -194,7 +195,7 @@ impl Bill {
 
     fn start(&self, actual: u64) -> StoreFuture {
         let settlement = Settlement { actual, ..self.settlement };
-        self.core.store.settle(&self.key, self.tier(), settlement)
+        self.snapshot.core.store.settle(&self.key, self.tier(), settlement)
     }
 
     /// The headers of the answer after a settlement: from the standing the store answered
@@ -227,7 +228,8 @@ impl Bill {
 
     fn observe(&self, decision: &Decision) {
         let tier = self.tier();
-        self.core.tell(
+        let route = self.route();
+        self.snapshot.core.tell(
             &self.snapshot,
             &Event {
                 key: &self.key,
@@ -236,8 +238,8 @@ impl Bill {
                 identified: self.who.identified,
                 tier,
                 method: &self.method,
-                route: self.route.as_str(),
-                known_route: self.known_route && !self.route.as_str().is_empty(),
+                route,
+                known_route: self.known_route && !route.is_empty(),
                 cost: self.cost,
                 outcome: Outcome::Settled(decision),
                 mode: tier.mode(),
