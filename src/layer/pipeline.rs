@@ -106,7 +106,10 @@ where
         let mut check = core.store.check(&plan.key, plan.tier, plan.charge);
         match check.try_take() {
             // 5. Outcome, now; 6. the response, in the future.
-            Some(result) => next(self.state.core.settle(plan, result), &mut self.inner, parts, body),
+            Some(result) => {
+                let settled = self.state.core.settle(plan, result);
+                next(settled, &mut self.inner, Request::from_parts(parts, body))
+            }
             None => {
                 // The store does I/O: the plan outlives this call, and the instance polled
                 // ready moves into the future while a clone takes its place (see "Be careful
