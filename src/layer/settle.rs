@@ -15,13 +15,14 @@ use std::sync::Arc;
 use http::{Method, Response};
 
 use super::core::Snapshot;
-use crate::policy::RouteId;
 use crate::answer::RateLimitHeaders;
+use crate::clock::Nanos;
 use crate::degrade::Band;
 use crate::key::{Key, Who};
 use crate::observe::{Event, Outcome};
+use crate::policy::RouteId;
 use crate::policy::{ChargeOn, Tier};
-use crate::store::{Decision, Settlement, StoreError, StoreFuture};
+use crate::store::{Decision, Receipt, Settlement, StoreError, StoreFuture};
 
 /// What a request really cost, reported by its handler as a response extension: the limiter
 /// charged the route's cost up front and settles the difference before it writes the
@@ -90,30 +91,26 @@ pub(crate) struct Bill {
     key: Key,
     who: Who,
     method: Method,
-    route: Route,
-    /// What was charged, and the receipt.
-    settlement: Settlement,
+    /// The route template, kept cheaply for observers: a route of the snapshot's table (by
+    /// number), else axum's (shared), else none.
+    route: Option<RouteId>,
+    matched: Option<RouteHandle>,
+    /// What was charged, and the receipt: the admission's [`Settlement`] but its `actual`.
+    receipt: Receipt,
+    charged_at: Nanos,
+    charged: u64,
     /// The route's cost (what observers are told the request cost up front).
-    cost: u64,
-    tier: usize,
+    cost: u32,
+    tier: u32,
     known_route: bool,
     charge: ChargeOn,
     band: Option<Band>,
 }
 
-/// The route template, kept cheaply for observers: a route of the snapshot's table (by
-/// number), axum's (shared), or none.
-enum Route {
-    Table(RouteId),
-    #[cfg(feature = "axum")]
-    Matched(axum::extract::MatchedPath),
-    Unknown,
-}
-
 impl std::fmt::Debug for Bill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bill")
-            .field("charged", &self.settlement.charged)
+            .field("charged", &self.charged)
             .field("charge", &self.charge)
             .finish_non_exhaustive()
     }
@@ -144,21 +141,23 @@ pub(crate) type RouteHandle = ();
 impl Bill {
     #[inline]
     pub(crate) fn new(account: Account<'_>, decision: &Decision, band: Option<Band>) -> Self {
-        let route = match (account.route_id, account.parts_route) {
-            (Some(id), _) => Route::Table(id),
-            #[cfg(feature = "axum")]
-            (None, Some(matched)) => Route::Matched(matched.clone()),
-            _ => Route::Unknown,
-        };
+        let settlement = decision.settlement(decision.charged());
         Self {
             snapshot: account.snapshot.clone(),
             key: account.key,
             who: account.who,
             method: account.method.clone(),
-            route,
-            settlement: decision.settlement(decision.charged()),
-            cost: account.cost,
-            tier: account.tier.index(),
+            route: account.route_id,
+            matched: match account.route_id {
+                Some(_) => None,
+                None => account.parts_route.cloned(),
+            },
+            receipt: settlement.receipt,
+            charged_at: settlement.charged_at,
+            charged: settlement.charged,
+            // A route's cost is a `u32` (`RouteRule::cost`).
+            cost: u32::try_from(account.cost).unwrap_or(u32::MAX),
+            tier: u32::try_from(account.tier.index()).expect("fewer than 2³² tiers"),
             known_route: account.known_route,
             charge: account.charge,
             band,
@@ -166,16 +165,16 @@ impl Bill {
     }
 
     fn route(&self) -> &str {
-        match &self.route {
-            Route::Table(id) => self.snapshot.limits.routes().path(*id),
+        match (self.route, &self.matched) {
+            (Some(id), _) => self.snapshot.limits.routes().path(id),
             #[cfg(feature = "axum")]
-            Route::Matched(path) => path.as_str(),
-            Route::Unknown => "",
+            (None, Some(matched)) => matched.as_str(),
+            _ => "",
         }
     }
 
     fn tier(&self) -> &Tier {
-        &self.snapshot.limits.tiers()[self.tier]
+        &self.snapshot.limits.tiers()[self.tier as usize]
     }
 
     /// What the request really cost, from its answer.
@@ -183,18 +182,19 @@ impl Bill {
         if !self.charge.keeps(response.status()) {
             return 0;
         }
-        ActualCost::of(response).unwrap_or(self.settlement.charged)
+        ActualCost::of(response).unwrap_or(self.charged)
     }
 
     /// Starts settling when the answer's cost differs from the charge; `None` when it does
     /// not (nothing to do).
     pub(crate) fn settle_for<B>(&self, response: &Response<B>) -> Option<StoreFuture> {
         let actual = self.actual(response);
-        (actual != self.settlement.charged).then(|| self.start(actual))
+        (actual != self.charged).then(|| self.start(actual))
     }
 
     fn start(&self, actual: u64) -> StoreFuture {
-        let settlement = Settlement { actual, ..self.settlement };
+        let settlement =
+            Settlement { receipt: self.receipt, charged_at: self.charged_at, charged: self.charged, actual };
         self.snapshot.core.store.settle(&self.key, self.tier(), settlement)
     }
 
@@ -240,7 +240,7 @@ impl Bill {
                 method: &self.method,
                 route,
                 known_route: self.known_route && !route.is_empty(),
-                cost: self.cost,
+                cost: u64::from(self.cost),
                 outcome: Outcome::Settled(decision),
                 mode: tier.mode(),
             },
@@ -250,7 +250,7 @@ impl Bill {
     /// The request goes away before it was forwarded: its reservation is given back (settled
     /// at 0). An asynchronous store finishes on the runtime, off the dropping thread.
     pub(crate) fn release(self) {
-        if self.settlement.charged == 0 {
+        if self.charged == 0 {
             return;
         }
         let mut settling = self.start(0);
