@@ -48,7 +48,7 @@ use super::ReadStanding;
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::clock::Nanos;
 use crate::degrade::{self, Asked, Band, BandPlan, Chosen};
-use crate::key::{Key, KeyExtractor, Who};
+use crate::key::{Identified, Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
 use crate::policy::{ChargeOn, Mode, RouteId, RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
@@ -306,12 +306,8 @@ impl Core {
         parts: &Parts,
     ) -> (Key, &'a Tier, Who) {
         let limits = &snapshot.limits;
-        match extractor.extract(parts) {
-            Some(client) => {
-                let (key, tier, who) = client.into_parts();
-                let tier = tier.and_then(|name| limits.tier(&name)).unwrap_or(limits.default_tier());
-                (key, tier, who)
-            }
+        match extractor.identify(parts, limits) {
+            Some(Identified { key, tier, who }) => (key, tier.unwrap_or(limits.default_tier()), who),
             None => {
                 if !self.warnings.unidentified.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
