@@ -1,4 +1,5 @@
 use std::cell::RefCell;
+use std::num::NonZeroU64;
 use std::sync::{Mutex, PoisonError};
 
 use bytes::BytesMut;
@@ -298,8 +299,8 @@ pub(crate) struct RateLimitHeaders {
     remaining: u64,
     /// Unix epoch seconds.
     reset: u64,
-    /// Seconds.
-    retry_after: Option<u64>,
+    /// Seconds (at least 1, so `None` costs no room).
+    retry_after: Option<NonZeroU64>,
     item: [Item; MAX_POLICIES],
 }
 
@@ -348,7 +349,7 @@ impl RateLimitHeaders {
                 out.items = states.len().min(MAX_POLICIES) as u8;
             }
         }
-        out.retry_after = decision.retry_after().map(retry_after_secs);
+        out.retry_after = decision.retry_after().and_then(|wait| NonZeroU64::new(retry_after_secs(wait)));
         out
     }
 
@@ -396,7 +397,7 @@ impl RateLimitHeaders {
                 put(RATELIMIT, self.ratelimit_in(buf));
             }
             if let Some(wait) = self.retry_after {
-                put(RETRY_AFTER, number_in(buf, wait));
+                put(RETRY_AFTER, number_in(buf, wait.get()));
             }
         });
         if let Some(band) = self.degraded {

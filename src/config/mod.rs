@@ -584,7 +584,7 @@ impl Config {
     /// The key extractor this configuration describes: an auth layer's
     /// [`Client`], else a known `X-API-Key`, else the client IP.
     pub fn extractor(&self) -> DefaultExtractor {
-        self.settings.extractor()
+        self.settings.extractor(&self.limits)
     }
 }
 
@@ -689,7 +689,7 @@ impl Settings {
         AllowList::new().ips(self.allow.ips.iter().copied()).keys(&self.allow.keys).resolver(self.client_ip())
     }
 
-    fn extractor(&self) -> DefaultExtractor {
+    fn extractor(&self, limits: &Limits) -> DefaultExtractor {
         let keys = self.api_keys.iter().fold(ApiKeys::new("x-api-key"), |keys, (k, entry)| {
             let mut client = Client::new(Key::new(k.as_str())).with_tier(entry.tier());
             if let Some(name) = entry.name() {
@@ -700,7 +700,7 @@ impl Settings {
             }
             keys.client(k, client)
         });
-        FromExtension.or(keys).or(self.client_ip())
+        FromExtension.or(keys.for_limits(limits)).or(self.client_ip())
     }
 }
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use http::header::HeaderName;
 use http::request::Parts;
 
-use super::{Client, Key, KeyExtractor};
+use super::{Client, Identified, Key, KeyExtractor, Who};
+use crate::policy::Limits;
 
 /// The longest API key looked up; anything longer is not a key of ours.
 const DEFAULT_MAX_LEN: usize = 256;
@@ -33,7 +34,15 @@ const DEFAULT_MAX_LEN: usize = 256;
 pub struct ApiKeys {
     header: HeaderName,
     max_len: usize,
-    keys: Arc<HashMap<Box<str>, Client, foldhash::fast::RandomState>>,
+    keys: Arc<HashMap<Box<str>, Known, foldhash::fast::RandomState>>,
+}
+
+/// A key of the table: its client, and where its tier was in the limits the table was made
+/// for ([`ApiKeys::for_limits`]), so that the layer finds the tier without looking its name up.
+#[derive(Debug, Clone)]
+struct Known {
+    client: Client,
+    tier: Option<u32>,
 }
 
 impl ApiKeys {
@@ -52,7 +61,7 @@ impl ApiKeys {
     /// Adds the key `key`, in the tier named `tier`.
     pub fn key(mut self, key: &str, tier: &str) -> Self {
         let client = Client::new(Key::new(key)).with_tier(tier);
-        Arc::make_mut(&mut self.keys).insert(key.into(), client);
+        Arc::make_mut(&mut self.keys).insert(key.into(), Known { client, tier: None });
         self
     }
 
@@ -71,13 +80,25 @@ impl ApiKeys {
     /// ```
     pub fn client(mut self, key: &str, client: Client) -> Self {
         let client = Client { key: Key::new(key), ..client };
-        Arc::make_mut(&mut self.keys).insert(key.into(), client);
+        Arc::make_mut(&mut self.keys).insert(key.into(), Known { client, tier: None });
+        self
+    }
+
+    /// Notes where each key's tier is in `limits` (the limits a configuration made with this
+    /// table): the layer then finds a client's tier by its position, checked by name, instead
+    /// of looking the name up (issue 14). In other limits (a reload renumbered the tiers) the
+    /// check fails and the name is looked up as before.
+    pub(crate) fn for_limits(mut self, limits: &Limits) -> Self {
+        for known in Arc::make_mut(&mut self.keys).values_mut() {
+            let tier = known.client.tier().and_then(|name| limits.tier(name));
+            known.tier = tier.and_then(|tier| u32::try_from(tier.index()).ok());
+        }
         self
     }
 
     /// The client of a key of this table, by its [`Key`] (as an observer sees it).
     pub fn get(&self, key: &Key) -> Option<&Client> {
-        self.keys.get(key.name()?)
+        self.keys.get(key.name()?).map(|known| &known.client)
     }
 
     /// Ignores keys longer than `max_len` bytes.
@@ -107,16 +128,42 @@ impl fmt::Debug for ApiKeys {
     }
 }
 
-impl KeyExtractor for ApiKeys {
+impl ApiKeys {
+    /// The table's client for the key `parts` carries.
     #[inline]
-    fn extract(&self, parts: &Parts) -> Option<Client> {
+    fn find(&self, parts: &Parts) -> Option<&Known> {
         let value = parts.headers.get(&self.header)?;
         let bytes = value.as_bytes();
         if bytes.is_empty() || bytes.len() > self.max_len {
             return None;
         }
         let key = value.to_str().ok()?;
-        self.keys.get(key).cloned()
+        self.keys.get(key)
+    }
+}
+
+impl KeyExtractor for ApiKeys {
+    #[inline]
+    fn extract(&self, parts: &Parts) -> Option<Client> {
+        self.find(parts).map(|known| known.client.clone())
+    }
+
+    /// From the table's own client: the tier's name is read where it is kept, not copied.
+    #[inline]
+    fn identify<'l>(&self, parts: &Parts, limits: &'l Limits) -> Option<Identified<'l>> {
+        let Known { client, tier } = self.find(parts)?;
+        let tier = client.tier.as_deref().and_then(|name| {
+            match tier.and_then(|at| limits.tiers().get(at as usize)) {
+                Some(tier) if tier.name() == name => Some(tier),
+                _ => limits.tier(name),
+            }
+        });
+        let who = Who {
+            name: client.name.clone(),
+            email: client.email.clone(),
+            identified: client.key.ip().is_none(),
+        };
+        Some(Identified { key: client.key.clone(), tier, who })
     }
 }
 
@@ -125,6 +172,7 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
+    use crate::policy::Tier;
 
     fn with_key(value: HeaderValue) -> Parts {
         let mut req = http::Request::new(());
@@ -143,5 +191,34 @@ mod tests {
         let keys = keys.max_len(400);
         assert!(keys.extract(&with_key(HeaderValue::from_str(&long).unwrap())).is_some());
         assert!(keys.extract(&http::Request::new(()).into_parts().0).is_none());
+    }
+
+    fn limits(tiers: &[&str]) -> Limits {
+        use crate::algorithm::Quota;
+        use crate::policy::TierSpec;
+        let quota = Quota::per_second(std::num::NonZeroU32::MIN);
+        tiers.iter().fold(Limits::builder(), |b, name| b.tier(name, TierSpec::new(quota))).build().unwrap()
+    }
+
+    /// The tier a table found by position is the one its name says, in the limits it was made
+    /// for and in any other (a reload that renumbers the tiers, a table made for no limits).
+    #[test]
+    fn a_tier_found_by_position_is_checked_by_name() {
+        let made_for = limits(&["anonymous", "free", "pro"]);
+        let renumbered = limits(&["pro", "anonymous", "gold", "free"]);
+        let keys =
+            ApiKeys::new("x-api-key").key("k-free", "free").key("k-pro", "pro").key("k-gone", "silver");
+        let indexed = keys.clone().for_limits(&made_for);
+        for table in [&keys, &indexed] {
+            for limits in [&made_for, &renumbered] {
+                let tier =
+                    |key| table.identify(&with_key(HeaderValue::from_static(key)), limits).unwrap().tier;
+                assert_eq!(tier("k-free").map(Tier::name), Some("free"));
+                assert_eq!(tier("k-pro").map(Tier::name), Some("pro"));
+                assert!(tier("k-gone").is_none(), "a tier the limits lack: the default");
+            }
+        }
+        let who = indexed.identify(&with_key(HeaderValue::from_static("k-pro")), &made_for).unwrap();
+        assert_eq!((who.key, who.who.identified), (Key::new("k-pro"), true));
     }
 }

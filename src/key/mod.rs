@@ -47,6 +47,8 @@ use std::sync::Arc;
 
 use http::request::Parts;
 
+use crate::policy::{Limits, Tier};
+
 pub use allow::AllowList;
 pub use api_key::ApiKeys;
 pub use ip::{ClientIp, ClientIpHeader, UnknownClientIpHeader};
@@ -213,6 +215,26 @@ pub(crate) struct Who {
     pub(crate) identified: bool,
 }
 
+/// A client an extractor recognised, as the layer uses it: the key, the tier already found in
+/// the limits in force (`None`: the default tier), and the rest of what is known of it.
+/// Made by [`KeyExtractor::identify`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Identified<'l> {
+    pub(crate) key: Key,
+    pub(crate) tier: Option<&'l Tier>,
+    pub(crate) who: Who,
+}
+
+impl<'l> Identified<'l> {
+    /// `client`, its tier looked up by name in `limits`.
+    #[inline]
+    fn resolve(client: Client, limits: &'l Limits) -> Self {
+        let (key, tier, who) = client.into_parts();
+        Self { key, tier: tier.and_then(|name| limits.tier(&name)), who }
+    }
+}
+
 /// A secret (an API key) as it may be shown to people, in an error message or a log: at most
 /// its first four characters, and no more than a third of it, then `…`. Never the whole key.
 pub(crate) fn redact(secret: &str) -> String {
@@ -244,6 +266,16 @@ pub trait KeyExtractor: Send + Sync + 'static {
     /// The client making this request, if this extractor recognises it.
     fn extract(&self, parts: &Parts) -> Option<Client>;
 
+    /// What the layer asks: [`extract`](Self::extract), with the client's tier found in
+    /// `limits`. An extractor that keeps its clients (a table of API keys) answers from them
+    /// without handing out a copy of a [`Client`] (issue 14: no shared string counted up and
+    /// down per request); any other needs nothing more than `extract`.
+    #[doc(hidden)]
+    #[inline]
+    fn identify<'l>(&self, parts: &Parts, limits: &'l Limits) -> Option<Identified<'l>> {
+        self.extract(parts).map(|client| Identified::resolve(client, limits))
+    }
+
     /// Asks `self` first, then `other`.
     fn or<E: KeyExtractor>(self, other: E) -> Or<Self, E>
     where
@@ -266,6 +298,11 @@ impl<E: KeyExtractor + ?Sized> KeyExtractor for Arc<E> {
     fn extract(&self, parts: &Parts) -> Option<Client> {
         (**self).extract(parts)
     }
+
+    #[inline]
+    fn identify<'l>(&self, parts: &Parts, limits: &'l Limits) -> Option<Identified<'l>> {
+        (**self).identify(parts, limits)
+    }
 }
 
 /// Two extractors in order; made by [`KeyExtractor::or`].
@@ -279,6 +316,11 @@ impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for Or<A, B> {
     #[inline]
     fn extract(&self, parts: &Parts) -> Option<Client> {
         self.first.extract(parts).or_else(|| self.second.extract(parts))
+    }
+
+    #[inline]
+    fn identify<'l>(&self, parts: &Parts, limits: &'l Limits) -> Option<Identified<'l>> {
+        self.first.identify(parts, limits).or_else(|| self.second.identify(parts, limits))
     }
 }
 

@@ -28,6 +28,9 @@ use crate::store::{OnError, Store};
 /// flight finishes under the limits it started with.
 #[derive(Clone)]
 pub(crate) struct Snapshot {
+    /// The layer's shared part (the same as the layer's own): here too, so that what a request
+    /// keeps until its answer (its [`Bill`](super::settle::Bill)) shares one `Arc`, not two.
+    pub(crate) core: Arc<Core>,
     pub(crate) limits: Arc<Limits>,
     pub(crate) answers: Answers,
     pub(crate) headers: HeaderMode,
@@ -53,8 +56,9 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn new(limits: Limits, headers: HeaderMode) -> Self {
+    pub(crate) fn new(core: Arc<Core>, limits: Limits, headers: HeaderMode) -> Self {
         let mut snapshot = Self {
+            core,
             answers: Answers::new(&limits),
             limits: Arc::new(limits),
             headers,

@@ -79,7 +79,7 @@ struct Holding<S, ReqBody> {
     sleep: Pin<Box<Sleep>>,
     /// The instance that was polled ready.
     inner: S,
-    request: Option<(Parts, ReqBody)>,
+    request: Option<Request<ReqBody>>,
     band: Option<Band>,
     after: Option<After>,
 }
@@ -149,14 +149,16 @@ where
     }
 }
 
-/// Forwards `parts` and `body` to `inner`, telling the handler its band, or answers. A request
-/// to be held takes the instance that was polled ready with it (a clone takes its place).
+/// Forwards `request` to `inner`, telling the handler its band, or answers. A request to be
+/// held takes the instance that was polled ready with it (a clone takes its place).
+///
+/// Takes the request whole, not its parts: a request is a few hundred bytes, and each hand-over
+/// of its parts by value was a copy (issue 14).
 #[inline]
 pub(crate) fn next<S, ReqBody>(
     settled: Settled,
     inner: &mut S,
-    parts: Parts,
-    body: ReqBody,
+    request: Request<ReqBody>,
 ) -> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>> + Clone,
@@ -168,13 +170,13 @@ where
             let holding = Holding {
                 sleep: Box::pin(tokio::time::sleep(wait.into())),
                 inner: ready,
-                request: Some((parts, body)),
+                request: Some(request),
                 band,
                 after: Some(after),
             };
             ResponseFuture { kind: Kind::Held { state: Some(Box::new(holding)) } }
         }
-        Settled::Forward(after, band, _) => forward(inner, parts, body, band, after),
+        Settled::Forward(after, band, _) => forward(inner, request, band, after),
         Settled::Answer(response) => ResponseFuture::ready(response),
     }
 }
@@ -182,22 +184,20 @@ where
 #[inline]
 fn forward<S, ReqBody>(
     inner: &mut S,
-    mut parts: Parts,
-    body: ReqBody,
+    mut request: Request<ReqBody>,
     band: Option<Band>,
-    after: After,
+    mut after: After,
 ) -> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
     if let Some(band) = band {
-        parts.extensions.insert(band);
+        request.extensions_mut().insert(band);
     }
-    let mut after = after;
     if let Some(standing) = after.standing.take() {
-        parts.extensions.insert(*standing);
+        request.extensions_mut().insert(*standing);
     }
-    ResponseFuture::inner(inner.call(Request::from_parts(parts, body)), after)
+    ResponseFuture::inner(inner.call(request), after)
 }
 
 /// The finished answer: the headers merged (a handler's own win), the body wrapped.
@@ -228,16 +228,16 @@ where
                     let result = ready!(Pin::new(&mut checking.check).poll(cx));
                     let Checking { settle, mut inner, request: (parts, body), .. } =
                         *state.take().expect("polled after completion");
-                    next(settle(result), &mut inner, parts, body).kind
+                    next(settle(result), &mut inner, Request::from_parts(parts, body)).kind
                 }
                 KindProj::Held { state } => {
                     let holding = state.as_mut().expect("polled after completion");
                     ready!(holding.sleep.as_mut().poll(cx));
-                    let (parts, body) = holding.request.take().expect("released once");
+                    let request = holding.request.take().expect("released once");
                     let after = holding.after.take().expect("released once");
                     let band = holding.band;
                     let mut holding = state.take().expect("polled after completion");
-                    forward(&mut holding.inner, parts, body, band, after).kind
+                    forward(&mut holding.inner, request, band, after).kind
                 }
                 KindProj::Inner { future, after } => {
                     let response = ready!(future.poll(cx))?;

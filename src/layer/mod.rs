@@ -98,8 +98,8 @@ impl<K> Clone for LayerState<K> {
 }
 
 impl<K> LayerState<K> {
-    fn new(core: Core, shared: Shared<K>) -> Arc<Self> {
-        Arc::new(Self { core: Arc::new(core), shared: Arc::new(shared) })
+    fn new(core: Arc<Core>, shared: Shared<K>) -> Arc<Self> {
+        Arc::new(Self { core, shared: Arc::new(shared) })
     }
 }
 
@@ -131,8 +131,8 @@ impl RateLimitLayer<DefaultExtractor> {
         let allow = config.allow_list();
         let (settings, limits) = config.into_parts();
         let store = settings.store.build()?;
-        let core = Core::new(store, settings.store.on_error);
-        let snapshot = snapshot_of(&settings, limits, allow, None)?;
+        let core = Arc::new(Core::new(store, settings.store.on_error));
+        let snapshot = snapshot_of(&core, &settings, limits, allow, None)?;
         let live = Live { snapshot: Arc::new(snapshot), extractor: Arc::new(extractor) };
         let history = history(&settings)?;
         let rebuild: fn(&Config) -> DefaultExtractor = Config::extractor;
@@ -149,12 +149,13 @@ impl RateLimitLayer<DefaultExtractor> {
 /// reload), what did not change is kept as it is: the response cache with its copies, and the
 /// alerts with what they remember (and their background tasks).
 pub(crate) fn snapshot_of(
+    core: &Arc<Core>,
     settings: &Settings,
     limits: Limits,
     allow: AllowList,
     previous: Option<(&Settings, &Snapshot)>,
 ) -> Result<Snapshot, ConfigError> {
-    let mut snapshot = Snapshot::new(limits, settings.headers);
+    let mut snapshot = Snapshot::new(core.clone(), limits, settings.headers);
     snapshot.allow = allow;
     snapshot.admin_keys = settings.admin.keys.iter().map(|k| Box::from(k.as_str())).collect();
     if let Some(degrade) = &settings.degrade {
@@ -253,8 +254,8 @@ impl RateLimitLayer<ClientIp> {
     /// assert_eq!(layer.limits().default_tier().name(), "anonymous");
     /// ```
     pub fn from_limits(limits: Limits) -> Self {
-        let core = Core::new(Arc::new(MemoryStore::new()), OnError::default());
-        let snapshot = Snapshot::new(limits, HeaderMode::Both);
+        let core = Arc::new(Core::new(Arc::new(MemoryStore::new()), OnError::default()));
+        let snapshot = Snapshot::new(core.clone(), limits, HeaderMode::Both);
         let live = Live { snapshot: Arc::new(snapshot), extractor: Arc::new(ClientIp::new()) };
         Self { state: LayerState::new(core, Shared::new(live, None, None)) }
     }
@@ -292,10 +293,15 @@ impl<K> RateLimitLayer<K> {
         self.state.shared.live.load().snapshot.clone()
     }
 
-    /// Changes the shared part in place, or a copy of it when clones of this layer use it.
+    /// Changes a copy of the shared part (its clones, and a reloader taken before, keep
+    /// theirs), and puts it in the snapshot in force too (the snapshot shares it with requests
+    /// in flight).
     fn edit(mut self, f: impl FnOnce(&mut Core)) -> Self {
-        f(Arc::make_mut(&mut Arc::make_mut(&mut self.state).core));
-        self
+        let mut core = Core::clone(&self.state.core);
+        f(&mut core);
+        let core = Arc::new(core);
+        Arc::make_mut(&mut self.state).core = core.clone();
+        self.edit_live(|s| s.core = core)
     }
 
     /// Changes the limits in force, in a shared part of this layer's own (its clones, and a

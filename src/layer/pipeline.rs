@@ -48,9 +48,9 @@ use super::ReadStanding;
 use crate::answer::{self, OwnResponse, RateLimitHeaders, Unavailable};
 use crate::clock::Nanos;
 use crate::degrade::{self, Asked, Band, BandPlan, Chosen};
-use crate::key::{Key, KeyExtractor, Who};
+use crate::key::{Identified, Key, KeyExtractor, Who};
 use crate::observe::{Event, Outcome};
-use crate::policy::{ChargeOn, Mode, RouteRule, Tier};
+use crate::policy::{ChargeOn, Mode, RouteId, RouteRule, Tier};
 use crate::store::{Charge, Decision, OnError, StoreError, Verdict};
 
 impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, K>
@@ -106,7 +106,10 @@ where
         let mut check = core.store.check(&plan.key, plan.tier, plan.charge);
         match check.try_take() {
             // 5. Outcome, now; 6. the response, in the future.
-            Some(result) => next(self.state.core.settle(plan, result), &mut self.inner, parts, body),
+            Some(result) => {
+                let settled = self.state.core.settle(plan, result);
+                next(settled, &mut self.inner, Request::from_parts(parts, body))
+            }
             None => {
                 // The store does I/O: the plan outlives this call, and the instance polled
                 // ready moves into the future while a clone takes its place (see "Be careful
@@ -141,6 +144,8 @@ pub(crate) struct Route<'a> {
     /// `path` is one of a bounded set: a template axum matched, or a route of the table (not
     /// a raw path a client made up).
     pub(crate) known: bool,
+    /// `path`'s number in the snapshot's route table, when it is one of its routes.
+    pub(crate) id: Option<RouteId>,
 }
 
 /// Everything the limiter settled about one request before asking the store, and all that
@@ -161,6 +166,7 @@ pub(crate) struct Plan<'a> {
     route: &'a str,
     /// `route` is a template, not a raw path (see [`Route::known`]).
     known_route: bool,
+    route_id: Option<RouteId>,
     handle: Option<&'a RouteHandle>,
     method: &'a Method,
     /// Where a full answer may be recorded for the cached band.
@@ -190,6 +196,7 @@ impl Plan<'_> {
             who: self.who,
             route: self.route.into(),
             known_route: self.known_route,
+            route_id: self.route_id,
             handle: self.handle.cloned(),
             method: self.method.clone(),
             uri: self.uri.clone(),
@@ -216,6 +223,7 @@ struct Detached {
     who: Who,
     route: Box<str>,
     known_route: bool,
+    route_id: Option<RouteId>,
     handle: Option<RouteHandle>,
     method: Method,
     uri: Uri,
@@ -236,6 +244,7 @@ impl Detached {
             who,
             route,
             known_route,
+            route_id,
             handle,
             method,
             uri,
@@ -254,6 +263,7 @@ impl Detached {
             who,
             route: &route,
             known_route,
+            route_id,
             handle: handle.as_ref(),
             method: &method,
             uri: &uri,
@@ -283,8 +293,8 @@ impl Core {
     #[inline]
     pub(crate) fn route<'a>(snapshot: &Snapshot, parts: &'a Parts) -> Route<'a> {
         let (path, matched) = route_path(parts);
-        let (rule, in_table) = snapshot.limits.routes().resolve(&parts.method, path);
-        Route { path, handle: matched, rule, known: matched.is_some() || in_table }
+        let (rule, id) = snapshot.limits.routes().resolve(&parts.method, path);
+        Route { path, handle: matched, rule, known: matched.is_some() || id.is_some(), id }
     }
 
     /// Step 2: who is asking, and in which tier.
@@ -296,12 +306,8 @@ impl Core {
         parts: &Parts,
     ) -> (Key, &'a Tier, Who) {
         let limits = &snapshot.limits;
-        match extractor.extract(parts) {
-            Some(client) => {
-                let (key, tier, who) = client.into_parts();
-                let tier = tier.and_then(|name| limits.tier(&name)).unwrap_or(limits.default_tier());
-                (key, tier, who)
-            }
+        match extractor.identify(parts, limits) {
+            Some(Identified { key, tier, who }) => (key, tier.unwrap_or(limits.default_tier()), who),
             None => {
                 if !self.warnings.unidentified.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -406,6 +412,7 @@ impl Core {
             who,
             route: route.path,
             known_route: route.known,
+            route_id: route.id,
             handle: route.handle,
             method: &parts.method,
             uri: &parts.uri,
@@ -430,6 +437,7 @@ impl Core {
             who,
             route,
             known_route,
+            route_id,
             handle,
             method,
             uri,
@@ -479,12 +487,13 @@ impl Core {
                 key,
                 who,
                 method,
+                route_id,
                 parts_route: handle,
                 known_route,
                 cost,
                 charge: charge_on,
             };
-            Some(Bill::new(self, account, &decision, band))
+            Some(Bill::new(account, &decision, band))
         };
         if mode == Mode::Shadow {
             // Decided and charged as enforcement would (a refusal charged nothing, a held

@@ -120,7 +120,8 @@ impl<K> Reloader<K> {
     }
 
     /// Puts `snapshot` in force (with `extractor`) and lets the store carry its state over.
-    fn swap(&self, snapshot: Snapshot, extractor: Arc<K>) {
+    fn swap(&self, mut snapshot: Snapshot, extractor: Arc<K>) {
+        snapshot.core = self.core.clone();
         let limits = snapshot.limits.clone();
         self.shared.live.store(Arc::new(Live { snapshot: Arc::new(snapshot), extractor }));
         self.core.store.carry_over(&limits);
@@ -211,7 +212,7 @@ impl<K> Reloader<K> {
         let (settings, mut limits) = config.into_parts();
         limits.continue_from(&current.snapshot.limits, self.core.clock.now());
         let previous = built.settings.as_ref().map(|before| (before, &*current.snapshot));
-        let snapshot = super::snapshot_of(&settings, limits, allow, previous)?;
+        let snapshot = super::snapshot_of(&self.core, &settings, limits, allow, previous)?;
         self.swap(snapshot, extractor);
         built.settings = Some(settings);
         Ok(())

@@ -14,13 +14,15 @@ use std::sync::Arc;
 
 use http::{Method, Response};
 
-use super::core::{Core, Snapshot};
+use super::core::Snapshot;
 use crate::answer::RateLimitHeaders;
+use crate::clock::Nanos;
 use crate::degrade::Band;
 use crate::key::{Key, Who};
 use crate::observe::{Event, Outcome};
+use crate::policy::RouteId;
 use crate::policy::{ChargeOn, Tier};
-use crate::store::{Decision, Settlement, StoreError, StoreFuture};
+use crate::store::{Decision, Receipt, Settlement, StoreError, StoreFuture};
 
 /// What a request really cost, reported by its handler as a response extension: the limiter
 /// charged the route's cost up front and settles the difference before it writes the
@@ -79,45 +81,36 @@ impl axum::response::IntoResponseParts for ActualCost {
 /// An admitted request's account, kept until its answer: settled then if it cost something
 /// else. Owns what settling needs (the limits it was decided under, the client, the receipt),
 /// so it outlives the call that made it.
+///
+/// Made for every admitted request, so it shares one thing only (issue 14): the snapshot of the
+/// limits, which holds the layer's [`Core`](super::core::Core) too. The route is a number in that snapshot's route
+/// table when it is one of its routes; only a template the table does not list keeps a share
+/// of axum's `MatchedPath`.
 pub(crate) struct Bill {
-    core: Arc<Core>,
     snapshot: Arc<Snapshot>,
-    tier: usize,
     key: Key,
     who: Who,
     method: Method,
-    route: Route,
-    known_route: bool,
+    /// The route template, kept cheaply for observers: a route of the snapshot's table (by
+    /// number), else axum's (shared), else none.
+    route: Option<RouteId>,
+    matched: Option<RouteHandle>,
+    /// What was charged, and the receipt: the admission's [`Settlement`] but its `actual`.
+    receipt: Receipt,
+    charged_at: Nanos,
+    charged: u64,
     /// The route's cost (what observers are told the request cost up front).
-    cost: u64,
-    /// What was charged, and the receipt.
-    settlement: Settlement,
+    cost: u32,
+    tier: u32,
+    known_route: bool,
     charge: ChargeOn,
     band: Option<Band>,
-}
-
-/// The route template, kept cheaply for observers: axum's (shared), or none.
-#[derive(Clone)]
-enum Route {
-    #[cfg(feature = "axum")]
-    Matched(axum::extract::MatchedPath),
-    Unknown,
-}
-
-impl Route {
-    fn as_str(&self) -> &str {
-        match self {
-            #[cfg(feature = "axum")]
-            Self::Matched(path) => path.as_str(),
-            Self::Unknown => "",
-        }
-    }
 }
 
 impl std::fmt::Debug for Bill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bill")
-            .field("charged", &self.settlement.charged)
+            .field("charged", &self.charged)
             .field("charge", &self.charge)
             .finish_non_exhaustive()
     }
@@ -130,6 +123,8 @@ pub(crate) struct Account<'a> {
     pub(crate) key: Key,
     pub(crate) who: Who,
     pub(crate) method: &'a Method,
+    /// The route's number in the snapshot's table, when it is one of its routes.
+    pub(crate) route_id: Option<RouteId>,
     pub(crate) parts_route: Option<&'a RouteHandle>,
     pub(crate) known_route: bool,
     pub(crate) cost: u64,
@@ -144,37 +139,42 @@ pub(crate) type RouteHandle = axum::extract::MatchedPath;
 pub(crate) type RouteHandle = ();
 
 impl Bill {
-    pub(crate) fn new(
-        core: &Arc<Core>,
-        account: Account<'_>,
-        decision: &Decision,
-        band: Option<Band>,
-    ) -> Self {
-        #[cfg(feature = "axum")]
-        let route = account.parts_route.map_or(Route::Unknown, |r| Route::Matched(r.clone()));
-        #[cfg(not(feature = "axum"))]
-        let route = {
-            let _ = account.parts_route;
-            Route::Unknown
-        };
+    #[inline]
+    pub(crate) fn new(account: Account<'_>, decision: &Decision, band: Option<Band>) -> Self {
+        let settlement = decision.settlement(decision.charged());
         Self {
-            core: core.clone(),
             snapshot: account.snapshot.clone(),
-            tier: account.tier.index(),
             key: account.key,
             who: account.who,
             method: account.method.clone(),
-            route,
+            route: account.route_id,
+            matched: match account.route_id {
+                Some(_) => None,
+                None => account.parts_route.cloned(),
+            },
+            receipt: settlement.receipt,
+            charged_at: settlement.charged_at,
+            charged: settlement.charged,
+            // A route's cost is a `u32` (`RouteRule::cost`).
+            cost: u32::try_from(account.cost).unwrap_or(u32::MAX),
+            tier: u32::try_from(account.tier.index()).expect("fewer than 2³² tiers"),
             known_route: account.known_route,
-            cost: account.cost,
-            settlement: decision.settlement(decision.charged()),
             charge: account.charge,
             band,
         }
     }
 
+    fn route(&self) -> &str {
+        match (self.route, &self.matched) {
+            (Some(id), _) => self.snapshot.limits.routes().path(id),
+            #[cfg(feature = "axum")]
+            (None, Some(matched)) => matched.as_str(),
+            _ => "",
+        }
+    }
+
     fn tier(&self) -> &Tier {
-        &self.snapshot.limits.tiers()[self.tier]
+        &self.snapshot.limits.tiers()[self.tier as usize]
     }
 
     /// What the request really cost, from its answer.
@@ -182,19 +182,20 @@ impl Bill {
         if !self.charge.keeps(response.status()) {
             return 0;
         }
-        ActualCost::of(response).unwrap_or(self.settlement.charged)
+        ActualCost::of(response).unwrap_or(self.charged)
     }
 
     /// Starts settling when the answer's cost differs from the charge; `None` when it does
     /// not (nothing to do).
     pub(crate) fn settle_for<B>(&self, response: &Response<B>) -> Option<StoreFuture> {
         let actual = self.actual(response);
-        (actual != self.settlement.charged).then(|| self.start(actual))
+        (actual != self.charged).then(|| self.start(actual))
     }
 
     fn start(&self, actual: u64) -> StoreFuture {
-        let settlement = Settlement { actual, ..self.settlement };
-        self.core.store.settle(&self.key, self.tier(), settlement)
+        let settlement =
+            Settlement { receipt: self.receipt, charged_at: self.charged_at, charged: self.charged, actual };
+        self.snapshot.core.store.settle(&self.key, self.tier(), settlement)
     }
 
     /// The headers of the answer after a settlement: from the standing the store answered
@@ -227,7 +228,8 @@ impl Bill {
 
     fn observe(&self, decision: &Decision) {
         let tier = self.tier();
-        self.core.tell(
+        let route = self.route();
+        self.snapshot.core.tell(
             &self.snapshot,
             &Event {
                 key: &self.key,
@@ -236,9 +238,9 @@ impl Bill {
                 identified: self.who.identified,
                 tier,
                 method: &self.method,
-                route: self.route.as_str(),
-                known_route: self.known_route && !self.route.as_str().is_empty(),
-                cost: self.cost,
+                route,
+                known_route: self.known_route && !route.is_empty(),
+                cost: u64::from(self.cost),
                 outcome: Outcome::Settled(decision),
                 mode: tier.mode(),
             },
@@ -248,7 +250,7 @@ impl Bill {
     /// The request goes away before it was forwarded: its reservation is given back (settled
     /// at 0). An asynchronous store finishes on the runtime, off the dropping thread.
     pub(crate) fn release(self) {
-        if self.settlement.charged == 0 {
+        if self.charged == 0 {
             return;
         }
         let mut settling = self.start(0);

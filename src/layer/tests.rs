@@ -362,11 +362,12 @@ async fn unidentified_clients_share_one_bucket_of_the_default_tier() {
 /// A builder chain changes one layer in place (no new shared part per call); a layer that was
 /// cloned before is copied first, keeps what it had, and still shares the store and its state.
 #[test]
-fn builder_methods_edit_in_place_and_leave_earlier_clones_alone() {
+fn builder_methods_leave_earlier_clones_alone() {
     let layer = RateLimitLayer::from_limits(limits());
-    let shared = Arc::as_ptr(&layer.state.core);
     let layer = layer.headers(crate::answer::HeaderMode::None).on_error(OnError::Deny).route_cost("/x", 2);
-    assert_eq!(Arc::as_ptr(&layer.state.core), shared, "edited in place");
+    // The snapshot in force carries the layer's core (a bill shares it): the edited one.
+    assert!(Arc::ptr_eq(&layer.snapshot().core, &layer.state.core), "one core");
+    assert_eq!(layer.snapshot().core.on_error, OnError::Deny);
 
     let before = layer.clone();
     let after = layer.route_cost("/x", 3);
@@ -374,6 +375,9 @@ fn builder_methods_edit_in_place_and_leave_earlier_clones_alone() {
     assert_eq!(before.limits().routes().lookup(&http::Method::GET, "/x").cost, 2, "the clone keeps its own");
     assert!(Arc::ptr_eq(before.store(), after.store()), "one store");
     assert!(Arc::ptr_eq(&before.state.core.inflight, &after.state.core.inflight), "one in-flight count");
+    let after = after.on_error(OnError::Allow);
+    assert!(Arc::ptr_eq(&after.snapshot().core, &after.state.core), "one core");
+    assert_eq!(before.state.core.on_error, OnError::Deny, "the clone keeps its own");
 }
 
 #[test]

@@ -444,6 +444,8 @@ impl RouteRule {
 
 #[derive(Debug, Clone, Default)]
 struct RouteEntry {
+    /// Where the route's template is in [`Routes::paths`].
+    id: u32,
     any: Option<RouteRule>,
     by_method: Vec<(Method, RouteRule)>,
 }
@@ -471,12 +473,18 @@ struct RouteEntry {
 #[derive(Debug, Clone)]
 pub struct Routes {
     table: HashMap<Box<str>, RouteEntry, foldhash::fast::RandomState>,
+    /// Every template of the table, by [`RouteId`]: a request in flight names its route by
+    /// its number (no shared string kept per request).
+    paths: Vec<Box<str>>,
     default: RouteRule,
 }
 
+/// A route of a [`Routes`] table, by number: what [`Routes::path`] turns back into its template.
+pub(crate) type RouteId = u32;
+
 impl Default for Routes {
     fn default() -> Self {
-        Self { table: HashMap::default(), default: RouteRule::cost(1) }
+        Self { table: HashMap::default(), paths: Vec::new(), default: RouteRule::cost(1) }
     }
 }
 
@@ -512,7 +520,7 @@ impl Routes {
     /// Sets the rule of `route` (`"/path"` or `"METHOD /path"`), replacing any earlier one.
     pub fn set(&mut self, route: &str, rule: RouteRule) -> Result<(), BadRoute> {
         let (method, path) = Self::parse(route)?;
-        let entry = self.table.entry(path.into()).or_default();
+        let entry = self.entry(path);
         match method {
             None => entry.any = Some(rule),
             Some(method) => {
@@ -527,7 +535,7 @@ impl Routes {
     pub(crate) fn update(&mut self, route: &str, f: impl FnOnce(&mut RouteRule)) -> Result<(), BadRoute> {
         let (method, path) = Self::parse(route)?;
         let default = self.default;
-        let entry = self.table.entry(path.into()).or_default();
+        let entry = self.entry(path);
         let rule = match method {
             None => entry.any.get_or_insert(default),
             Some(method) => {
@@ -565,18 +573,34 @@ impl Routes {
         self.resolve(method, path).0
     }
 
-    /// [`lookup`](Self::lookup), and whether `path` is a route of the table.
+    /// The entry of `path`, made (with the next number) if the table has none.
+    fn entry(&mut self, path: &str) -> &mut RouteEntry {
+        let paths = &mut self.paths;
+        self.table.entry(path.into()).or_insert_with(|| {
+            paths.push(path.into());
+            RouteEntry { id: (paths.len() - 1) as RouteId, ..RouteEntry::default() }
+        })
+    }
+
+    /// The template of the route numbered `id` (see [`resolve`](Self::resolve)); empty for a
+    /// number this table never gave.
     #[inline]
-    pub(crate) fn resolve(&self, method: &Method, path: &str) -> (RouteRule, bool) {
+    pub(crate) fn path(&self, id: RouteId) -> &str {
+        self.paths.get(id as usize).map_or("", |path| path)
+    }
+
+    /// [`lookup`](Self::lookup), and the number of `path` when it is a route of the table.
+    #[inline]
+    pub(crate) fn resolve(&self, method: &Method, path: &str) -> (RouteRule, Option<RouteId>) {
         let Some(entry) = self.table.get(path) else {
-            return (self.default, false);
+            return (self.default, None);
         };
         let by = |method: &Method| entry.by_method.iter().find(|(m, _)| m == method).map(|(_, rule)| *rule);
         let rule = by(method)
             .or_else(|| (*method == Method::HEAD).then(|| by(&Method::GET)).flatten())
             .or(entry.any)
             .unwrap_or(self.default);
-        (rule, true)
+        (rule, Some(entry.id))
     }
 
     /// Every entry as `(route, rule)`, routes written as in the configuration.
@@ -797,8 +821,11 @@ mod tests {
         routes.set("HEAD /search", RouteRule::cost(1)).unwrap();
         assert_eq!(routes.lookup(&Method::HEAD, "/search").cost, 1);
         assert_eq!(routes.lookup(&Method::GET, "/search").cost, 5);
-        assert_eq!(routes.resolve(&Method::HEAD, "/unknown"), (RouteRule::cost(1), false));
-        assert!(routes.resolve(&Method::DELETE, "/export").1, "a route of the table");
+        assert_eq!(routes.resolve(&Method::HEAD, "/unknown"), (RouteRule::cost(1), None));
+        let export = routes.resolve(&Method::DELETE, "/export").1.expect("a route of the table");
+        assert_eq!(routes.path(export), "/export");
+        assert_eq!(routes.path(routes.resolve(&Method::GET, "/search").1.unwrap()), "/search");
+        assert_eq!(routes.path(99), "");
     }
 
     fn limits(burst: std::num::NonZeroU32, daily: Option<u64>, extra: bool) -> Limits {
