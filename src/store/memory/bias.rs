@@ -96,53 +96,59 @@ static TABLE: [Slot; SLOTS] = [const { Slot(AtomicUsize::new(FREE)) }; SLOTS];
 /// One past the highest slot ever claimed: writers scan no further.
 static CLAIMED: AtomicUsize = AtomicUsize::new(0);
 
-/// A thread's slot: not looked for yet, none free, or its index.
-struct Claim(Cell<usize>);
-
-const UNCLAIMED: usize = usize::MAX;
-const NONE_FREE: usize = usize::MAX - 1;
-
-impl Claim {
-    /// The thread's slot, claimed on first use.
-    #[inline]
-    fn slot(&self) -> Option<&'static AtomicUsize> {
-        match self.0.get() {
-            index if index < SLOTS => Some(&TABLE[index].0),
-            UNCLAIMED => self.claim(),
-            _ => None,
-        }
-    }
-
-    #[cold]
-    fn claim(&self) -> Option<&'static AtomicUsize> {
-        let found = TABLE.iter().position(|slot| {
-            slot.0.compare_exchange(FREE, IDLE, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        });
-        match found {
-            Some(index) => {
-                CLAIMED.fetch_max(index + 1, Ordering::SeqCst);
-                self.0.set(index);
-                Some(&TABLE[index].0)
-            }
-            None => {
-                self.0.set(NONE_FREE);
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if let Some(slot) = TABLE.get(self.0.get()) {
-            // A slot still busy (a guard outliving the thread's locals) stays claimed for good.
-            let _ = slot.0.compare_exchange(IDLE, FREE, Ordering::Release, Ordering::Relaxed);
-        }
-    }
-}
+/// The slot of a thread that found none free (or claims none: its locals are being
+/// destroyed). Never [`IDLE`], so its reads take the slow path.
+static NO_SLOT: AtomicUsize = AtomicUsize::new(FREE);
 
 thread_local! {
-    static CLAIM: Claim = const { Claim(Cell::new(UNCLAIMED)) };
+    /// This thread's slot, once claimed. No destructor, so reading it is one load.
+    static SLOT: Cell<Option<&'static AtomicUsize>> = const { Cell::new(None) };
+    /// Frees the slot when the thread ends; touched only when claiming.
+    static OWNER: Owner = const { Owner(Cell::new(None)) };
+}
+
+/// This thread's slot, claimed on first use.
+#[inline]
+fn my_slot() -> &'static AtomicUsize {
+    SLOT.with(|mine| match mine.get() {
+        Some(slot) => slot,
+        None => claim(mine),
+    })
+}
+
+#[cold]
+fn claim(mine: &Cell<Option<&'static AtomicUsize>>) -> &'static AtomicUsize {
+    // The destructor that frees the slot is registered first: no slot without it.
+    let slot = match OWNER.try_with(|_| ()) {
+        Ok(()) => TABLE
+            .iter()
+            .position(|slot| {
+                slot.0.compare_exchange(FREE, IDLE, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            })
+            .map_or(&NO_SLOT, |index| {
+                CLAIMED.fetch_max(index + 1, Ordering::SeqCst);
+                let slot = &TABLE[index].0;
+                OWNER.with(|owner| owner.0.set(Some(slot)));
+                slot
+            }),
+        Err(_) => &NO_SLOT,
+    };
+    mine.set(Some(slot));
+    slot
+}
+
+/// Frees its thread's slot when the thread ends.
+struct Owner(Cell<Option<&'static AtomicUsize>>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            // Later reads of this thread (other locals' destructors) take the slow path.
+            SLOT.with(|mine| mine.set(Some(&NO_SLOT)));
+            // A slot still busy (a guard outliving the thread's locals) stays claimed for good.
+            let _ = slot.compare_exchange(IDLE, FREE, Ordering::Release, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The barriers a lock's readers and writers pass (see the module docs).
@@ -264,16 +270,15 @@ impl<T> BiasedRwLock<T> {
     #[inline]
     pub(super) fn read(&self) -> ReadGuard<'_, T> {
         if self.rbias.load(Ordering::Relaxed) {
-            if let Some(slot) = CLAIM.try_with(Claim::slot).ok().flatten() {
-                // Busy: this thread already reads another lock the fast way.
-                if slot.load(Ordering::Relaxed) == IDLE {
-                    slot.store(self.address(), Ordering::Relaxed);
-                    self.barrier.light();
-                    if self.rbias.load(Ordering::Acquire) {
-                        return ReadGuard { lock: self, held: Held::Fast(slot) };
-                    }
-                    slot.store(IDLE, Ordering::Relaxed);
+            let slot = my_slot();
+            // Not idle: this thread already reads another lock the fast way (or has no slot).
+            if slot.load(Ordering::Relaxed) == IDLE {
+                slot.store(self.address(), Ordering::Relaxed);
+                self.barrier.light();
+                if self.rbias.load(Ordering::Acquire) {
+                    return ReadGuard { lock: self, held: Held::Fast(slot) };
                 }
+                slot.store(IDLE, Ordering::Relaxed);
             }
         }
         self.read_slow()
