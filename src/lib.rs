@@ -108,7 +108,7 @@
 //! [Tower]: https://docs.rs/tower
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod algorithm;

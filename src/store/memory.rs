@@ -11,8 +11,14 @@
 //!   needs to know whether an earlier refund slid the client's bucket since the charge (see
 //!   [`Rule::settle`]): each shard remembers, for a while, when refunds slid which states.
 //! * The map is split into many shards (at least 16, sixteen per core), each behind its own
-//!   reader-writer lock taken for reading on the hot path; only a key's first request takes a
-//!   shard's write lock. There is no global lock.
+//!   reader-writer lock, biased towards readers (BRAVO, in `memory/bias.rs`): a request for a
+//!   known key reads its shard with no locked instruction at all (it publishes the shard's
+//!   address in a slot of its thread, and a writer waits such readers out after a
+//!   `membarrier`), so the state's compare-and-swap is the one locked instruction of the hot
+//!   path. Only a key's first request (and a sweep, a reload) takes a shard's write lock; the
+//!   shard's readers then take the plain read lock for a while (nine times as long as the
+//!   writer took to revoke the bias), so a flood of new keys pays little for the bias. There
+//!   is no global lock.
 //! * Keys are hashed with a per-store random seed (foldhash), so a client cannot aim many keys
 //!   at one shard, and only the 64-bit digest is kept, never the key itself.
 //! * States are kept per policy [identity](crate::policy::Policy::id), never by a policy's
@@ -33,6 +39,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+use bias::{Barrier, BiasedRwLock};
 
 use crate::algorithm::{Algorithm, Check, Log, Rule};
 use crate::clock::{Clock, Nanos, SystemClock};
@@ -369,10 +377,15 @@ impl Shifts {
 }
 
 #[repr(align(64))]
-#[derive(Default)]
 struct Shard {
-    data: RwLock<ShardData>,
+    data: BiasedRwLock<ShardData>,
     shifts: Mutex<Shifts>,
+}
+
+impl Shard {
+    fn new(barrier: Barrier) -> Self {
+        Self { data: BiasedRwLock::new(ShardData::default(), barrier), shifts: Mutex::default() }
+    }
 }
 
 /// The default store: lock-free per-key state in a sharded, self-cleaning, bounded map.
@@ -439,6 +452,8 @@ pub struct MemoryStore<C = SystemClock> {
     hasher: foldhash::quality::RandomState,
     clock: C,
     per_shard: usize,
+    /// The barriers of the shards' locks: membarrier where the OS has it (tests force fences).
+    barrier: Barrier,
 }
 
 impl<C: Clock + std::fmt::Debug> std::fmt::Debug for MemoryStore<C> {
@@ -467,7 +482,7 @@ impl Default for MemoryStore<SystemClock> {
 impl<C: Clock> MemoryStore<C> {
     /// A store reading time from `clock`.
     pub fn with_clock(clock: C) -> Self {
-        Self::build(clock, Self::default_shards(DEFAULT_CAPACITY), DEFAULT_CAPACITY)
+        Self::build(clock, Self::default_shards(DEFAULT_CAPACITY), DEFAULT_CAPACITY, Barrier::detect())
     }
 
     /// Sixteen shards per core, but no fewer than 64 states a shard: a small capacity spread
@@ -479,15 +494,16 @@ impl<C: Clock> MemoryStore<C> {
         (cores * 16).next_power_of_two().clamp(16, 1024).min(most)
     }
 
-    fn build(clock: C, shards: usize, capacity: usize) -> Self {
+    fn build(clock: C, shards: usize, capacity: usize, barrier: Barrier) -> Self {
         let shards = shards.next_power_of_two().clamp(1, 1024);
         Self {
-            shards: (0..shards).map(|_| Shard::default()).collect(),
+            shards: (0..shards).map(|_| Shard::new(barrier)).collect(),
             newest: RwLock::default(),
             shard_mask: shards as u64 - 1,
             hasher: foldhash::quality::RandomState::default(),
             clock,
             per_shard: capacity.div_ceil(shards).max(MAX_POLICIES),
+            barrier,
         }
     }
 
@@ -503,13 +519,20 @@ impl<C: Clock> MemoryStore<C> {
     /// ```
     pub fn capacity(self, states: usize) -> Self {
         let shards = self.shards.len().min(Self::default_shards(states));
-        Self::build(self.clock, shards, states)
+        Self::build(self.clock, shards, states, self.barrier)
     }
 
     /// Splits the map into `shards` shards (rounded up to a power of two, at most 1024).
     pub fn shards(self, shards: usize) -> Self {
         let capacity = self.per_shard * self.shards.len();
-        Self::build(self.clock, shards, capacity)
+        Self::build(self.clock, shards, capacity, self.barrier)
+    }
+
+    /// The same store with its shards' locks passing `barrier` (tests: the fallback).
+    #[cfg(test)]
+    fn barrier(self, barrier: Barrier) -> Self {
+        let (shards, capacity) = (self.shards.len(), self.per_shard * self.shards.len());
+        Self::build(self.clock, shards, capacity, barrier)
     }
 
     /// The clock.
@@ -519,7 +542,7 @@ impl<C: Clock> MemoryStore<C> {
 
     /// The number of states kept now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.data.read().unwrap_or_else(PoisonError::into_inner).len).sum()
+        self.shards.iter().map(|s| s.data.read().len).sum()
     }
 
     /// True when no state is kept.
@@ -565,7 +588,7 @@ impl<C: Clock> MemoryStore<C> {
             }
         }
         for shard in self.shards.iter() {
-            let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
+            let mut data = shard.data.write();
             for policy in &policies {
                 if matches!(data.lookup(policy), Lookup::Stale) {
                     data.current(policy, now);
@@ -608,7 +631,7 @@ impl<C: Clock> MemoryStore<C> {
         let Whose { digest, class } = whose;
         loop {
             {
-                let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
+                let data = shard.data.read();
                 let found = match data.lookup(policy) {
                     // A reload made it a log: the general path keeps logs.
                     Lookup::Found(entry) if entry.is_log() => Err(()),
@@ -659,7 +682,7 @@ impl<C: Clock> MemoryStore<C> {
         let Whose { digest, class } = whose;
         loop {
             {
-                let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
+                let data = shard.data.read();
                 let mut effective: [&Policy; MAX_POLICIES] = [&policies[0]; MAX_POLICIES];
                 let mut slots: [Option<&AtomicU64>; MAX_POLICIES] = [None; MAX_POLICIES];
                 let mut logs: [Option<&Mutex<Log>>; MAX_POLICIES] = [None; MAX_POLICIES];
@@ -735,7 +758,7 @@ impl<C: Clock> MemoryStore<C> {
         let Settlement { receipt, charged_at, charged, actual } = settlement;
         loop {
             {
-                let data = shard.data.read().unwrap_or_else(PoisonError::into_inner);
+                let data = shard.data.read();
                 let mut entries: [Option<&PolicyMap>; MAX_POLICIES] = [None; MAX_POLICIES];
                 let mut redo = false;
                 for (i, policy) in policies.iter().enumerate() {
@@ -866,7 +889,7 @@ impl<C: Clock> MemoryStore<C> {
             .collect();
         drop(newest);
         let policies = &newer[..];
-        let mut data = shard.data.write().unwrap_or_else(PoisonError::into_inner);
+        let mut data = shard.data.write();
         for policy in policies {
             data.current(policy, now);
         }
@@ -1149,6 +1172,8 @@ impl<C: Clock> Store for MemoryStore<C> {
         MemoryStore::carry_over(self, limits);
     }
 }
+
+mod bias;
 
 #[cfg(test)]
 mod tests;

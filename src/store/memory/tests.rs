@@ -595,3 +595,102 @@ fn a_threaded_flood_at_the_cap_leaves_identified_clients_exact() {
     assert_eq!(admitted, 500);
     assert!(store.len() <= 256);
 }
+
+/// Issue 14: the shards' biased locks (`bias.rs`) under every kind of writer at once. Readers
+/// charge two identified clients (one policy: `decide_one`; two: `decide_all`) while threads
+/// flood a small store with new addresses (insertions, sweeps, evictions: each a write that
+/// revokes a shard's bias) and a reload thread converts every shard again and again
+/// (`carry_over`, the same quotas under a new version). `clock` steps forward meanwhile when
+/// `steps` is not zero. Returns what each client was admitted, and the time that passed.
+fn charge_through_writers(barrier: Barrier, steps: u32) -> (usize, usize, Nanos) {
+    let build = || {
+        Limits::builder()
+            .tier(
+                "anonymous",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(400u32))),
+            )
+            .tier(
+                "two",
+                TierSpec::new(Quota::per_minute(nonzero!(60u32)).allow_burst(nonzero!(300u32)))
+                    .daily(100_000),
+            )
+            .build()
+            .unwrap()
+    };
+    let limits = Arc::new(build());
+    let (store, clock) = store();
+    let store = Arc::new(store.capacity(256).barrier(barrier));
+    assert!(store.shards.iter().all(|s| s.data.barrier() == barrier));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (0..2u32)
+        .map(|t| {
+            let (store, limits, stop) = (store.clone(), limits.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    store.decide(&ip(t * 10_000_000 + i), limits.default_tier(), Charge::new(1));
+                    assert!(store.len() <= 256, "{} states", store.len());
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let reloads = {
+        let (store, limits, stop) = (store.clone(), limits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut current = (*limits).clone();
+            while !stop.load(Ordering::Relaxed) {
+                current = reload(&current, build());
+                store.carry_over(&current);
+                std::thread::yield_now();
+            }
+        })
+    };
+    let ticks = {
+        let (clock, stop) = (clock.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for _ in 0..steps {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                clock.advance(Duration::from_millis(10));
+                std::thread::yield_now();
+            }
+        })
+    };
+    let spend = |name: &'static str, tier: &'static str| {
+        let (store, limits) = (store.clone(), limits.clone());
+        std::thread::spawn(move || {
+            let key = Key::new(name);
+            let tier = limits.tier(tier).unwrap();
+            (0..20_000).filter(|_| store.decide(&key, tier, Charge::new(1)).is_admitted()).count()
+        })
+    };
+    let spenders = [spend("one", "anonymous"), spend("one", "anonymous"), spend("two", "two")];
+    let [a, b, two] = spenders.map(|t| t.join().unwrap());
+    stop.store(true, Ordering::Relaxed);
+    flood.into_iter().for_each(|t| t.join().unwrap());
+    reloads.join().unwrap();
+    ticks.join().unwrap();
+    assert!(store.len() <= 256);
+    (a + b, two, clock.now() - Nanos::from(START))
+}
+
+#[test]
+fn biased_shards_keep_counts_exact_under_floods_and_reloads() {
+    for barrier in [Barrier::detect(), Barrier::Fences] {
+        let (one, two, _) = charge_through_writers(barrier, 0);
+        assert_eq!((one, two), (400, 300), "{barrier:?}: the clock is frozen: exactly the bursts");
+    }
+}
+
+#[test]
+fn biased_shards_never_admit_more_than_burst_and_rate_under_floods_and_reloads() {
+    for barrier in [Barrier::detect(), Barrier::Fences] {
+        let (one, two, elapsed) = charge_through_writers(barrier, 2_000);
+        // One token a second: the burst plus what the elapsed time refilled.
+        let refilled = (elapsed.as_nanos() / Nanos::SECOND.as_nanos()) as usize;
+        assert!((400..=400 + refilled + 1).contains(&one), "{barrier:?}: {one} in {elapsed:?}");
+        assert!((300..=300 + refilled + 1).contains(&two), "{barrier:?}: {two} in {elapsed:?}");
+    }
+}
