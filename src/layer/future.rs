@@ -241,21 +241,25 @@ where
                 }
                 KindProj::Inner { future, after } => {
                     let response = ready!(future.poll(cx))?;
-                    let mut after = after.take().expect("polled after completion");
+                    // Only what the answer needs is taken out: the rest (the bill) stays where it
+                    // is until the future is dropped, not copied out first (issue 14).
+                    let kept = after.as_mut().expect("polled after completion");
                     // Record before our headers are merged: a replay gets fresh ones.
-                    let recorder = after.record.take().and_then(|pending| pending.start(&response));
-                    let Some(bill) = &after.bill else {
-                        return Poll::Ready(Ok(finish(response, after.headers, after.slots, recorder)));
-                    };
-                    let Some(mut settling) = bill.settle_for(&response) else {
-                        return Poll::Ready(Ok(finish(response, after.headers, after.slots, recorder)));
+                    let recorder = kept.record.take().and_then(|pending| pending.start(&response));
+                    let settling =
+                        kept.bill.as_ref().and_then(|bill| Some((bill, bill.settle_for(&response)?)));
+                    let Some((bill, mut settling)) = settling else {
+                        let (headers, slots) = (kept.headers.take(), std::mem::take(&mut kept.slots));
+                        return Poll::Ready(Ok(finish(response, headers, slots, recorder)));
                     };
                     match settling.try_take() {
                         Some(result) => {
-                            let headers = bill.settled(result, after.headers);
-                            return Poll::Ready(Ok(finish(response, headers, after.slots, recorder)));
+                            let headers = bill.settled(result, kept.headers.take());
+                            let slots = std::mem::take(&mut kept.slots);
+                            return Poll::Ready(Ok(finish(response, headers, slots, recorder)));
                         }
                         None => {
+                            let after = after.take().expect("polled after completion");
                             let state = Settling { settling, response, recorder, after };
                             Kind::Settling { state: Some(Box::new(state)) }
                         }
