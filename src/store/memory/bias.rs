@@ -59,6 +59,12 @@
 //! A thread reading a second lock while it holds a fast read of a first (its slot is busy)
 //! reads the second through the slow path. Lock addresses in slots are only compared, never
 //! followed, and a lock lives until no guard of it is left.
+//!
+//! As with `std::sync::RwLock`, a thread must not read a lock again while it holds a read of
+//! it: the second read takes the slow path, and a writer waiting for the first one (the
+//! thread's own slot) would block it for good. The memory store never nests reads of a shard:
+//! each decision drops its guard before it writes or reads again. A guard cannot leave its
+//! thread (it is not `Send`): a fast read is its thread's slot.
 
 // The only unsafe code of the crate: the data is shared through an `UnsafeCell`, reached by
 // readers the inner lock does not see (the protocol above proves the exclusion).
