@@ -190,6 +190,7 @@ impl Receipt {
     }
 
     /// Marks the receipt as written by a store's in-process fallback (settled there too).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn local(mut self) -> Self {
         self.local = true;
         self
